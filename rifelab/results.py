@@ -1,0 +1,122 @@
+"""Writing study results: tables (CSV + Markdown), figures (PNG), metrics (JSON), atomically.
+
+Every file goes to a temporary name in the same folder and is renamed into place, so an
+interrupted run never leaves a half-written result. JSON metrics carry the environment record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from .profiling import environment_record
+
+__all__ = ["find_project_root", "atomic_path", "atomic_write_text", "study_dir", "save_table", "save_figure", "save_json", "to_markdown"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write text to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def find_project_root(start: str | os.PathLike | None = None) -> Path:
+    """Nearest ancestor of `start` (default: cwd) holding params.yaml or dvc.yaml; else the repo or cwd."""
+    here = Path(start or os.getcwd()).resolve()
+    for cand in (here, *here.parents):
+        if (cand / "params.yaml").exists() or (cand / "dvc.yaml").exists():
+            return cand
+    if (REPO_ROOT / "params.yaml").exists():
+        return REPO_ROOT
+    return here
+
+
+def study_dir(study: str, root: str | os.PathLike | None = None, device_key: str | None = None) -> Path:
+    """`<root>/<study>/` (or `<root>/<study>/<device_key>/` for device-keyed results), created.
+
+    `root` defaults to `results/` of the project root (see `find_project_root`).
+    """
+    base = Path(root) if root is not None else find_project_root() / "results"
+    out = base / study
+    if device_key:
+        out = out / device_key
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """Markdown table of a DataFrame (index dropped unless named)."""
+    keep_index = df.index.name is not None or any(n is not None for n in (df.index.names or []))
+    return df.to_markdown(index=keep_index, floatfmt=floatfmt)
+
+
+def save_table(df: pd.DataFrame, folder: str | os.PathLike, name: str, floatfmt: str = ".4g") -> tuple[Path, Path]:
+    """Save a table as `<name>.csv` and `<name>.md` in `folder`; returns both paths."""
+    folder = Path(folder)
+    keep_index = df.index.name is not None
+    csv_path, md_path = folder / f"{name}.csv", folder / f"{name}.md"
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp, index=keep_index)
+    atomic_write_text(md_path, to_markdown(df, floatfmt) + "\n")
+    return csv_path, md_path
+
+
+def save_figure(fig: Any, folder: str | os.PathLike, name: str, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as `<name>.png` in `folder`."""
+    path = Path(folder) / f"{name}.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_json(
+    data: dict[str, Any],
+    path: str | os.PathLike,
+    device: str | None = None,
+    with_environment: bool = True,
+) -> Path:
+    """Write `data` as JSON; adds an `environment` record (device, torch, git commit) unless told not to."""
+    payload = dict(data)
+    if with_environment and "environment" not in payload:
+        payload["environment"] = environment_record(device or "cpu")
+    return atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, sort_keys=False) + "\n")
