@@ -1,0 +1,458 @@
+"""RIFE v4 flow network (IFNet, variants 4.0 and 4.6), checkpoint loading and `interpolate`.
+
+Written from `spec/ifnet-v4.md`. The fast path (no refinement network) is what RIFE 4.x ships:
+
+    model = load_rife()                                    # bundled RIFE 4.0 weights, CPU
+    out = model.interpolate(img0, img1, timestep=0.5)      # (N,3,H,W) floats in [0, 1]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "VALID_SCALES",
+    "CheckpointError",
+    "IFBlock",
+    "IFNet",
+    "RIFE",
+    "warp",
+    "pad_to_multiple",
+    "padding_multiple",
+    "timestep_plane",
+    "load_state_dict",
+    "load_rife",
+]
+
+VALID_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+BLOCK_WIDTHS = (192, 128, 96, 64)
+BLOCK_INPUTS = (7, 12, 12, 12)
+SKIPPED_GROUPS = ("contextnet", "unet", "block_tea")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or does not fit the network."""
+
+
+# ----------------------------------------------------------------------------- warp
+
+_GRID_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def base_grid(n: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Identity sampling grid in [-1, 1], shape (n, 2, h, w), cached per shape/device/dtype."""
+    key = (n, h, w, str(device), dtype)
+    grid = _GRID_CACHE.get(key)
+    if grid is None:
+        xs = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+        ys = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+        grid = torch.cat([xs, ys], dim=1)
+        if len(_GRID_CACHE) > 64:
+            _GRID_CACHE.clear()
+        _GRID_CACHE[key] = grid
+    return grid
+
+
+def warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward-warp `img` (N,C,H,W) by `flow` (N,2,H,W) in pixels (x, y).
+
+    Bilinear, border padding, align_corners=True. Half-precision inputs are warped in float32
+    and cast back: fp16 sampling coordinates lose sub-pixel accuracy on large frames.
+    """
+    out_dtype = img.dtype
+    compute = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
+    n, _, h, w = flow.shape
+    flow = flow.to(compute)
+    half = torch.tensor([max(w - 1, 1) / 2.0, max(h - 1, 1) / 2.0], device=flow.device, dtype=compute).view(1, 2, 1, 1)
+    grid = (base_grid(n, h, w, flow.device, compute) + flow / half).permute(0, 2, 3, 1)
+    out = F.grid_sample(img.to(compute), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.to(out_dtype)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1, pad: int = 1, variant: str = "4.0") -> nn.Sequential:
+    """Conv2d with bias followed by the variant's activation (4.0: PReLU, 4.6: LeakyReLU(0.2))."""
+    act: nn.Module = nn.PReLU(cout) if variant == "4.0" else nn.LeakyReLU(0.2)
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, bias=True), act)
+
+
+class ResConv(nn.Module):
+    """v4.6 residual unit: LeakyReLU(0.2)(conv3x3(x) * beta + x)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, 1, 1, bias=True)
+        self.beta = nn.Parameter(torch.ones(1, c, 1, 1))
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x) * self.beta + x)
+
+
+class IFBlock(nn.Module):
+    """One coarse-to-fine flow block: estimates (flow, mask) at 1/scale of the frame."""
+
+    def __init__(self, cin: int, c: int, variant: str = "4.0"):
+        super().__init__()
+        if variant not in ("4.0", "4.6"):
+            raise ValueError(f"unknown IFNet variant {variant!r}; expected '4.0' or '4.6'")
+        self.variant = variant
+        self.conv0 = nn.Sequential(conv(cin, c // 2, 3, 2, 1, variant), conv(c // 2, c, 3, 2, 1, variant))
+        if variant == "4.0":
+            self.convblock = nn.Sequential(*[conv(c, c, variant=variant) for _ in range(8)])
+            self.lastconv = nn.ConvTranspose2d(c, 5, 4, 2, 1)
+        else:
+            self.convblock = nn.Sequential(*[ResConv(c) for _ in range(8)])
+            self.lastconv = nn.Sequential(nn.ConvTranspose2d(c, 24, 4, 2, 1), nn.PixelShuffle(2))
+
+    def forward(
+        self, x: torch.Tensor, flow: torch.Tensor | None = None, scale: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.interpolate(x, scale_factor=1.0 / scale, mode="bilinear", align_corners=False)
+        if flow is not None:
+            flow = F.interpolate(flow, scale_factor=1.0 / scale, mode="bilinear", align_corners=False) * (1.0 / scale)
+            x = torch.cat((x, flow), 1)
+        feat = self.conv0(x)
+        if self.variant == "4.0":
+            feat = self.convblock(feat) + feat
+            up = scale * 2
+        else:
+            feat = self.convblock(feat)
+            up = scale
+        tmp = self.lastconv(feat)
+        tmp = F.interpolate(tmp, scale_factor=up, mode="bilinear", align_corners=False)
+        return tmp[:, :4] * up, tmp[:, 4:5]
+
+
+def _swap_flow(flow: torch.Tensor) -> torch.Tensor:
+    return torch.cat((flow[:, 2:4], flow[:, :2]), 1)
+
+
+class IFNet(nn.Module):
+    """Four IFBlocks, coarse to fine, then a mask-weighted blend of both warped frames."""
+
+    def __init__(self, variant: str = "4.0", widths: Sequence[int] = BLOCK_WIDTHS):
+        super().__init__()
+        self.variant = variant
+        self.block0 = IFBlock(BLOCK_INPUTS[0], widths[0], variant)
+        self.block1 = IFBlock(BLOCK_INPUTS[1], widths[1], variant)
+        self.block2 = IFBlock(BLOCK_INPUTS[2], widths[2], variant)
+        self.block3 = IFBlock(BLOCK_INPUTS[3], widths[3], variant)
+
+    @property
+    def blocks(self) -> list[IFBlock]:
+        return [self.block0, self.block1, self.block2, self.block3]
+
+    def flow_and_mask(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        t: torch.Tensor,
+        scale_list: Sequence[float] = (8, 4, 2, 1),
+        ensemble: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bidirectional flow (N,4,H,W) and blend logits (N,1,H,W) for padded inputs and a t-plane."""
+        flow: torch.Tensor | None = None
+        mask: torch.Tensor | None = None
+        for i, block in enumerate(self.blocks):
+            s = scale_list[i]
+            if flow is None:
+                f, m = block(torch.cat((img0, img1, t), 1), None, s)
+                if ensemble:
+                    f2, m2 = block(torch.cat((img1, img0, 1 - t), 1), None, s)
+                    f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
+                flow, mask = f, m
+            else:
+                w0, w1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
+                f, m = block(torch.cat((w0, w1, t, mask), 1), flow, s)
+                if ensemble:
+                    f2, m2 = block(torch.cat((w1, w0, 1 - t, -mask), 1), _swap_flow(flow), s)
+                    f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
+                flow, mask = flow + f, mask + m
+        assert flow is not None and mask is not None
+        return flow, mask
+
+    def forward(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        t: torch.Tensor,
+        scale_list: Sequence[float] = (8, 4, 2, 1),
+        ensemble: bool = False,
+    ) -> torch.Tensor:
+        """Interpolated frame for padded inputs (sizes a multiple of 64/scale) and a t-plane (N,1,H,W)."""
+        frame, _, _ = self.forward_all(img0, img1, t, scale_list, ensemble)
+        return frame
+
+    def forward_all(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        t: torch.Tensor,
+        scale_list: Sequence[float] = (8, 4, 2, 1),
+        ensemble: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(frame, flow, mask logits) for padded inputs."""
+        flow, mask = self.flow_and_mask(img0, img1, t, scale_list, ensemble)
+        w0, w1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
+        m = torch.sigmoid(mask)
+        return w0 * m + w1 * (1 - m), flow, mask
+
+
+# ----------------------------------------------------------------------------- padding / timestep
+
+
+def padding_multiple(scale: float) -> int:
+    """Spatial multiple the network needs at `scale`: 64 / scale (at least 1)."""
+    return max(1, int(round(64 / scale)))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (N,C,H,W) on the right and bottom up to a multiple of `multiple` (zeros, as the official code)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (0, pw, 0, ph))
+
+
+def check_scale(scale: float) -> float:
+    """Validate the user's scale (0.25, 0.5, 1, 2 or 4)."""
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be one of {VALID_SCALES}, got {scale!r}") from None
+    if s not in VALID_SCALES:
+        raise ValueError(
+            f"scale must be one of {VALID_SCALES}, got {scale!r}; use 0.5 for 4K input, 1.0 otherwise, "
+            "2 or 4 for small frames with small motion"
+        )
+    return s
+
+
+def timestep_plane(timestep: float | torch.Tensor, n: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a float or per-sample tensor of timesteps in [0, 1] to an (N,1,H,W) plane."""
+    if isinstance(timestep, torch.Tensor):
+        t = timestep.to(device=like.device, dtype=like.dtype)
+        if t.numel() == 1:
+            t = t.reshape(1, 1, 1, 1).expand(n, 1, 1, 1)
+        elif t.numel() == n:
+            t = t.reshape(n, 1, 1, 1)
+        else:
+            raise ValueError(f"timestep tensor has {t.numel()} values for a batch of {n}; give 1 or N values")
+        if not torch.isfinite(t).all() or (t < 0).any() or (t > 1).any():
+            raise ValueError("timestep values must lie in [0, 1]")
+        return t.expand(n, 1, h, w)
+    tf = float(timestep)
+    if not 0.0 <= tf <= 1.0:
+        raise ValueError(f"timestep must lie in [0, 1], got {timestep!r}")
+    return torch.full((n, 1, h, w), tf, device=like.device, dtype=like.dtype)
+
+
+# ----------------------------------------------------------------------------- wrapper
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint held and what was used."""
+
+    path: str
+    variant: str
+    loaded_keys: int
+    skipped_groups: dict[str, int] = field(default_factory=dict)
+
+
+class RIFE(nn.Module):
+    """IFNet plus the user-facing `interpolate` (padding, validation, crop)."""
+
+    def __init__(self, net: IFNet, info: CheckpointInfo | None = None):
+        super().__init__()
+        self.net = net
+        self.info = info
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+    @property
+    def variant(self) -> str:
+        return self.net.variant
+
+    def prepare(
+        self, img0: torch.Tensor, img1: torch.Tensor, timestep: float | torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float], tuple[int, int]]:
+        """Validate and pad inputs; returns (img0, img1, t-plane, scale_list, (H, W))."""
+        scale = check_scale(scale)
+        if not isinstance(img0, torch.Tensor) or not isinstance(img1, torch.Tensor):
+            raise TypeError("img0 and img1 must be torch tensors of shape (N,3,H,W) with values in [0, 1]")
+        if img0.dim() == 3:
+            img0, img1 = img0.unsqueeze(0), img1.unsqueeze(0)
+        if img0.dim() != 4 or img0.shape[1] != 3:
+            raise ValueError(f"expected frames of shape (N,3,H,W), got {tuple(img0.shape)}")
+        if img0.shape != img1.shape:
+            raise ValueError(
+                f"img0 and img1 differ in shape: {tuple(img0.shape)} vs {tuple(img1.shape)}; "
+                "both frames of a pair must have the same size (resize or crop one of them)"
+            )
+        if not img0.is_floating_point():
+            raise TypeError(f"expected float frames in [0, 1], got dtype {img0.dtype}; divide uint8 frames by 255")
+        n, _, h, w = img0.shape
+        dev, dt = self.device, self.dtype
+        img0 = img0.to(device=dev, dtype=dt)
+        img1 = img1.to(device=dev, dtype=dt)
+        mult = padding_multiple(scale)
+        img0, img1 = pad_to_multiple(img0, mult), pad_to_multiple(img1, mult)
+        t = timestep_plane(timestep, n, img0.shape[2], img0.shape[3], img0)
+        scale_list = [8 / scale, 4 / scale, 2 / scale, 1 / scale]
+        return img0, img1, t, scale_list, (h, w)
+
+    def forward(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        timestep: float | torch.Tensor = 0.5,
+        scale: float = 1.0,
+        ensemble: bool = False,
+    ) -> torch.Tensor:
+        in_dtype = img0.dtype
+        p0, p1, t, scale_list, (h, w) = self.prepare(img0, img1, timestep, scale)
+        out = self.net(p0, p1, t, scale_list, ensemble)
+        return out[:, :, :h, :w].to(in_dtype)
+
+    @torch.inference_mode()
+    def interpolate(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        timestep: float | torch.Tensor = 0.5,
+        scale: float = 1.0,
+        ensemble: bool = False,
+    ) -> torch.Tensor:
+        """Frame at `timestep` between img0 (t=0) and img1 (t=1); (N,3,H,W) float in [0, 1], any H, W."""
+        return self.forward(img0, img1, timestep, scale, ensemble)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(
+            f"checkpoint not found: {path}. Pass the path of an official RIFE 4.x file (flownet.pkl, rife46.pth) "
+            "or call load_rife() with no argument for the bundled RIFE 4.0 weights"
+        )
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {path} is a folder; pass the .pkl/.pth file inside it")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
+            "The file is corrupt, truncated or not a torch state_dict (it is loaded with weights_only=True); "
+            "download it again"
+        ) from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} is not a state_dict of tensors (got {type(obj).__name__})")
+    return obj
+
+
+def _detect_variant(sd: dict[str, torch.Tensor], path: Path) -> str:
+    w = sd.get("block0.lastconv.weight")
+    if w is None:
+        w = sd.get("block0.lastconv.0.weight")
+    if w is None:
+        present = ", ".join(sorted(sd)[:5]) or "(none)"
+        raise CheckpointError(
+            f"{path}: no 'block0.lastconv' weight, so this is not a RIFE 4.x flow network checkpoint; "
+            f"first keys: {present}"
+        )
+    if w.dim() == 4 and w.shape[1] == 5:
+        return "4.0"
+    if w.dim() == 4 and w.shape[1] == 24:
+        return "4.6"
+    raise CheckpointError(f"{path}: block0.lastconv weight has shape {tuple(w.shape)}; expected (c,5,4,4) or (c,24,4,4)")
+
+
+def load_state_dict(
+    net: IFNet, path: str | os.PathLike, raw: dict[str, torch.Tensor] | None = None
+) -> CheckpointInfo:
+    """Load an official checkpoint into `net`, strictly on the flow blocks; returns what was used/skipped."""
+    path = Path(path)
+    sd = raw if raw is not None else _read_checkpoint(path)
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    skipped: dict[str, int] = {}
+    flow_sd: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for k, v in sd.items():
+        group = k.split(".", 1)[0]
+        if group in SKIPPED_GROUPS:
+            skipped[group] = skipped.get(group, 0) + 1
+        elif group in ("block0", "block1", "block2", "block3"):
+            flow_sd[k] = v
+        else:
+            unknown.append(k)
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in flow_sd]
+    unexpected = [k for k in flow_sd if k not in expected] + unknown
+    mismatched = [
+        f"{k} {tuple(flow_sd[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in flow_sd and flow_sd[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:5])}")
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the RIFE {net.variant} flow network: " + " | ".join(parts)
+            + ". Use an official RIFE 4.0 or 4.6 flow checkpoint (flownet.pkl / rife46.pth)"
+        )
+    net.load_state_dict(flow_sd, strict=True)
+    if skipped:
+        log.info("%s: skipped groups not used by the fast path: %s", path.name, skipped)
+    return CheckpointInfo(str(path), net.variant, len(flow_sd), skipped)
+
+
+def load_rife(
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> RIFE:
+    """RIFE v4 model in eval mode; `checkpoint=None` uses the bundled RIFE 4.0 weights (fetched once)."""
+    from .profiling import resolve_device
+
+    if checkpoint is None:
+        from .assets import fetch
+
+        checkpoint = fetch("rife40")
+    path = Path(checkpoint).expanduser()
+    raw = _read_checkpoint(path)
+    stripped = {k[len("module."):] if k.startswith("module.") else k: v for k, v in raw.items()}
+    net = IFNet(_detect_variant(stripped, path))
+    info = load_state_dict(net, path, raw=raw)
+    model = RIFE(net, info).eval()
+    return model.to(device=resolve_device(device), dtype=dtype)
