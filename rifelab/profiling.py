@@ -226,17 +226,21 @@ def count_flops(
     `input_constructor(input_shape)` returns the keyword arguments of `module.forward`.
     Functional ops (grid_sample, interpolate) are counted by ptflops' functional hooks.
     """
+    import contextlib
+    import io
+
     from ptflops import get_model_complexity_info
 
-    macs, params = get_model_complexity_info(
-        module,
-        input_shape,
-        input_constructor=input_constructor,
-        as_strings=False,
-        print_per_layer_stat=False,
-        verbose=False,
-        backend="pytorch",
-    )
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        macs, params = get_model_complexity_info(
+            module,
+            input_shape,
+            input_constructor=input_constructor,
+            as_strings=False,
+            print_per_layer_stat=False,
+            verbose=False,
+            backend="pytorch",
+        )
     return float(macs), int(params)
 
 

