@@ -67,7 +67,7 @@ def test_read_image_16bit_rgb(tmp_path, carphone):
     import tifffile
 
     x = carphone[0].astype(np.uint16)
-    rgb16 = x * 257 + (x < 255) * 100  # +100/257 rounds back to the same 8-bit value
+    rgb16 = (x * 257 + (x < 255) * 100).astype(np.uint16)  # +100/257 rounds back to the same 8-bit value
     tifffile.imwrite(tmp_path / "rgb16.tif", rgb16)
     assert np.array_equal(read_image(tmp_path / "rgb16.tif"), carphone[0])
 
