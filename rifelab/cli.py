@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from pathlib import Path
 from typing import Callable, Sequence
 
 log = logging.getLogger("rifelab")
@@ -90,6 +91,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_notebook(args: argparse.Namespace) -> int:
+    from .notebooks import parse_unpacked_params, run_notebook
+    from .results import find_project_root
+
+    params = parse_unpacked_params(args.params)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        params.update(parse_unpacked_params([f"--{key}", value]))
+    root = find_project_root()
+    out = Path(args.output) if args.output else root / "results" / "notebooks" / Path(args.notebook).name
+    log.info("running %s -> %s with %s", args.notebook, out, params)
+    run_notebook(args.notebook, out, parameters=params, cwd=root, log_output=args.log_output)
+    print(f"executed {args.notebook} -> {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    out = build_report(args.notebooks, args.output)
+    print(f"report written to {out}")
+    return 0
+
+
 def _optional(module: str):
     try:
         return importlib.import_module(module)
@@ -144,6 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weights/frames dtype")
     p.set_defaults(func=_cmd_bench)
 
+    p = sub.add_parser("notebook", allow_abbrev=False, help="run a study notebook headless with papermill (used by dvc.yaml)",
+                       description="Execute NOTEBOOK with papermill from the project root and save the executed "
+                       "copy. Parameters follow as --name value [value ...] (the form DVC renders `${section}` "
+                       "in a stage command), or as --set name=value.")
+    p.add_argument("notebook", help="path of the .ipynb to run, e.g. notebooks/01_baseline.ipynb")
+    p.add_argument("--output", "-o", default=None,
+                   help="where to save the executed notebook (default: results/notebooks/<name>.ipynb)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one parameter (YAML value), may repeat")
+    p.add_argument("--log-output", action="store_true", help="stream the notebook's output to the log")
+    p.set_defaults(func=_cmd_notebook, accepts_params=True)
+
+    p = sub.add_parser("report", help="build one HTML report from executed notebooks (nbconvert)",
+                       description="Concatenate the executed notebooks, in the order given, into one HTML file.")
+    p.add_argument("notebooks", nargs="+", help="executed .ipynb files, e.g. results/notebooks/*.ipynb")
+    p.add_argument("--output", "-o", default="results/report.html", help="HTML file to write (default: results/report.html)")
+    p.set_defaults(func=_cmd_report)
+
     for module, fn_name in EXTERNAL_PARSERS:
         mod = _optional(module)
         add: Callable | None = getattr(mod, fn_name, None) if mod is not None else None
@@ -155,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rifelab` command."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_params", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.params = extra
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -13,7 +13,7 @@ from .results import atomic_path, find_project_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_params", "notebook_parameters", "run_notebook"]
+__all__ = ["load_params", "notebook_parameters", "run_notebook", "parse_unpacked_params", "as_list"]
 
 
 def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -52,20 +52,75 @@ def run_notebook(
     if not notebook.exists():
         raise FileNotFoundError(f"notebook not found: {notebook}")
     output = Path(output)
-    with atomic_path(output) as tmp:
-        tmp_nb = tmp.with_suffix(".ipynb")
-        try:
-            pm.execute_notebook(
-                str(notebook),
-                str(tmp_nb),
-                parameters=parameters or {},
-                cwd=str(cwd or notebook.parent),
-                kernel_name=kernel_name,
-                log_output=log_output,
-                progress_bar=False,
-            )
-            os.replace(tmp_nb, tmp)
-        finally:
-            if tmp_nb.exists():
-                tmp_nb.unlink()
+    with atomic_path(output) as tmp:  # temporary name ends in .ipynb, renamed into place on success
+        pm.execute_notebook(
+            str(notebook),
+            str(tmp),
+            parameters=parameters or {},
+            cwd=str(cwd or notebook.parent),
+            kernel_name=kernel_name,
+            log_output=log_output,
+            progress_bar=False,
+        )
     return output
+
+
+def _scalar(token: str) -> Any:
+    if token in ("None", "null", "~"):
+        return None
+    try:
+        return yaml.safe_load(token)
+    except yaml.YAMLError:
+        return token
+
+
+def parse_unpacked_params(tokens: list[str]) -> dict[str, Any]:
+    """Parse DVC's dictionary unpacking (`--key v`, `--key v1 v2`, `--flag`, `--no-flag`) back to values.
+
+    DVC renders `${section}` in a stage command as such flags; this turns them into notebook parameters.
+    One value gives a scalar, several a list (notebooks accept either where they expect a list: `as_list`).
+    """
+    params: dict[str, Any] = {}
+    key: str | None = None
+    values: list[str] = []
+
+    def flush() -> None:
+        if key is None:
+            return
+        if not values:
+            if key.startswith("no-") or key.startswith("no_"):
+                params[key[3:]] = False
+            else:
+                params[key] = True
+        elif len(values) == 1:
+            params[key] = _scalar(values[0])
+        else:
+            params[key] = [_scalar(v) for v in values]
+
+    for tok in tokens:
+        if tok.startswith("--") and len(tok) > 2 and not _is_number(tok):
+            flush()
+            key, values = tok[2:], []
+        else:
+            if key is None:
+                raise ValueError(f"unexpected parameter value {tok!r} before any --name")
+            values.append(tok)
+    flush()
+    return params
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+        return True
+    except ValueError:
+        return False
+
+
+def as_list(value: Any) -> list[Any]:
+    """A parameter that may arrive as a scalar (one item) or a list, as a list; None -> []."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]

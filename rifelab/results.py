@@ -18,7 +18,7 @@ import pandas as pd
 
 from .profiling import environment_record
 
-__all__ = ["find_project_root", "atomic_path", "atomic_write_text", "study_dir", "save_table", "save_figure", "save_json", "to_markdown"]
+__all__ = ["publish", "find_project_root", "atomic_path", "atomic_write_text", "study_dir", "save_table", "save_figure", "save_json", "to_markdown"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,3 +120,27 @@ def save_json(
     if with_environment and "environment" not in payload:
         payload["environment"] = environment_record(device or "cpu")
     return atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, sort_keys=False) + "\n")
+
+
+def publish(
+    study: str,
+    metrics: dict[str, Any] | None = None,
+    plots: dict[str, pd.DataFrame] | None = None,
+    root: str | os.PathLike | None = None,
+    device: str | None = None,
+) -> list[Path]:
+    """Latest-run files at fixed paths for DVC: `<root>/metrics/<study>.json` and `<root>/plots/<study>/<name>.csv`.
+
+    Device-keyed folders keep every device's full results; these fixed paths are what `dvc metrics show`,
+    `dvc plots show` and `dvc exp show` compare between runs (the environment record says which device).
+    """
+    base = Path(root) if root is not None else find_project_root() / "results"
+    written: list[Path] = []
+    if metrics is not None:
+        written.append(save_json(metrics, base / "metrics" / f"{study}.json", device=device))
+    for name, df in (plots or {}).items():
+        path = base / "plots" / study / f"{name}.csv"
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+        written.append(path)
+    return written
