@@ -1,0 +1,83 @@
+"""The pipeline: DVC wiring, parameter passing from templated commands, and the baseline notebook smoke run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rifelab.notebooks import as_list, load_params, parse_unpacked_params, run_notebook
+from rifelab.results import atomic_write_text, publish
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_parse_dvc_unpacked_params():
+    tokens = "--device auto --checkpoint None --no-fast --full --clips carphone bikes --n 3 --lr 0.001 --shift -1".split()
+    assert parse_unpacked_params(tokens) == {
+        "device": "auto", "checkpoint": None, "fast": False, "full": True,
+        "clips": ["carphone", "bikes"], "n": 3, "lr": 0.001, "shift": -1,
+    }
+    assert as_list("bikes") == ["bikes"] and as_list(None) == [] and as_list([1, 2]) == [1, 2]
+    with pytest.raises(ValueError, match="before any --name"):
+        parse_unpacked_params(["orphan"])
+
+
+def test_every_stage_lists_the_params_its_notebook_reads():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    params = load_params(ROOT / "params.yaml")
+    for name, stage in dvc["stages"].items():
+        cmd = stage["cmd"]
+        if "rifelab notebook" not in cmd:
+            continue
+        sections = [tok[2:-1] for tok in cmd.split() if tok.startswith("${")]
+        assert sorted(stage["params"]) == sorted(sections), name
+        nb = json.loads((ROOT / cmd.split()[2]).read_text())
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{name}: exactly one cell tagged 'parameters'"
+        source = "".join(tagged[0]["source"])
+        for section in sections:
+            for key in params[section]:
+                assert f"{key} =" in source, f"{name}: params.yaml {section}.{key} is not a notebook parameter"
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    from rifelab.results import atomic_path
+
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "x.json") as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_text(tmp_path / "y.txt", "ok")
+    assert (tmp_path / "y.txt").read_text() == "ok"
+
+
+def test_publish_fixed_paths(tmp_path):
+    import pandas as pd
+
+    paths = publish("demo", {"a": 1.0}, {"curve": pd.DataFrame({"x": [1], "y": [2]})}, root=tmp_path, device="cpu")
+    assert tmp_path / "metrics" / "demo.json" in paths
+    data = json.loads((tmp_path / "metrics" / "demo.json").read_text())
+    assert data["a"] == 1.0 and data["environment"]["device"] == "cpu"
+    assert (tmp_path / "plots" / "demo" / "curve.csv").read_text().startswith("x,y")
+
+
+@pytest.mark.notebook
+def test_baseline_notebook_smoke(tmp_path, middlebury):
+    out_nb = tmp_path / "01.ipynb"
+    run_notebook(ROOT / "notebooks" / "01_baseline.ipynb", out_nb, cwd=ROOT, parameters={
+        "clips": ["carphone", "bikes"], "n_triplets": 2, "resolutions": "160x96", "repeats": 2, "warmup": 0,
+        "dataset_path": str(middlebury), "dataset_limit": 2, "examples": 2, "results_root": str(tmp_path),
+    })
+    (dev_dir,) = (tmp_path / "baseline").iterdir()
+    for name in ("quality_summary.csv", "quality_summary.md", "efficiency.csv", "triplet_grid.png",
+                 "psnr_distribution.png", "latency_vs_resolution.png", "published_vs_ours_quality.md", "metrics.json"):
+        assert (dev_dir / name).exists(), name
+    metrics = json.loads((tmp_path / "metrics" / "baseline.json").read_text())
+    assert metrics["quality"]["bikes"]["psnr_gain_vs_average"] > 3
+    assert metrics["environment"]["torch_version"]
+    assert "160x96" in metrics["efficiency"]
+    assert (tmp_path / "plots" / "baseline" / "latency.csv").exists()
