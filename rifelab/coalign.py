@@ -60,6 +60,10 @@ __all__ = [
     "temporal_change",
     "time_loss_step",
     "loss_memory_estimate",
+    "replay_stopping",
+    "evaluate_loss",
+    "CaseResult",
+    "benchmark_case",
 ]
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
@@ -116,6 +120,12 @@ def _infer_num_frames(counts: Mapping[int, int], snippet_length: int) -> int:
                 ok.add(T)
         candidates = ok if candidates is None else candidates & ok
     if not candidates:
+        longest = max(S + (L - 1) * d for d, S in counts.items())
+        if longest < 2 * L:
+            raise ValueError(
+                f"a video of at most {longest} frames is too short for snippets of length {L}: "
+                f"need at least {2 * L} frames"
+            )
         detail = ", ".join(f"dilation {d}: {S} snippets" for d, S in counts.items())
         raise ValueError(
             f"the snippet counts ({detail}) fit no single video length with snippet length {L}; "
@@ -897,6 +907,8 @@ def depth_metrics(pred_inverse: ArrayLike, gt_depth: ArrayLike, fit: str = "inve
     ``fit='inverse'`` (default) fits in inverse depth (the prediction's own domain) and converts to
     depth; ``fit='depth'`` fits ``1/pred`` to depth. Fitted inverse depth is clipped at half the
     smallest true inverse depth so no prediction is farther than twice the farthest true depth.
+    Also returns temporal_ratio_gt: frame-to-frame change of the fitted inverse depth over that of
+    the true inverse depth (1 = as smooth as the truth, > 1 = flicker).
     """
     gt = _np(gt_depth)
     pred = _np(pred_inverse)
@@ -915,7 +927,12 @@ def depth_metrics(pred_inverse: ArrayLike, gt_depth: ArrayLike, fit: str = "inve
     else:
         raise ValueError(f"fit must be 'inverse' or 'depth', got {fit!r}")
     ratio = np.maximum(depth / gt, gt / depth)
-    return {"abs_rel": float(np.mean(np.abs(depth - gt) / gt)), "delta1": float(np.mean(ratio < 1.25))}
+    gt_change = temporal_change(1.0 / gt)
+    return {
+        "abs_rel": float(np.mean(np.abs(depth - gt) / gt)),
+        "delta1": float(np.mean(ratio < 1.25)),
+        "temporal_ratio_gt": temporal_change(1.0 / depth) / gt_change if gt_change > 0 else math.nan,
+    }
 
 
 def temporal_change(video: ArrayLike) -> float:
@@ -973,3 +990,160 @@ def time_loss_step(
         opt.step()
 
     return time_callable(step, problem.device, warmup=warmup, repeats=repeats)
+
+
+def replay_stopping(rule: StoppingRule | str | Mapping[str, Any] | None, losses: Sequence[float]) -> int | None:
+    """Steps after which ``rule`` would stop on a recorded loss history (None: never).
+
+    Adam runs are deterministic, so this equals the stop point of a live run on the same input.
+    """
+    r = stopping_rule(rule)
+    r.reset()
+    for j, v in enumerate(losses, start=1):
+        if r.update(float(v)):
+            return j
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Study driver: every method on one input, timed and scored
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseResult:
+    """Rows (one per method), loss histories and merged videos of one benchmark case."""
+
+    rows: list[dict[str, Any]]
+    histories: dict[str, np.ndarray]
+    scale_histories: dict[str, np.ndarray]
+    stops: dict[str, dict[str, Any]]
+    merged: dict[str, np.ndarray]
+    loss_steps: list[dict[str, Any]]
+
+
+def evaluate_loss(snippets: SnippetSet, result: AlignResult, config: AlignConfig = AlignConfig(), device: Any = "cpu") -> float:
+    """The co-alignment loss (with ``config``'s weights) at a result's (s, t)."""
+    problem = prepare(snippets, config, device)
+    with torch.no_grad():
+        return float(coalign_loss(problem, result.scale.to(problem.device), result.shift.to(problem.device), config))
+
+
+def benchmark_case(
+    snippets: SnippetSet,
+    config: AlignConfig = AlignConfig(),
+    *,
+    gt_depth: ArrayLike | None = None,
+    stopping_rules: Sequence[StoppingRule | str | Mapping[str, Any]] = (),
+    compare_lambda_shift: float | None = 0.0,
+    refine_iterations: Sequence[int] = (0,),
+    timing_repeats: int = 3,
+    device: Any = "cpu",
+    check_every: int = 1,
+    progress: bool = False,
+    keep_merged: bool = True,
+) -> CaseResult:
+    """Run the reference (Adam, ``config.iterations`` steps), early stopping, the LSQ solver and baselines.
+
+    Quality is scored against the reference run (report 004's MAE/RMSE/P90/temporal ratio on
+    [-1, 1]-normalised videos) and, when ``gt_depth`` is given, against the truth (AbsRel, δ1).
+    Adam runs are timed once each (they last seconds); the LSQ solver with ``timing_repeats``
+    synchronised repeats (median). Times exclude the merge, which is the same for all methods.
+    """
+    from .profiling import PeakMemory, time_callable
+
+    dev = resolve_device(device)
+    runs: list[tuple[str, str, AlignResult, float]] = []  # (label, family, result, time)
+    histories: dict[str, np.ndarray] = {}
+    scale_hist: dict[str, np.ndarray] = {}
+    stops: dict[str, dict[str, Any]] = {}
+
+    ref_label = f"adam {config.iterations} (λ3={config.lambda_shift:g})"
+    ref = align(snippets, config, device=dev, check_every=check_every, progress=progress, method=ref_label)
+    runs.append((ref_label, "reference", ref, ref.time_s))
+    histories[ref_label] = ref.loss_history
+    scale_hist[ref_label] = ref.scale_mean_history
+    for spec in stopping_rules:
+        rule = stopping_rule(spec)
+        label = f"early stop {rule.describe()}"
+        res = align(snippets, config, stopping=rule, device=dev, check_every=check_every, progress=progress, method=label)
+        runs.append((label, "early stopping", res, res.time_s))
+        stops[label] = {"history": ref_label, "iterations": res.iterations, "loss": float(res.loss_history[-1])}
+    if compare_lambda_shift is not None and compare_lambda_shift != config.lambda_shift:
+        cfg0 = replace(config, lambda_shift=float(compare_lambda_shift))
+        label0 = f"adam {config.iterations} (λ3={cfg0.lambda_shift:g})"
+        res0 = align(snippets, cfg0, device=dev, check_every=check_every, progress=progress, method=label0)
+        runs.append((label0, "adam, other λ3", res0, res0.time_s))
+        histories[label0] = res0.loss_history
+        scale_hist[label0] = res0.scale_mean_history
+        for spec in stopping_rules[:1]:
+            rule = stopping_rule(spec)
+            label = f"early stop {rule.describe()} (λ3={cfg0.lambda_shift:g})"
+            res = align(snippets, cfg0, stopping=rule, device=dev, check_every=check_every, progress=progress, method=label)
+            runs.append((label, "early stopping", res, res.time_s))
+            stops[label] = {"history": label0, "iterations": res.iterations, "loss": float(res.loss_history[-1])}
+    for n_refine in refine_iterations:
+        holder: dict[str, AlignResult] = {}
+
+        def fn(n: int = int(n_refine)) -> None:
+            holder["r"] = solve_lsq(snippets, config, device=dev, refine_iterations=n)
+
+        timing = time_callable(fn, dev, warmup=1, repeats=max(1, int(timing_repeats)))
+        label = "lsq (ours)" if n_refine == 0 else f"lsq + {int(n_refine)} adam (ours)"
+        res = holder["r"]
+        res.method = label
+        runs.append((label, "fast solver", res, timing.median))
+    if 1 in snippets.requested and len(snippets.requested) > 1:
+        res = solve_lsq(snippets.subset([1]), config, device=dev)
+        runs.append(("lsq, dilation 1 only", "baseline", res, res.time_s))
+    runs.append(("naive mean (no alignment)", "baseline", identity_alignment(snippets), 0.0))
+    if gt_depth is not None:
+        runs.append(("oracle (per-snippet fit to truth)", "baseline", oracle_alignment(snippets, 1.0 / _np(gt_depth)), 0.0))
+
+    ref_video = merge(snippets, ref).numpy()
+    ref_time = ref.time_s
+    T, (H, W) = snippets.num_frames, snippets.frame_size
+    rows, merged = [], {}
+    for label, family, res, t in runs:
+        sub = snippets.subset([1]) if label.startswith("lsq, dilation 1") else snippets
+        video = ref_video if res is ref else merge(sub, res).numpy()
+        row: dict[str, Any] = {
+            "frames": T,
+            "height": H,
+            "width": W,
+            "method": label,
+            "family": family,
+            "iterations": res.iterations,
+            "time_s": t,
+            "speedup_vs_ref": (ref_time / t) if t > 0 else math.nan,
+            "ms_per_iteration": (1e3 * res.solve_s / res.iterations) if res.iterations else math.nan,
+            # data terms only (no penalties), so runs with different λ3 and the solver compare fairly
+            "data_loss": evaluate_loss(sub, res, replace(config, lambda_scale=0.0, lambda_shift=0.0)),
+        }
+        row.update(agreement_metrics(video, ref_video))
+        if gt_depth is not None:
+            row.update(depth_metrics(video, gt_depth))
+        rows.append(row)
+        if keep_merged:
+            merged[label] = video
+
+    problem = prepare(snippets, config, dev)
+    loss_steps = []
+    for impl in ("dense", "vectorised"):
+        with PeakMemory(dev) as mem:
+            timing = time_loss_step(problem, config, impl, warmup=2, repeats=max(5, int(timing_repeats)))
+        loss_steps.append(
+            {
+                "frames": T,
+                "height": H,
+                "width": W,
+                "pixels_per_frame": problem.num_pixels,
+                "loss": impl,
+                "step_ms": timing.median * 1e3,
+                "step_p10_ms": timing.p10 * 1e3,
+                "step_p90_ms": timing.p90 * 1e3,
+                "memory_estimate_mib": loss_memory_estimate(problem, impl) / 2**20,
+                "peak_mib" if dev.type == "cuda" else "peak_note": mem.peak_mib if dev.type == "cuda" else "cpu: see estimate",
+            }
+        )
+    return CaseResult(rows, histories, scale_hist, stops, merged, loss_steps)

@@ -1,0 +1,273 @@
+"""Tests of rifelab.coalign (RollingDepth co-alignment) and rifelab.synthdepth (synthetic truth)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rifelab import coalign as C
+from rifelab.synthdepth import load_snippets_npz, make_snippets, render_room_depth, save_snippets_npz, synthetic_video
+
+SMALL = dict(frames=24, height=24, width=32, dilations=(1, 3, 7))
+CFG = C.AlignConfig(factor=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids thread-pool overhead on a busy 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    return synthetic_video(**SMALL, scale_jitter=0.3, shift_jitter=0.2, noise_std=0.02, seed=3)
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return synthetic_video(**SMALL, scale_jitter=0.3, shift_jitter=0.2, noise_std=0.0, seed=5)
+
+
+# ---------------------------------------------------------------- geometry and generator
+
+
+def test_dilation_cap_and_counts():
+    assert C.max_dilation(100, 3) == 32
+    assert C.effective_dilation(25, 100) == 25
+    assert C.effective_dilation(25, 40) == 12  # int(40/3) - 1
+    assert C.snippet_frames(4, 3, 2).tolist()[1] == [1, 3, 5]
+
+
+def test_generator_is_consistent_with_truth(clean):
+    v = clean
+    assert v.depth.shape == (24, 24, 32) and np.isfinite(v.depth).all() and (v.depth > 0).all()
+    assert v.snippets.requested == (1, 3, 7) and v.snippets.counts == (22, 18, 10)
+    for d, arr, de in zip(v.snippets.requested, v.snippets.arrays, v.snippets.dilations):
+        idx = C.snippet_frames(arr.shape[0], 3, de).numpy()
+        pred = v.true_scale[d][:, None, None, None] * v.inverse_depth[idx] + v.true_shift[d][:, None, None, None]
+        np.testing.assert_allclose(arr.numpy(), pred, rtol=1e-4, atol=1e-5)
+    # the scene moves: consecutive frames differ
+    assert np.abs(np.diff(v.depth, axis=0)).mean() > 1e-3
+
+
+# ---------------------------------------------------------------- loss
+
+
+def test_scatter_loss_equals_dense_reference(noisy):
+    problem = C.prepare(noisy.snippets, CFG)
+    K = problem.num_snippets
+    g = torch.Generator().manual_seed(0)
+    scale = (1 + 0.3 * torch.randn(K, generator=g)).requires_grad_()
+    shift = (0.2 * torch.randn(K, generator=g)).requires_grad_()
+    with torch.no_grad():  # push some values below the depth clip to exercise it
+        shift[:3] -= 3.0
+    v1 = C.coalign_loss(problem, scale, shift, CFG)
+    g1 = torch.autograd.grad(v1, [scale, shift])
+    v2 = C.coalign_loss_dense(problem, scale, shift, CFG)
+    g2 = torch.autograd.grad(v2, [scale, shift])
+    assert v1.item() == pytest.approx(v2.item(), rel=1e-5)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_dense_and_scatter_trajectories_match(noisy):
+    cfg = C.AlignConfig(factor=2, iterations=40)
+    a = C.align(noisy.snippets, cfg, loss="vectorised")
+    b = C.align(noisy.snippets, cfg, loss="dense")
+    np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-4)
+    torch.testing.assert_close(a.scale, b.scale, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.shift, b.shift, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- recovery of the truth
+
+
+def _affine_consistency(v, result):
+    """Spread of the recovered per-snippet maps from inverse depth (s*a, s*(b - offset) + t)."""
+    gain, bias = [], []
+    for d, (s, t) in zip(v.snippets.requested, result.per_dilation()):
+        a, b = v.true_scale[d], v.true_shift[d]
+        gain.append(s.double().numpy() * a)
+        bias.append(s.double().numpy() * (b - result.offset) + t.double().numpy())
+    gain, bias = np.concatenate(gain), np.concatenate(bias)
+    return np.ptp(gain) / abs(gain.mean()), np.ptp(bias) / abs(gain.mean())
+
+
+def test_lsq_recovers_noise_free_truth(clean):
+    res = C.solve_lsq(clean.snippets, CFG)
+    gain_spread, bias_spread = _affine_consistency(clean, res)
+    assert gain_spread < 1e-4 and bias_spread < 1e-4
+    m = C.depth_metrics(C.merge(clean.snippets, res), clean.depth)
+    assert m["abs_rel"] < 1e-4 and m["delta1"] == 1.0
+
+
+def test_adam_recovers_noise_free_truth_without_shift_penalty(clean):
+    res = C.align(clean.snippets, C.AlignConfig(factor=2, lambda_shift=0.0))
+    m = C.depth_metrics(C.merge(clean.snippets, res), clean.depth)
+    naive = C.depth_metrics(C.merge(clean.snippets, C.identity_alignment(clean.snippets)), clean.depth)
+    assert m["abs_rel"] < 5e-3 < naive["abs_rel"]
+    gain_spread, _ = _affine_consistency(clean, res)
+    assert gain_spread < 2e-2
+
+
+# ---------------------------------------------------------------- stopping rules
+
+
+def test_plateau_rule_stops_exactly_where_it_says():
+    losses = [1.0, 0.5, 0.25] + [0.25 - 1e-5 * k for k in range(1, 40)]
+    # deltas: 0.5, 0.25, then 1e-5 from step 4 on; the 5th small delta is at step 3 + 5 = 8
+    assert C.replay_stopping({"rule": "plateau", "tol": 1e-4, "patience": 5}, losses) == 8
+    assert C.replay_stopping(C.LossPlateau(1e-6, 5), losses) is None
+    assert C.replay_stopping("none", losses) is None
+    # a big jump resets the streak
+    bumpy = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+    assert C.replay_stopping(C.LossPlateau(1e-3, 3), bumpy) == 7
+
+
+def test_relative_rule():
+    losses = [100.0 * 0.999**k for k in range(50)]  # relative change 1e-3 every step
+    assert C.replay_stopping(C.RelativeTolerance(2e-3, 4), losses) == 5
+    assert C.replay_stopping(C.RelativeTolerance(5e-4, 4), losses) is None
+    with pytest.raises(ValueError, match="patience"):
+        C.stopping_rule({"rule": "plateau", "tol": 1e-4, "patience": 0})
+    with pytest.raises(ValueError, match="unknown stopping rule"):
+        C.stopping_rule({"rule": "sometimes"})
+
+
+def test_aligner_stops_where_its_rule_says(noisy):
+    full = C.align(noisy.snippets, C.AlignConfig(factor=2, iterations=600))
+    rule = C.LossPlateau(1e-4, 20)
+    expected = C.replay_stopping(rule, full.loss_history)
+    assert expected is not None and expected < 600
+    seen = []
+    res = C.align(noisy.snippets, C.AlignConfig(factor=2, iterations=600), stopping=rule, callback=lambda i, v: seen.append(i))
+    assert res.iterations == res.stop_iteration == expected == len(res.loss_history)
+    assert seen == list(range(1, expected + 1))
+    deltas = np.abs(np.diff(res.loss_history))
+    assert (deltas[-20:] < 1e-4).all() and not (deltas[-21] < 1e-4)
+    np.testing.assert_allclose(res.loss_history, full.loss_history[:expected], rtol=1e-5)
+    # batched checks (as on a GPU): same firing point, up to check_every - 1 extra steps run
+    batched = C.align(noisy.snippets, C.AlignConfig(factor=2, iterations=600), stopping=rule, check_every=16)
+    assert batched.stop_iteration == expected and expected <= batched.iterations < expected + 16
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def test_mismatched_sizes_are_rejected():
+    a = np.zeros((18, 3, 8, 8), np.float32)
+    b = np.zeros((14, 3, 8, 6), np.float32)
+    with pytest.raises(ValueError, match="mismatched sizes"):
+        C.SnippetSet.from_arrays({1: a, 3: b})
+    with pytest.raises(ValueError, match=r"\(S_d, L, H, W\)"):
+        C.SnippetSet.from_arrays({1: np.zeros((18, 8, 8))})
+
+
+def test_dilation_that_does_not_fit_is_rejected():
+    rng = np.random.default_rng(0)
+    a = rng.random((18, 3, 8, 8)).astype(np.float32)  # T = 20
+    with pytest.raises(ValueError, match="does not fit a video of 20 frames"):
+        C.SnippetSet.from_arrays({1: a, 3: rng.random((10, 3, 8, 8))}, num_frames=20)  # needs 14
+    with pytest.raises(ValueError, match="fit no single video length"):
+        C.SnippetSet.from_arrays({1: a, 3: rng.random((17, 3, 8, 8))})
+    with pytest.raises(ValueError, match="too short"):
+        C.SnippetSet.from_arrays({1: rng.random((3, 3, 8, 8))})
+    # a dilation above the cap is capped, as the reference does
+    s = C.SnippetSet.from_arrays({1: a, 25: rng.random((20 - 2 * 5, 3, 8, 8))})
+    assert s.dilations == (1, 5) and s.num_frames == 20
+
+
+def test_nans_are_rejected():
+    a = np.random.default_rng(0).random((18, 3, 8, 8)).astype(np.float32)
+    a[4, 1, 2, 2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN/inf values in snippets \[4\]"):
+        C.SnippetSet.from_arrays({1: a})
+
+
+def test_bad_config_and_tiny_frames(noisy):
+    with pytest.raises(ValueError, match="lr"):
+        C.AlignConfig(lr=0)
+    with pytest.raises(ValueError, match="border"):
+        C.prepare(noisy.snippets, C.AlignConfig(border=20))
+    with pytest.raises(ValueError, match="loss must be"):
+        C.align(noisy.snippets, loss="sparse")
+
+
+# ---------------------------------------------------------------- npz layout
+
+
+def test_npz_roundtrip_and_layout(tmp_path, noisy):
+    path = save_snippets_npz(tmp_path / "snips.npz", noisy.snippets)
+    with np.load(path) as z:
+        assert set(z.files) == {"dilation1", "dilation3", "dilation7", "num_frames"}
+        assert z["dilation3"].shape == (18, 3, 24, 32)
+    back = load_snippets_npz(path)
+    assert back.counts == noisy.snippets.counts and back.num_frames == 24
+    # without num_frames and with a channel axis (S_d, L, 1, H, W), as a real run may save them
+    np.savez(tmp_path / "real.npz", **{f"dilation{d}": a.numpy()[:, :, None] for d, a in noisy.snippets.as_dict().items()})
+    real = load_snippets_npz(tmp_path / "real.npz")
+    assert real.num_frames == 24 and real.frame_size == (24, 32)
+    np.savez(tmp_path / "bad.npz", depth=np.zeros(3))
+    with pytest.raises(ValueError, match="no 'dilation"):
+        load_snippets_npz(tmp_path / "bad.npz")
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_sanity():
+    depth = render_room_depth(6, 16, 20)
+    inv = 1.0 / depth
+    m = C.depth_metrics(3.0 * inv - 0.5, depth)
+    assert m["abs_rel"] < 1e-6 and m["delta1"] == 1.0 and m["temporal_ratio_gt"] == pytest.approx(1.0)
+    assert C.depth_metrics(inv + 0.3 * np.random.default_rng(0).random(inv.shape), depth)["abs_rel"] > 0.01
+    a = C.agreement_metrics(inv, 2 * inv + 1)  # same after min-max normalisation
+    assert a["mae"] < 1e-6 and a["p90"] < 1e-6 and a["temporal_ratio"] == pytest.approx(1.0)
+    assert C.affine_fit([0, 1, 2], [1, 3, 5]) == pytest.approx((2.0, 1.0))
+
+
+def test_make_snippets_validates():
+    with pytest.raises(ValueError, match="jitter"):
+        make_snippets(np.ones((10, 4, 4)), (1,), scale_jitter=-1)
+
+
+# ---------------------------------------------------------------- notebook
+
+
+@pytest.mark.notebook
+def test_notebook_runs_with_tiny_parameters(tmp_path):
+    from rifelab.notebooks import run_notebook
+
+    root = Path(__file__).resolve().parent.parent
+    params = dict(
+        frames=[20],
+        resolutions=[[24, 32]],
+        dilations=[1, 3, 25],
+        factor=2,
+        iterations=120,
+        stopping_rules=[{"rule": "plateau", "tol": 1e-4, "patience": 10}],
+        refine_iterations=[0, 10],
+        timing_repeats=1,
+        device="cpu",
+        threads=1,
+        results_root=str(tmp_path),
+    )
+    run_notebook(root / "notebooks" / "04_coalign.ipynb", tmp_path / "out.ipynb", parameters=params, cwd=root)
+    dirs = list((tmp_path / "coalign").iterdir())
+    assert len(dirs) == 1 and dirs[0].name.startswith("cpu-")
+    out = dirs[0]
+    for name in ("methods.csv", "methods.md", "loss_step.csv", "report004_comparison.csv", "loss_curves.png", "quality_vs_time.png", "frames.png"):
+        assert (out / name).exists(), name
+    assert [p.name for p in out.glob("*.json")] == ["metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["environment"]["device"] == "cpu"
+    assert metrics["lsq_speedup_vs_ref"] > 1
+    assert 0 <= metrics["lsq_abs_rel"] < 0.2 and math.isfinite(metrics["ref_abs_rel"])
