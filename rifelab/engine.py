@@ -35,6 +35,7 @@ __all__ = [
     "Engine",
     "EngineForward",
     "parse_config",
+    "parse_options",
     "add_bench_options",
     "engine_from_args",
 ]
@@ -92,29 +93,38 @@ class EngineConfig:
         return d
 
 
-def parse_config(spec: dict[str, Any] | EngineConfig | str, name: str | None = None) -> EngineConfig:
-    """EngineConfig from a dict (params.yaml entry), a config, or a comma list like 'bf16,channels_last'.
+def parse_options(text: str) -> dict[str, Any]:
+    """'bf16, channels_last, compile_mode=max-autotune' -> {'dtype': 'bf16', 'channels_last': True, ...}.
 
-    Unknown keys are an error naming the valid ones.
+    A dtype name sets `dtype`, a bare option name switches it on, `key=value` sets a value.
+    """
+    d: dict[str, Any] = {}
+    for tok in (t.strip() for t in str(text).split(",")):
+        if not tok:
+            continue
+        if tok in DTYPES:
+            d["dtype"] = tok
+        elif "=" in tok:
+            k, v = tok.split("=", 1)
+            d[k.strip()] = _parse_scalar(v.strip())
+        else:
+            d[tok] = True
+    return d
+
+
+def parse_config(spec: dict[str, Any] | EngineConfig | str, name: str | None = None) -> EngineConfig:
+    """EngineConfig from a dict (option -> value), a config, or an option string like 'bf16, channels_last'.
+
+    Unknown options are an error naming the valid ones.
     """
     if isinstance(spec, EngineConfig):
         return spec
     if isinstance(spec, str):
-        d: dict[str, Any] = {}
-        for tok in (t.strip() for t in spec.split(",")):
-            if not tok:
-                continue
-            if tok in DTYPES:
-                d["dtype"] = tok
-            elif "=" in tok:
-                k, v = tok.split("=", 1)
-                d[k.strip()] = _parse_scalar(v.strip())
-            else:
-                d[tok] = True
-        spec = d
-        name = name or ",".join(f"{k}={v}" if not isinstance(v, bool) else k for k, v in d.items()) or "fp32-eager"
+        spec = parse_options(spec)
+        if name is None:
+            name = "-".join(str(v) if k == "dtype" else k for k, v in spec.items()) or "fp32-eager"
     if not isinstance(spec, dict):
-        raise TypeError(f"an engine configuration must be a dict or EngineConfig, got {type(spec).__name__}")
+        raise TypeError(f"an engine configuration must be a dict, an option string or EngineConfig, got {type(spec).__name__}")
     valid = {f.name for f in fields(EngineConfig)}
     unknown = sorted(set(spec) - valid)
     if unknown:
@@ -149,10 +159,11 @@ class EngineForward(nn.Module):
     computes); kept free of host-to-device copies so it can be captured in a CUDA graph.
     """
 
-    def __init__(self, net: IFNet, cached_grids: bool = False):
+    def __init__(self, net: IFNet, cached_grids: bool = False, channels_last: bool = False):
         super().__init__()
         self.net = net
         self.cached_grids = cached_grids
+        self.channels_last = channels_last
         self.grid: torch.Tensor | None = None  # (N, H, W, 2) identity grid in [-1, 1]
         self.grid_norm: torch.Tensor | None = None  # (1, 1, 1, 2): (W-1)/2, (H-1)/2
         self.grid_key: tuple | None = None
@@ -181,6 +192,11 @@ class EngineForward(nn.Module):
         out = F.grid_sample(img.to(grid.dtype), g, mode="bilinear", padding_mode="border", align_corners=True)
         return out.to(out_dtype)
 
+    def _cat(self, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Channel concat of a block's input; kept in NHWC when channels_last (cat alone falls back to NCHW)."""
+        x = torch.cat(tensors, 1)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def forward(
         self,
         img0: torch.Tensor,
@@ -194,16 +210,16 @@ class EngineForward(nn.Module):
         for i, block in enumerate(self.net.blocks):
             s = scale_list[i]
             if flow is None or mask is None:
-                f, m = block(torch.cat((img0, img1, t), 1), None, s)
+                f, m = block(self._cat((img0, img1, t)), None, s)
                 if ensemble:
-                    f2, m2 = block(torch.cat((img1, img0, 1 - t), 1), None, s)
+                    f2, m2 = block(self._cat((img1, img0, 1 - t)), None, s)
                     f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
                 flow, mask = f, m
             else:
                 w0, w1 = self.warp(img0, flow[:, :2]), self.warp(img1, flow[:, 2:4])
-                f, m = block(torch.cat((w0, w1, t, mask), 1), flow, s)
+                f, m = block(self._cat((w0, w1, t, mask)), flow, s)
                 if ensemble:
-                    f2, m2 = block(torch.cat((w1, w0, 1 - t, -mask), 1), _swap_flow(flow), s)
+                    f2, m2 = block(self._cat((w1, w0, 1 - t, -mask)), _swap_flow(flow), s)
                     f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
                 flow, mask = flow + f, mask + m
         assert flow is not None and mask is not None
@@ -337,7 +353,8 @@ class Engine:
             self.applied["static_buffers"] = "padded input buffers and t-plane preallocated per shape, reused"
         elif graphs_wanted:
             self.applied["static_buffers"] = "implied by cuda_graphs (a graph replays fixed buffers)"
-        self.fwd = EngineForward(self.model.net, cached_grids=cfg.cached_grids or graphs_wanted)
+        self.fwd = EngineForward(self.model.net, cached_grids=cfg.cached_grids or graphs_wanted,
+                                 channels_last=cfg.channels_last)
         if cfg.cached_grids:
             self.applied["cached_grids"] = "warp grid and normaliser precomputed once per shape"
         elif graphs_wanted:
@@ -657,12 +674,16 @@ def engine_from_args(args: argparse.Namespace, device: str | torch.device | None
     name = getattr(args, "engine_config", None)
     if name:
         from .notebooks import load_params
+        from .optimisation import _config_entries
 
-        configs = (load_params().get("optimisation") or {}).get("configs") or {}
-        if name not in configs:
+        listed = (load_params().get("optimisation") or {}).get("configs") or []
+        found = dict(_config_entries(listed)) if listed else {}
+        if name not in found:
             raise ValueError(f"no engine configuration {name!r} in params.yaml optimisation.configs; "
-                             f"available: {', '.join(configs) or '(none)'}")
-        cfg = parse_config(configs[name] or {}, name=name)
+                             f"available: {', '.join(found) or '(none)'}")
+        opts = dict(found[name])
+        opts.pop("resolutions", None)
+        cfg = parse_config(opts, name=name)
     else:
         opts = dict(
             dtype=args.dtype,
@@ -676,10 +697,10 @@ def engine_from_args(args: argparse.Namespace, device: str | torch.device | None
             static_buffers=bool(getattr(args, "static_buffers", False)),
             cached_grids=bool(getattr(args, "cached_grids", False)),
             inference_mode=not bool(getattr(args, "no_inference_mode", False)),
-            threads=getattr(args, "threads", None),
         )
         on = [k for k, v in opts.items() if v is True and k != "inference_mode"]
         opts["name"] = "-".join([args.dtype, *on]) if on or args.dtype != "fp32" else "fp32-eager"
         cfg = EngineConfig(**opts)
     model = load_rife(getattr(args, "checkpoint", None), device=device or "cpu")
     return Engine(model, cfg)
+

@@ -67,29 +67,69 @@ class StudyConfig:
         return self.config.name
 
 
-def study_configs(configs: dict[str, dict[str, Any] | None], baseline: str = "fp32-eager") -> list[StudyConfig]:
-    """Parse params' `configs` (name -> engine options, plus an optional `resolutions` list).
+def _config_entries(configs: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(name, options dict) pairs from any accepted form of the `configs` parameter."""
+    from .engine import parse_options
 
-    The baseline comes first and must be plain FP32 eager so speedups mean what they say.
+    if isinstance(configs, dict):
+        items = list(configs.items())
+    elif isinstance(configs, (list, tuple)):
+        items = []
+        for entry in configs:
+            if isinstance(entry, str):
+                name, sep, opts = entry.partition("=")
+                if not sep or not name.strip():
+                    raise ValueError(f"config entry {entry!r} must look like 'NAME = option, option, key=value'")
+                items.append((name.strip(), opts))
+            elif isinstance(entry, dict) and len(entry) == 1:
+                items.append(next(iter(entry.items())))
+            else:
+                raise ValueError(f"config entry {entry!r} must be a string 'NAME = options' or a one-key mapping")
+    elif isinstance(configs, str):
+        return _config_entries([configs])
+    else:
+        raise ValueError("configs must be a list of 'NAME = options' strings or a mapping NAME -> options")
+    out = []
+    for name, opts in items:
+        if opts is None:
+            opts = {}
+        if isinstance(opts, str):
+            opts = parse_options(opts)
+        if not isinstance(opts, dict):
+            raise ValueError(f"options of config {name!r} must be a string or mapping, got {opts!r}")
+        out.append((str(name), dict(opts)))
+    return out
+
+
+def study_configs(configs: Any, baseline: str = "fp32-eager") -> list[StudyConfig]:
+    """Parse params' `configs`: 'NAME = options' strings (or a mapping NAME -> options).
+
+    Options are rifelab.engine switches plus `resolutions` (a list, or 'A+B' in strings) limiting
+    where a config runs. The baseline comes first and must be plain FP32 eager.
     """
-    if not isinstance(configs, dict) or not configs:
-        raise ValueError("configs must be a non-empty mapping of name -> engine options (see params.yaml)")
-    if baseline not in configs:
-        raise ValueError(f"baseline {baseline!r} is not among the configs ({', '.join(configs)}); add it")
+    entries = _config_entries(configs)
+    if not entries:
+        raise ValueError("configs is empty: list at least the FP32 eager baseline (see params.yaml)")
+    names = [n for n, _ in entries]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"config names must be unique; repeated: {dup}")
+    if baseline not in names:
+        raise ValueError(f"baseline {baseline!r} is not among the configs ({', '.join(names)}); add it")
     out: list[StudyConfig] = []
-    for name, opts in configs.items():
-        opts = dict(opts or {})
+    for name, opts in entries:
         res = opts.pop("resolutions", None)
+        if isinstance(res, str):
+            res = [r.strip() for r in res.split("+") if r.strip()]
         if res is not None and (not isinstance(res, list) or not res):
-            raise ValueError(f"configs.{name}.resolutions must be a non-empty list like ['640x360'], got {res!r}")
-        cfg = parse_config(opts, name=str(name))
+            raise ValueError(f"resolutions of config {name!r} must be like 640x360 or 640x360+1280x720, got {res!r}")
+        cfg = parse_config(opts, name=name)
         out.append(StudyConfig(cfg, [str(r) for r in res] if res else None))
     base = next(c for c in out if c.name == baseline)
-    defaults = EngineConfig(name=baseline)
-    if base.config.options() != defaults.options():
+    if base.config.options() != EngineConfig(name=baseline).options():
         raise ValueError(f"baseline {baseline!r} must be plain fp32 eager (all options default), got {base.config.options()}")
     if base.resolutions is not None:
-        raise ValueError("the baseline must run at every resolution (remove its resolutions list)")
+        raise ValueError("the baseline must run at every resolution (remove its resolutions option)")
     return [base] + [c for c in out if c.name != baseline]
 
 
