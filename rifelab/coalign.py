@@ -64,6 +64,9 @@ __all__ = [
     "evaluate_loss",
     "CaseResult",
     "benchmark_case",
+    "REPORT_004",
+    "report004_table",
+    "headline_metrics",
 ]
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
@@ -1020,6 +1023,8 @@ class CaseResult:
     stops: dict[str, dict[str, Any]]
     merged: dict[str, np.ndarray]
     loss_steps: list[dict[str, Any]]
+    ref_method: str = ""
+    early_stop_methods: list[str] = field(default_factory=list)
 
 
 def evaluate_loss(snippets: SnippetSet, result: AlignResult, config: AlignConfig = AlignConfig(), device: Any = "cpu") -> float:
@@ -1146,4 +1151,117 @@ def benchmark_case(
                 "peak_mib" if dev.type == "cuda" else "peak_note": mem.peak_mib if dev.type == "cuda" else "cpu: see estimate",
             }
         )
-    return CaseResult(rows, histories, scale_hist, stops, merged, loss_steps)
+    es_methods = [label for label, family, _, _ in runs if family == "early stopping"]
+    return CaseResult(rows, histories, scale_hist, stops, merged, loss_steps, ref_label, es_methods)
+
+
+# ----------------------------------------------------------------------------------------------
+# Study summaries: report 004's claims beside ours, targets
+# ----------------------------------------------------------------------------------------------
+
+#: Figures claimed by report 004_490cdb9e05141461 (Apple Silicon MPS, one real video, fp16).
+REPORT_004: dict[str, float] = {
+    "ref_iterations": 2000,
+    "es_iterations": 530,
+    "ref_time_s": 16.0,
+    "es_time_s": 4.3,
+    "es_speedup": 3.7,
+    "mae": 0.0578,
+    "rmse": 0.0681,
+    "p90": 0.1025,
+    "temporal_ratio": 0.991,
+}
+
+
+def _pick(df: Any, method: str) -> Any:
+    sub = df[df["method"] == method]
+    if sub.empty:
+        raise KeyError(f"no rows for method {method!r}; have {sorted(df['method'].unique())}")
+    return sub
+
+
+def report004_table(methods: Any, ref_method: str, es_method: str) -> Any:
+    """Report 004's claimed figures beside ours, one column per case (``frames x WxH``)."""
+    import pandas as pd
+
+    ref, es = _pick(methods, ref_method), _pick(methods, es_method)
+    cases = list(zip(ref["frames"], ref["width"], ref["height"]))
+    rows = [
+        ("co-alignment iterations, reference", "ref_iterations", lambda r, e: r["iterations"]),
+        ("co-alignment iterations, early stopping", "es_iterations", lambda r, e: e["iterations"]),
+        ("co-alignment time, reference (s)", "ref_time_s", lambda r, e: r["time_s"]),
+        ("co-alignment time, early stopping (s)", "es_time_s", lambda r, e: e["time_s"]),
+        ("co-alignment speed-up of early stopping", "es_speedup", lambda r, e: r["time_s"] / e["time_s"]),
+        ("MAE vs reference ([-1, 1] scale)", "mae", lambda r, e: e["mae"]),
+        ("RMSE vs reference", "rmse", lambda r, e: e["rmse"]),
+        ("P90 abs. error vs reference", "p90", lambda r, e: e["p90"]),
+        ("temporal-consistency ratio vs reference", "temporal_ratio", lambda r, e: e["temporal_ratio"]),
+        ("AbsRel vs truth, reference", None, lambda r, e: r.get("abs_rel", math.nan)),
+        ("AbsRel vs truth, early stopping", None, lambda r, e: e.get("abs_rel", math.nan)),
+        ("δ1 vs truth, early stopping", None, lambda r, e: e.get("delta1", math.nan)),
+    ]
+    table = []
+    for label, key, fn in rows:
+        row: dict[str, Any] = {"quantity": label, "report 004 (claimed; MPS, real video)": REPORT_004.get(key, math.nan) if key else math.nan}
+        for (T, W, H), (_, r), (_, e) in zip(cases, ref.iterrows(), es.iterrows()):
+            row[f"ours: {T} frames {W}x{H} (synthetic)"] = float(fn(r, e))
+        table.append(row)
+    return pd.DataFrame(table).set_index("quantity")
+
+
+def headline_metrics(
+    methods: Any,
+    ref_method: str,
+    es_method: str,
+    solver_method: str = "lsq (ours)",
+    target_es_iteration_factor: float = 3.0,
+    target_es_abs_rel_increase: float = 0.005,
+    target_solver_speedup: float = 10.0,
+) -> dict[str, Any]:
+    """Headline numbers of the largest case and target verdicts over all cases.
+
+    Early stopping meets its target when, in every case, it runs at least
+    ``target_es_iteration_factor`` times fewer iterations than the reference and its AbsRel is at
+    most ``target_es_abs_rel_increase`` above the reference's. The solver meets its target when it
+    is at least ``target_solver_speedup`` times faster than the reference with AbsRel no worse.
+    """
+    ref, es, lsq = _pick(methods, ref_method), _pick(methods, es_method), _pick(methods, solver_method)
+    size = ref["frames"] * ref["height"] * ref["width"]
+    big = size.values.argmax()
+    r, e, s = ref.iloc[big], es.iloc[big], lsq.iloc[big]
+    it_factor = ref["iterations"].values / es["iterations"].values
+    has_truth = "abs_rel" in methods.columns
+    out: dict[str, Any] = {
+        "case": f"{int(r['frames'])} frames {int(r['width'])}x{int(r['height'])}",
+        "ref_time_s": float(r["time_s"]),
+        "ref_iterations": int(r["iterations"]),
+        "es_rule": es_method,
+        "es_iterations": int(e["iterations"]),
+        "es_speedup_vs_ref": float(r["time_s"] / e["time_s"]),
+        "es_mae_vs_ref": float(e["mae"]),
+        "es_rmse_vs_ref": float(e["rmse"]),
+        "es_p90_vs_ref": float(e["p90"]),
+        "es_temporal_ratio_vs_ref": float(e["temporal_ratio"]),
+        "lsq_time_s": float(s["time_s"]),
+        "lsq_speedup_vs_ref": float(r["time_s"] / s["time_s"]),
+        "lsq_mae_vs_ref": float(s["mae"]),
+    }
+    target_es = bool((it_factor >= target_es_iteration_factor).all())
+    target_lsq = bool(((ref["time_s"].values / lsq["time_s"].values) >= target_solver_speedup).all())
+    if has_truth:
+        out.update(
+            ref_abs_rel=float(r["abs_rel"]),
+            ref_delta1=float(r["delta1"]),
+            es_abs_rel=float(e["abs_rel"]),
+            es_delta1=float(e["delta1"]),
+            lsq_abs_rel=float(s["abs_rel"]),
+            lsq_delta1=float(s["delta1"]),
+        )
+        target_es = target_es and bool((es["abs_rel"].values - ref["abs_rel"].values <= target_es_abs_rel_increase).all())
+        target_lsq = target_lsq and bool((lsq["abs_rel"].values <= ref["abs_rel"].values).all())
+    out["min_es_iteration_factor"] = float(it_factor.min())
+    out["max_es_abs_rel_increase"] = float((es["abs_rel"].values - ref["abs_rel"].values).max()) if has_truth else math.nan
+    out["min_lsq_speedup_vs_ref"] = float((ref["time_s"].values / lsq["time_s"].values).min())
+    out["target_early_stopping_met"] = target_es
+    out["target_solver_met"] = target_lsq
+    return out

@@ -249,7 +249,7 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     root = Path(__file__).resolve().parent.parent
     params = dict(
         frames=[20],
-        resolutions=[[24, 32]],
+        resolutions=["32x24", "40x24"],
         dilations=[1, 3, 25],
         factor=2,
         iterations=120,
