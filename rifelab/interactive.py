@@ -27,7 +27,7 @@ from .models import VALID_SCALES, check_scale
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ViewState", "TimestepViewer", "triplet_quality"]
+__all__ = ["ViewState", "TimestepViewer", "triplet_quality", "benchmark_figure"]
 
 
 @dataclass
@@ -207,3 +207,22 @@ def triplet_quality(viewer: TimestepViewer, scale: float = 1.0) -> pd.DataFrame:
             rows.append({"triplet": tri.name, "method": method, "psnr_db": float(psnr(pred, tri.gt)[0]),
                          "ssim": float(ssim(pred, tri.gt)[0])})
     return pd.DataFrame(rows)
+
+
+def benchmark_figure(df: pd.DataFrame, title: str | None = None) -> Any:
+    """Bar chart of output frames per second per mode (median, p10-p90 whiskers) from `benchmark_pipeline`."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    y = np.arange(len(df))
+    err = np.vstack([df["output_fps"] - df["output_fps_p10"], df["output_fps_p90"] - df["output_fps"]]).clip(min=0)
+    colors = ["#4c72b0" if m == "model only" else "#55a868" if "threads" in m else "#c44e52" for m in df["mode"]]
+    ax.barh(y, df["output_fps"], xerr=err, color=colors, capsize=4)
+    ax.set_yticks(y, [f"{m}\n{s:.0%} of model-only rate" for m, s in zip(df["mode"], df["model_share"])])
+    ax.invert_yaxis()
+    ax.set_xlabel("output frames per second (median; whiskers p10-p90)")
+    r = df.iloc[0]
+    ax.set_title(title or f"rifelab interpolate, {r['resolution']}, {int(r['input_frames'])} -> "
+                 f"{int(r['output_frames'])} frames", fontsize=10)
+    fig.tight_layout()
+    return fig
