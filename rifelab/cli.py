@@ -92,10 +92,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_notebook(args: argparse.Namespace) -> int:
-    from .notebooks import parse_unpacked_params, run_notebook
+    from .notebooks import load_params, parse_unpacked_params, run_notebook
     from .results import find_project_root
 
-    params = parse_unpacked_params(args.params)
+    params: dict = {}
+    if args.sections:
+        all_params = load_params(args.params_file)
+        for section in args.sections:
+            if section not in all_params:
+                raise ValueError(f"{args.params_file or 'params.yaml'} has no section {section!r}; "
+                                 f"sections: {', '.join(all_params)}")
+            params.update(all_params[section] or {})
+    params.update(parse_unpacked_params(args.params))
     for item in args.set:
         key, _, value = item.partition("=")
         params.update(parse_unpacked_params([f"--{key}", value]))
@@ -171,11 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("notebook", allow_abbrev=False, help="run a study notebook headless with papermill (used by dvc.yaml)",
                        description="Execute NOTEBOOK with papermill from the project root and save the executed "
-                       "copy. Parameters follow as --name value [value ...] (the form DVC renders `${section}` "
-                       "in a stage command), or as --set name=value.")
+                       "copy. Parameters come from params.yaml sections (--sections), then from extra "
+                       "--name value [value ...] pairs (the form DVC renders `${section}` in a stage command), "
+                       "then from --set name=value.")
     p.add_argument("notebook", help="path of the .ipynb to run, e.g. notebooks/01_baseline.ipynb")
     p.add_argument("--output", "-o", default=None,
                    help="where to save the executed notebook (default: results/notebooks/<name>.ipynb)")
+    p.add_argument("--sections", nargs="+", default=[], metavar="SECTION",
+                   help="params.yaml sections whose keys become notebook parameters, merged in order "
+                   "(e.g. common baseline); later sections and explicit --name value pairs win")
+    p.add_argument("--params-file", default=None, metavar="PATH",
+                   help="parameters file to read the sections from (default: the project's params.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override one parameter (YAML value), may repeat")
     p.add_argument("--log-output", action="store_true", help="stream the notebook's output to the log")

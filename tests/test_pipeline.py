@@ -32,7 +32,8 @@ def test_every_stage_lists_the_params_its_notebook_reads():
         cmd = stage["cmd"]
         if "rifelab notebook" not in cmd:
             continue
-        sections = [tok[2:-1] for tok in cmd.split() if tok.startswith("${")]
+        toks = cmd.split()
+        sections = toks[toks.index("--sections") + 1 :]
         assert sorted(stage["params"]) == sorted(sections), name
         nb = json.loads((ROOT / cmd.split()[2]).read_text())
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
