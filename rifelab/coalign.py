@@ -842,6 +842,8 @@ def solve_lsq(
     ones[1, K:] = 1.0
     system = H + ones.T @ ones
     rhs = K * ones[0]
+    if dev.type == "mps":  # small (2K x 2K) system: solve it on the CPU in float64
+        system, rhs = system.cpu().double(), rhs.cpu().double()
     chol, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0:
         raise FloatingPointError(
@@ -849,8 +851,8 @@ def solve_lsq(
             "snippets share no frame with the others (include dilation 1)"
         )
     theta = torch.cholesky_solve(rhs[:, None], chol)[:, 0]
-    theta = theta / theta[:K].mean()
-    scale, shift = theta[:K].float(), theta[K : 2 * K].float()
+    theta = (theta / theta[:K].mean()).to(dev, torch.float32)
+    scale, shift = theta[:K], theta[K : 2 * K]
     synchronize(dev)
     t2 = time.perf_counter()
     if not bool(torch.isfinite(theta).all()):
