@@ -271,3 +271,6 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     assert metrics["environment"]["device"] == "cpu"
     assert metrics["lsq_speedup_vs_ref"] > 1
     assert 0 <= metrics["lsq_abs_rel"] < 0.2 and math.isfinite(metrics["ref_abs_rel"])
+    # fixed-path copies for DVC (metrics and plot data of the latest run)
+    assert (tmp_path / "metrics" / "coalign.json").exists()
+    assert {p.name for p in (tmp_path / "plots" / "coalign").iterdir()} == {"methods.csv", "loss_curves.csv"}
