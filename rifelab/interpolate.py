@@ -1071,14 +1071,18 @@ def benchmark_pipeline(
     Same input and same model calls in every row: `frames` (uint8 T,H,W,3) are written as PNGs once;
     'model only' runs the batched model calls on tensors already in memory (no decode, decisions,
     encode or disk); 'pipeline (threads)' and 'pipeline (serial)' run `interpolate_sequence` PNG folder
-    to PNG folder with and without the reader/writer threads. Timings use rifelab.profiling.time_callable
-    (warm-up, repeats, median, p10/p90). Returns a DataFrame with one row per mode.
+    to PNG folder with and without the reader/writer threads. After `warmup` runs of each mode, the
+    modes are timed in turn `repeats` times (interleaved, device synchronised), and summarised as
+    rifelab.profiling.Timing (median, p10/p90). Returns a DataFrame with one row per mode;
+    `model_share` = model-only median / mode median (1.0: the I/O is fully hidden).
     """
     import pandas as pd
 
     from .data import write_image
-    from .profiling import time_callable
+    from .profiling import Timing, synchronize
 
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"warmup must be >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
     thresholds = thresholds if thresholds is not None else SceneThresholds()
     device = _model_device(model)
     cfg = InterpolateConfig(multi=multi, batch_size=batch_size, scale=scale, thresholds=thresholds, progress=False)
@@ -1114,9 +1118,21 @@ def benchmark_pipeline(
 
             return go
 
+        modes = (("model only", model_only), ("pipeline (threads)", run(True)), ("pipeline (serial)", run(False)))
+        for _, fn in modes:  # warm-up
+            for _ in range(warmup):
+                fn()
+        samples: dict[str, list[float]] = {name: [] for name, _ in modes}
+        for _ in range(repeats):  # interleaved, so a change in machine load hits every mode alike
+            for name, fn in modes:
+                synchronize(device)
+                t0 = time.perf_counter()
+                fn()
+                synchronize(device)
+                samples[name].append(time.perf_counter() - t0)
         rows = []
-        for name, fn in (("model only", model_only), ("pipeline (threads)", run(True)), ("pipeline (serial)", run(False))):
-            timing = time_callable(fn, device=device, warmup=warmup, repeats=repeats)
+        for name, _ in modes:
+            timing = Timing.from_samples(samples[name], warmup=warmup)
             rows.append({
                 "mode": name,
                 "median_s": timing.median,

@@ -412,11 +412,11 @@ def test_widget_callback_driven_programmatically(model):
     assert viewer.last.timestep == 0.25 and viewer.model_calls == calls + 1
     t0 = viewer.triplets[0]
     np.testing.assert_array_equal(viewer.last.frame, _direct(model, t0.frame0, t0.frame2, 0.25))
-    viewer.controls["scale"].value = 0.5
-    assert viewer.last.scale == 0.5 and viewer.last.timestep == 0.25
+    viewer.controls["triplet"].value = 1
+    assert (viewer.last.triplet, viewer.last.timestep, viewer.last.scale) == (1, 0.25, 1.0)
     viewer.controls["timestep"].value = 0.5
-    viewer.controls["scale"].value = 1.0
     assert viewer.last.cached  # moving back to a view already made does not rerun the model
+    assert viewer.model_calls == calls + 2
     with pytest.raises(ValueError, match="timestep must lie in"):
         viewer.update(0, 1.5, 1.0)
 
@@ -453,3 +453,23 @@ def test_notebook_00_runs_headless(tmp_path):
     bench = pd.read_csv(out / "pipeline_benchmark.csv")
     assert list(bench["mode"]) == ["model only", "pipeline (threads)", "pipeline (serial)"]
     assert (bench["output_frames"] == 5).all()
+
+
+def test_optimised_engine_passthrough(model, frames, tmp_path):
+    """`--dtype` and the other switches of rifelab.engine reach the model the CLI builds; fp32 output unchanged."""
+    engine = pytest.importorskip("rifelab.engine")
+    import argparse
+
+    from rifelab.interpolate import add_interpolate_parser, load_interpolation_model
+
+    parser = argparse.ArgumentParser()
+    add_interpolate_parser(parser.add_subparsers())
+    args = parser.parse_args(["interpolate", "in", "out", "--device", "cpu", "--dtype", "bf16"])
+    m = load_interpolation_model(args)
+    assert isinstance(m, engine.Engine) and m.dtype == torch.bfloat16
+    args = parser.parse_args(["interpolate", "in", "out", "--device", "cpu"])
+    fp32 = load_interpolation_model(args)
+    a = interpolate_sequence(frames[:2], tmp_path / "a", fp32, _cfg(multi=3))
+    interpolate_sequence(frames[:2], tmp_path / "b", model, _cfg(multi=3))
+    assert a.model_frames == 1
+    np.testing.assert_array_equal(_read_all(tmp_path / "a")[1], _read_all(tmp_path / "b")[1])
