@@ -18,6 +18,8 @@ trace. A block's head (`lastconv`: 4 flow + 1 mask channels) is never pruned; no
 Layer names are the conv modules' names inside `IFNet`, e.g. `block0.conv0.0.0` (first conv of block 0),
 `block3.convblock.5.0`, `block2.lastconv`; protection and per-layer ratio patterns are `fnmatch`
 patterns over those names (or over group names, which are the name of the group's first conv).
+A protected layer keeps its whole weight: the group holding its outputs and the group feeding its
+inputs both stay whole (protecting `lastconv` therefore keeps the trunk; its outputs are kept anyway).
 
 Masks use `torch.nn.utils.prune` on the weights only, as in report 001: the biases stay, so a masked
 channel still emits PReLU(bias), a constant the next conv keeps seeing. Removing the channel drops it.
@@ -86,7 +88,7 @@ __all__ = [
 
 METHODS = ("naive_global", "architecture_aware")
 MODES = ("mask", "physical")
-DEFAULT_PROTECTED = ("block*.conv0.0.0", "block*.lastconv*")
+DEFAULT_PROTECTED = ("block*.conv0.0.0",)
 FORMAT = "rifelab.pruned/1"
 
 
@@ -125,10 +127,11 @@ class ChannelGroup:
     layers: tuple[str, ...]
     width: int
     prunable: bool
+    consumers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "block": self.block, "layers": list(self.layers), "width": self.width,
-                "prunable": self.prunable}
+                "prunable": self.prunable, "consumers": list(self.consumers)}
 
 
 def _block_example_inputs(net: IFNet, index: int, size: int = 64) -> tuple:
@@ -190,13 +193,18 @@ def channel_groups(net: IFNet) -> list[ChannelGroup]:
                 if id(dep.target.module) in by_module and getattr(dep.handler, "__name__", "") == "prune_out_channels"
             ]
             layers = tuple(sorted(set(members), key=order.__getitem__))
+            consumers = tuple(sorted({
+                by_module[id(dep.target.module)]
+                for dep, _ in group
+                if id(dep.target.module) in by_module and getattr(dep.handler, "__name__", "") == "prune_in_channels"
+            }, key=order.__getitem__))
             if not layers or layers in seen:
                 continue
             seen.add(layers)
             first = names[layers[0]]
             width = int(first.weight.shape[_out_dim(first)])
             head = any(n.split(".")[1].startswith("lastconv") for n in layers)
-            groups.append(ChannelGroup(layers[0], bi, layers, width, prunable=not head))
+            groups.append(ChannelGroup(layers[0], bi, layers, width, prunable=not head, consumers=consumers))
     groups.sort(key=lambda g: order[g.name])
     return groups
 
@@ -354,7 +362,8 @@ class ChannelPlan:
     def from_dict(cls, d: Mapping[str, Any]) -> "ChannelPlan":
         try:
             groups = {
-                g["name"]: ChannelGroup(g["name"], int(g["block"]), tuple(g["layers"]), int(g["width"]), bool(g["prunable"]))
+                g["name"]: ChannelGroup(g["name"], int(g["block"]), tuple(g["layers"]), int(g["width"]), bool(g["prunable"]),
+                                        tuple(g.get("consumers", ())))
                 for g in d["groups"]
             }
             keep = {k: [int(c) for c in v] for k, v in d["keep"].items()}
@@ -377,15 +386,22 @@ class ChannelPlan:
                 raise PruningError(f"channel plan prunes the head group {n!r}; its outputs are the flow and mask")
 
 
-def _match_patterns(patterns: Iterable[str], groups: Sequence[ChannelGroup], what: str) -> dict[str, set[str]]:
-    """pattern -> names of the groups it matches (by group or member layer name); unknown patterns are errors."""
+def _match_patterns(
+    patterns: Iterable[str], groups: Sequence[ChannelGroup], what: str, with_inputs: bool = False
+) -> dict[str, set[str]]:
+    """pattern -> names of the groups it matches (by group or member layer name); unknown patterns are errors.
+
+    With `with_inputs`, a matched layer also claims the groups that feed its input channels, so that a
+    protected layer keeps its whole weight tensor.
+    """
     matched: dict[str, set[str]] = {}
     layer_names = [layer for g in groups for layer in g.layers]
     for pat in patterns:
         if not isinstance(pat, str) or not pat:
             raise PruningError(f"{what} entries must be layer names or fnmatch patterns (strings), got {pat!r}")
         hits = {g.name for g in groups if fnmatch.fnmatchcase(g.name, pat)
-                or any(fnmatch.fnmatchcase(layer, pat) for layer in g.layers)}
+                or any(fnmatch.fnmatchcase(layer, pat) for layer in g.layers)
+                or (with_inputs and any(fnmatch.fnmatchcase(layer, pat) for layer in g.consumers))}
         if not hits:
             examples = ", ".join(layer_names[:3] + layer_names[-2:])
             raise PruningError(
@@ -460,7 +476,7 @@ def plan_architecture_aware(
     if isinstance(protected, str):
         protected = [protected]
     groups = channel_groups(net)
-    prot = set().union(*_match_patterns(protected, groups, "protected layer").values()) if protected else set()
+    prot = set().union(*_match_patterns(protected, groups, "protected layer", with_inputs=True).values()) if protected else set()
     scale_hits = _match_patterns((ratio_scale or {}).keys(), groups, "ratio_scale pattern")
     for pat, v in (ratio_scale or {}).items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
@@ -542,17 +558,6 @@ def apply_masks(net: IFNet, plan: ChannelPlan, mask_bias: bool = False) -> IFNet
     return net
 
 
-def _remove_masks(net: nn.Module) -> nn.Module:
-    """Make masks permanent (plain weights with zeros) so the state_dict has the usual keys."""
-    from torch.nn.utils import prune
-
-    for m in net.modules():
-        for pname in ("weight", "bias"):
-            if prune.is_pruned(m) and hasattr(m, pname + "_orig"):
-                prune.remove(m, pname)
-    return net
-
-
 def apply_physical(net: IFNet, plan: ChannelPlan) -> IFNet:
     """Remove the plan's channels for real (in place), one IFBlock at a time with torch-pruning.
 
@@ -622,10 +627,16 @@ def save_pruned(model: RIFE, path: str | os.PathLike) -> Path:
     info: PruningInfo | None = getattr(model, "pruning_info", None)
     if info is None:
         raise PruningError("model has no pruning plan attached; prune it with rifelab.pruning.prune_model first")
-    net = model.net
-    if info.mode == "mask":
-        net = _remove_masks(copy.deepcopy(net))
-    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    raw = model.net.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    for k, v in raw.items():  # masks fold into plain weights: w = w_orig * mask
+        if k.endswith("_mask"):
+            continue
+        if k.endswith("_orig"):
+            base = k[: -len("_orig")]
+            state[base] = (v * raw[base + "_mask"]).detach().cpu().clone()
+        else:
+            state[k] = v.detach().cpu().clone()
     payload = {"format": FORMAT, "mode": info.mode, "mask_bias": info.mask_bias, "plan": info.plan.to_dict(),
                "state_dict": state}
     path = Path(path)
