@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import copy
 import logging
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator, Sequence
 
@@ -94,9 +95,9 @@ class EngineConfig:
 
 
 def parse_options(text: str) -> dict[str, Any]:
-    """'bf16, channels_last, compile_mode=max-autotune' -> {'dtype': 'bf16', 'channels_last': True, ...}.
+    """'bf16, channels_last, compile_mode:max-autotune' -> {'dtype': 'bf16', 'channels_last': True, ...}.
 
-    A dtype name sets `dtype`, a bare option name switches it on, `key=value` sets a value.
+    A dtype name sets `dtype`, a bare option name switches it on, `key:value` (or `key=value`) sets a value.
     """
     d: dict[str, Any] = {}
     for tok in (t.strip() for t in str(text).split(",")):
@@ -104,8 +105,8 @@ def parse_options(text: str) -> dict[str, Any]:
             continue
         if tok in DTYPES:
             d["dtype"] = tok
-        elif "=" in tok:
-            k, v = tok.split("=", 1)
+        elif "=" in tok or ":" in tok:
+            k, v = re.split(r"[=:]", tok, maxsplit=1)
             d[k.strip()] = _parse_scalar(v.strip())
         else:
             d[tok] = True
@@ -241,6 +242,7 @@ class _Buffers:
     graph: Any = None
     out: torch.Tensor | None = None
     last_t: Any = field(default=None)
+    keep_alive: tuple = ()  # tensors a captured graph reads (the warp grid of its shape)
 
 
 class Engine:
@@ -331,6 +333,9 @@ class Engine:
                 self._skip("tf32", f"TF32 only changes float32 convolutions/matmuls; the engine runs in {cfg.dtype}")
             else:
                 self.applied["tf32"] = "TF32 for float32 convolutions and matmuls while the engine runs"
+        if is_cuda and "tf32" not in self.applied:
+            self.applied["tf32_off"] = ("TF32 disabled while the engine runs, so float32 means IEEE float32 "
+                                        "(torch enables TF32 for cuDNN convolutions by default)")
         graphs_wanted = cfg.cuda_graphs
         if cfg.cuda_graphs:
             if not is_cuda:
@@ -393,7 +398,7 @@ class Engine:
             if "tf32" in self.applied:
                 setattr_saved(torch.backends.cuda.matmul, "allow_tf32", True)
                 setattr_saved(torch.backends.cudnn, "allow_tf32", True)
-            elif self.device.type == "cuda":
+            elif "tf32_off" in self.applied:
                 setattr_saved(torch.backends.cuda.matmul, "allow_tf32", False)
                 setattr_saved(torch.backends.cudnn, "allow_tf32", False)
             if "threads" in self.applied and cfg.threads != old_threads:
@@ -578,6 +583,7 @@ class Engine:
         with torch.cuda.graph(graph):
             bufs.out = self._run_net(bufs.img0, bufs.img1, bufs.t, scale_list, ensemble)
         bufs.graph = graph
+        bufs.keep_alive = (self.fwd.grid, self.fwd.grid_norm)  # another shape must not free them
 
     def _interpolate_many_streams(self, frames: torch.Tensor, timestep: float, scale: float) -> torch.Tensor:
         dev = self.device

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,18 +78,18 @@ def _config_entries(configs: Any) -> list[tuple[str, dict[str, Any]]]:
         items = []
         for entry in configs:
             if isinstance(entry, str):
-                name, sep, opts = entry.partition("=")
-                if not sep or not name.strip():
-                    raise ValueError(f"config entry {entry!r} must look like 'NAME = option, option, key=value'")
-                items.append((name.strip(), opts))
-            elif isinstance(entry, dict) and len(entry) == 1:
-                items.append(next(iter(entry.items())))
+                parts = re.split(r"[:=]", entry, maxsplit=1)
+                if len(parts) != 2 or not parts[0].strip():
+                    raise ValueError(f"config entry {entry!r} must look like 'NAME: option, option, key:value'")
+                items.append((parts[0].strip(), parts[1]))
+            elif isinstance(entry, dict) and entry:
+                items.extend(entry.items())  # {'NAME': 'options'}, as YAML reads 'NAME: options
             else:
-                raise ValueError(f"config entry {entry!r} must be a string 'NAME = options' or a one-key mapping")
+                raise ValueError(f"config entry {entry!r} must be a string 'NAME: options' or a one-key mapping")
     elif isinstance(configs, str):
         return _config_entries([configs])
     else:
-        raise ValueError("configs must be a list of 'NAME = options' strings or a mapping NAME -> options")
+        raise ValueError("configs must be a list of 'NAME: options' strings or a mapping NAME -> options")
     out = []
     for name, opts in items:
         if opts is None:
@@ -102,9 +103,10 @@ def _config_entries(configs: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def study_configs(configs: Any, baseline: str = "fp32-eager") -> list[StudyConfig]:
-    """Parse params' `configs`: 'NAME = options' strings (or a mapping NAME -> options).
+    """Parse params' `configs`: 'NAME: options' strings (or a mapping NAME -> options).
 
-    Options are rifelab.engine switches plus `resolutions` (a list, or 'A+B' in strings) limiting
+    Options (see rifelab.engine.parse_options) are engine switches plus `resolutions` (a list, or
+    'resolutions:A+B' in strings) limiting
     where a config runs. The baseline comes first and must be plain FP32 eager.
     """
     entries = _config_entries(configs)
@@ -268,6 +270,9 @@ def best_rows(df: pd.DataFrame, resolution: str, dtype_prefix: str | None = None
 
 
 _CATEGORIES = [
+    # inductor's generated code: on CPU its kernels run inside the "Call CompiledFxGraph" event (self time)
+    ("compiled fused kernels (resampling, activation, elementwise, concat)",
+     ("compiledfxgraph", "cpp_fused", "triton_", "compiled region")),
     ("convolution", ("conv", "mkldnn_convolution", "cudnn", "gemm", "winograd", "implicit_gemm", "sm80", "sm90",
                      "xmma", "cutlass")),
     ("activation (PReLU)", ("prelu",)),
@@ -291,7 +296,8 @@ def profile_engine(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """torch.profiler of one warm call: (top operators by self time, time per operator category).
 
-    On CUDA the device (kernel) time is used, on CPU the self CPU time of aten operators.
+    On CUDA the device (kernel) time is used, on CPU the self CPU time of every recorded event (self
+    times do not overlap; a torch.compile'd graph's fused kernels show up as its "Call CompiledFxGraph").
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -316,8 +322,6 @@ def profile_engine(
     ops = pd.DataFrame(rows, columns=["operator", "calls", "self_ms"])
     if ops.empty:
         return ops, pd.DataFrame(columns=["category", "self_ms", "share_pct"])
-    if not cuda:
-        ops = ops[ops["operator"].str.startswith("aten::")]
     total = ops["self_ms"].sum()
     ops = ops.assign(share_pct=100 * ops["self_ms"] / total).sort_values("self_ms", ascending=False)
     cats = (ops.assign(category=ops["operator"].map(_category)).groupby("category", as_index=False)["self_ms"].sum()

@@ -256,7 +256,7 @@ def test_compiled_engine_runs_compiled_code_and_stays_close(model):
 
 
 def test_parse_options_and_config_errors():
-    assert parse_options("bf16, channels_last, compile_mode=max-autotune, threads=2") == {
+    assert parse_options("bf16, channels_last, compile_mode:max-autotune, threads=2") == {
         "dtype": "bf16", "channels_last": True, "compile_mode": "max-autotune", "threads": 2}
     assert parse_config("fp16, cuda_graphs").cuda_graphs is True
     with pytest.raises(ValueError, match="valid options"):
@@ -295,15 +295,33 @@ def test_params_yaml_configs_parse_and_baseline_checked():
     assert {c.name for c in study} >= {"bf16", "fp32-channels_last"}
     assert next(c for c in study if c.name == "fp16").resolutions == ["640x360"]
     with pytest.raises(ValueError, match="plain fp32 eager"):
-        study_configs(["fp32-eager = bf16"], baseline="fp32-eager")
+        study_configs(["fp32-eager: bf16"], baseline="fp32-eager")
     with pytest.raises(ValueError, match="not among the configs"):
         study_configs(["bf16 = bf16"], baseline="fp32-eager")
     with pytest.raises(ValueError, match="unique"):
         study_configs(["fp32-eager = fp32", "fp32-eager = fp32"])
-    with pytest.raises(ValueError, match="NAME = option"):
+    with pytest.raises(ValueError, match="NAME: option"):
         study_configs(["fp32-eager"])
-    # mapping form (Python users) is accepted too
+    # mapping form (Python users) and 'NAME = options' are accepted too
     assert [c.name for c in study_configs({"fp32-eager": {}, "x": {"dtype": "bf16"}})] == ["fp32-eager", "x"]
+    assert study_configs(["fp32-eager = fp32", "y = bf16, resolutions=64x64+96x64"])[1].resolutions == ["64x64", "96x64"]
+
+
+def test_params_survive_dvc_unpacking():
+    """`dvc repro` renders the section as --key value flags; the notebook must get the same configs back."""
+    import shlex
+
+    pytest.importorskip("dvc")
+    from dvc.parsing.interpolate import to_str
+
+    from rifelab.notebooks import as_list, load_params, parse_unpacked_params
+
+    sec = load_params()["optimisation"]
+    back = parse_unpacked_params(shlex.split(to_str(sec)))
+    direct = study_configs(sec["configs"], sec["baseline"])
+    via_dvc = study_configs(as_list(back["configs"]), back["baseline"])
+    assert [(c.config, c.resolutions) for c in via_dvc] == [(c.config, c.resolutions) for c in direct]
+    assert back["resolutions"] == sec["resolutions"]
 
 
 def test_bench_options_build_the_engine():
@@ -327,7 +345,7 @@ def test_bench_options_build_the_engine():
 
 
 def test_run_study_tiny(model):
-    study = study_configs(["fp32-eager = fp32", "bf16 = bf16", "tf32 = tf32, resolutions=96x64"])
+    study = study_configs(["fp32-eager: fp32", "bf16: bf16", "tf32: tf32, resolutions:96x64"])
     df, engines = run_study(model, study, ["96x64", "64x64"], "cpu", warmup=0, repeats=2, quality_pairs=1,
                             progress=False)
     assert set(df["config"]) == {"fp32-eager", "bf16", "tf32"}
@@ -359,7 +377,7 @@ def test_notebook_runs_with_tiny_params(tmp_path):
     root = Path(__file__).resolve().parent.parent
     params = {
         "resolutions": ["96x64"], "target_resolution": "96x64", "quality_pairs": 1, "warmup": 0, "repeats": 2,
-        "configs": ["fp32-eager = fp32", "bf16 = bf16", "fp32-cl = channels_last", "graphs = cuda_graphs, tf32"],
+        "configs": ["fp32-eager: fp32", "bf16: bf16", "fp32-cl: channels_last", "graphs: cuda_graphs, tf32"],
         "device": "cpu", "results_root": str(tmp_path), "profile_top": 5,
     }
     run_notebook(root / "notebooks" / "02_optimisation.ipynb", tmp_path / "out.ipynb", params, cwd=root)
