@@ -703,23 +703,31 @@ def measure_latency(
     img1: torch.Tensor,
     device: str | torch.device = "cpu",
     warmup: int = 1,
-    repeats: int = 3,
-    rounds: int = 2,
+    repeats: int = 1,
+    rounds: int = 5,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Latency of `interpolate` for several models, measured side by side: `rounds` interleaved passes
-    over all models, each `warmup` + `repeats` calls; returns name -> Timing (all samples merged)."""
+    """Latency of `interpolate` for several models, measured side by side.
+
+    Every model first gets `warmup` unrecorded calls; then `rounds` interleaved passes over all models
+    time `repeats` calls each, so a change of load hits every model alike. Returns name -> Timing
+    (median, p10/p90, bootstrap interval) over all `rounds * repeats` samples.
+    """
     from tqdm.auto import tqdm
 
     from .profiling import Timing, time_callable
 
+    if rounds < 1 or repeats < 1 or warmup < 0:
+        raise PruningError(f"need rounds >= 1, repeats >= 1, warmup >= 0; got {rounds}, {repeats}, {warmup}")
+    inputs = {k: (img0.to(m.device, m.dtype), img1.to(m.device, m.dtype)) for k, m in models.items()}
+    calls = {k: (lambda m=m, ab=inputs[k]: m.interpolate(*ab)) for k, m in models.items()}
+    for k in models:
+        if warmup:
+            time_callable(calls[k], device, warmup=warmup - 1, repeats=1)
     samples: dict[str, list[float]] = {k: [] for k in models}
     steps = [(r, name) for r in range(rounds) for name in models]
     for _, name in tqdm(steps, desc="latency", disable=not progress):
-        m = models[name]
-        a, b = img0.to(m.device, m.dtype), img1.to(m.device, m.dtype)
-        t = time_callable(lambda: m.interpolate(a, b), device, warmup=warmup, repeats=repeats)
-        samples[name].extend(t.samples)
+        samples[name].extend(time_callable(calls[name], device, warmup=0, repeats=repeats).samples)
     return {k: Timing.from_samples(v, warmup=warmup) for k, v in samples.items()}
 
 

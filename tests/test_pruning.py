@@ -274,3 +274,23 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     assert configs["architecture_aware/physical/0.5"]["gmac"] < 0.5 * configs["unpruned"]["gmac"]
     assert configs["architecture_aware/mask/0.5"]["gmac"] == configs["unpruned"]["gmac"]
     assert (tmp_path / "metrics" / "pruning.json").exists()
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_prune_subcommand_saves_a_loadable_model(tmp_path, pair):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    P.add_prune_parser(parser.add_subparsers())
+    out = tmp_path / "aware.pt"
+    args = parser.parse_args(["prune", "--sparsity", "0.25", "--output", str(out)])
+    assert args.func(args) == 0
+    model, plan = P.load_pruned(out)
+    assert plan.method == "architecture_aware" and model.pruning_info.mode == "physical"
+    assert model.interpolate(*pair).shape == pair[0].shape
+    with pytest.raises(P.PruningError, match=r"\[0, 1\)"):
+        args = parser.parse_args(["prune", "--sparsity", "1", "--output", str(tmp_path / "x.pt")])
+        args.func(args)
+    assert not (tmp_path / "x.pt").exists()
