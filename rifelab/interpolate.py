@@ -537,7 +537,7 @@ class _FolderSink:
                     )
                 for n in entries:
                     (d / n).unlink()
-                log.info("--overwrite: removed %d files from %s", len(entries), d)
+                log.debug("--overwrite: removed %d files from %s", len(entries), d)
             else:
                 raise DataError(
                     f"output folder {d} is not empty ({len(entries)} entries); pass --resume to continue an "
@@ -1022,7 +1022,7 @@ def interpolate_sequence(
         raise
     finally:
         write_bar.close()
-    log.info("interpolate: %s", summary.describe().replace("\n", "; "))
+    log.debug("interpolate: %s", summary.describe().replace("\n", "; "))
     return summary
 
 
