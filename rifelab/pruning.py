@@ -1125,8 +1125,9 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="layers kept whole (fnmatch patterns over conv names, e.g. 'block*.conv0.0.0')")
     p.add_argument("--min-channels", type=int, default=16)
     p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--finetune-steps", type=int, default=0, help="distillation steps after pruning (0: none)")
-    p.add_argument("--finetune-lr", type=float, default=2e-4)
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="distillation steps after pruning on carphone/bikes triplets (0: none)")
+    p.add_argument("--finetune-lr", type=float, default=3e-4)
     p.add_argument("--output", "-o", required=True, help="output file (.pt)")
     p.set_defaults(func=_cmd_prune)
     return p
@@ -1142,11 +1143,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     plan = make_plan(model.net, args.method, args.sparsity, **kwargs)
     pruned = prune_model(model, plan, mode=args.mode)
     if args.finetune_steps > 0:
-        from .data import clip_triplets, load_clip
-        from .distill import distill
+        from .distill import distill, distillation_targets
 
-        frames = load_clip("carphone", max_frames=60)
-        distill(pruned, model, list(clip_triplets(frames)), steps=args.finetune_steps, lr=args.finetune_lr)
+        train = clip_range_triplets({"carphone": [0, 80], "bikes": [0, 120]}, 12)
+        data = distillation_targets(model, train, progress=True)
+        distill(pruned, data, steps=args.finetune_steps, lr=args.finetune_lr, progress=True)
     save_pruned(pruned, args.output)
     print(f"saved {args.mode} {args.method} model at sparsity {args.sparsity} "
           f"({plan.removed_fraction:.1%} of prunable channels removed) to {args.output}")

@@ -289,7 +289,7 @@ def test_params_yaml_configs_parse_and_baseline_checked():
     study = study_configs(sec["configs"], baseline=sec["baseline"])
     assert study[0].name == sec["baseline"] and study[0].resolutions is None
     assert {c.name for c in study} >= {"bf16", "fp32-channels_last"}
-    assert next(c for c in study if c.name == "fp16").resolutions == ["640x360"]
+    assert next(c for c in study if c.name == "bf16-cl-compile").resolutions == ["1280x720"]
     with pytest.raises(ValueError, match="plain fp32 eager"):
         study_configs(["fp32-eager: bf16"], baseline="fp32-eager")
     with pytest.raises(ValueError, match="not among the configs"):
