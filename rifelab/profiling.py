@@ -155,6 +155,28 @@ def _cpu_peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def _cpu_reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where unsupported (non-Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _cpu_vmhwm_bytes() is not None
+    except OSError:
+        return False
+
+
+def _cpu_vmhwm_bytes() -> int | None:
+    """Peak RSS since the last reset (Linux /proc/self/status VmHWM), or None where unavailable."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _cpu_current_rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as fh:
@@ -168,8 +190,9 @@ class PeakMemory:
     """Context manager measuring peak memory on a device while the block runs.
 
     cuda: torch.cuda.max_memory_allocated (reset on entry); mps: driver allocated memory
-    at exit (MPS has no peak counter); cpu: process peak RSS, which is monotonic over the
-    process life, so `peak_bytes` is the peak so far and `delta_bytes` the growth since entry.
+    at exit (MPS has no peak counter); cpu on Linux: peak RSS of the process while the block ran
+    (the kernel's VmHWM counter is reset on entry); cpu elsewhere: process peak RSS so far, which
+    is monotonic over the process life (`kind` says which), and `delta_bytes` the growth since entry.
     """
 
     device: str | torch.device = "cpu"
@@ -189,7 +212,7 @@ class PeakMemory:
             self.kind = "mps_driver_allocated"
         else:
             self.start_bytes = _cpu_current_rss_bytes()
-            self.kind = "cpu_peak_rss"
+            self.kind = "cpu_peak_rss_block" if _cpu_reset_peak_rss() else "cpu_peak_rss_process"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -199,6 +222,8 @@ class PeakMemory:
             self.peak_bytes = int(torch.cuda.max_memory_allocated(dev))
         elif dev.type == "mps":
             self.peak_bytes = int(torch.mps.driver_allocated_memory())
+        elif self.kind == "cpu_peak_rss_block":
+            self.peak_bytes = _cpu_vmhwm_bytes() or _cpu_peak_rss_bytes()
         else:
             self.peak_bytes = _cpu_peak_rss_bytes()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -29,7 +31,20 @@ def test_peak_memory_cpu_sees_allocation():
     with PeakMemory("cpu") as mem:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB
         block.sum()
-    assert mem.kind == "cpu_peak_rss" and mem.peak_bytes >= 64 * 2**20
+    assert mem.kind.startswith("cpu_peak_rss") and mem.peak_bytes >= 64 * 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-block peak RSS needs Linux /proc")
+def test_peak_memory_cpu_is_per_block_on_linux():
+    with PeakMemory("cpu") as big:
+        block = np.ones(256 * 2**20 // 8)  # 256 MiB, then freed
+        block.sum()
+    del block
+    with PeakMemory("cpu") as small:
+        np.ones(16 * 2**20 // 8).sum()
+    assert big.kind == small.kind == "cpu_peak_rss_block"
+    # a process-wide high-water mark would report the 256 MiB block again
+    assert small.peak_bytes < big.peak_bytes - 128 * 2**20
 
 
 def test_environment_record_fields():
