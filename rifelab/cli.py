@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from pathlib import Path
 from typing import Callable, Sequence
 
 log = logging.getLogger("rifelab")

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import IMAGE_EXTENSIONS, DataError, list_frames, read_image, to_tensor, to_uint8
-from .models import VALID_SCALES, check_scale
+from .models import check_scale
 
 log = logging.getLogger(__name__)
 
@@ -628,9 +628,9 @@ class _VideoSink:
         import av
 
         h, w = frame.shape[:2]
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp" + self.path.suffix, dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        from .results import temp_path_beside
+
+        self._tmp = temp_path_beside(self.path)
         rate = Fraction(self.fps).limit_denominator(100000)
         self._container = av.open(str(self._tmp), "w")
         suffix = self.path.suffix.lower()

@@ -18,9 +18,23 @@ import pandas as pd
 
 from .profiling import environment_record
 
-__all__ = ["publish", "find_project_root", "atomic_path", "atomic_write_text", "study_dir", "save_table", "save_figure", "save_json", "to_markdown"]
+__all__ = ["publish", "find_project_root", "atomic_path", "atomic_write_text", "temp_path_beside", "study_dir", "save_table", "save_figure", "save_json", "to_markdown"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def temp_path_beside(final: Path) -> Path:
+    """A new empty file next to `final` (hidden, same suffix) with the permissions a plain open() would give.
+
+    mkstemp creates files readable by the owner only; once renamed they would keep that mode, so the
+    mode is set from the umask as for any other file the user writes.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
 
 
 @contextlib.contextmanager
@@ -28,9 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = temp_path_beside(final)
     try:
         yield tmp_path
         os.replace(tmp_path, final)

@@ -123,7 +123,7 @@ def test_batched_and_serial_runs_match_unbatched(model, frames, tmp_path):
     a = interpolate_sequence(src, tmp_path / "a", model, _cfg(multi=4, batch_size=1))
     b = interpolate_sequence(src, tmp_path / "b", model, _cfg(multi=4, batch_size=4))
     c = interpolate_sequence(src, tmp_path / "c", model, _cfg(multi=4, batch_size=4, threaded=False))
-    assert b.model_calls == 1 and a.model_calls == 4  # both pairs' two frames in one call of 4
+    assert b.model_calls == c.model_calls == 1 and a.model_calls == 4  # both pairs' two frames in one call of 4
     fa, fb, fc = _read_all(tmp_path / "a"), _read_all(tmp_path / "b"), _read_all(tmp_path / "c")
     for x, y, z in zip(fa, fb, fc):
         np.testing.assert_array_equal(y, z)  # threads change nothing

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import papermill
@@ -56,6 +58,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     atomic_write_text(tmp_path / "y.txt", "ok")
     assert (tmp_path / "y.txt").read_text() == "ok"
+    # the renamed file gets the mode of any file the user writes (mkstemp alone would leave 0600)
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "z.txt", "ok")
+        assert stat.S_IMODE((tmp_path / "z.txt").stat().st_mode) == 0o644
+    finally:
+        os.umask(umask)
 
 
 def test_publish_fixed_paths(tmp_path):
