@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import RIFE, IFNet, _swap_flow, check_scale, load_rife, padding_multiple, warp
+from .models import RIFE, IFNet, check_pair, check_scale, load_rife, padding_multiple, warp
 
 log = logging.getLogger(__name__)
 
@@ -206,27 +206,8 @@ class EngineForward(nn.Module):
         scale_list: Sequence[float] = (8, 4, 2, 1),
         ensemble: bool = False,
     ) -> torch.Tensor:
-        flow: torch.Tensor | None = None
-        mask: torch.Tensor | None = None
-        for i, block in enumerate(self.net.blocks):
-            s = scale_list[i]
-            if flow is None or mask is None:
-                f, m = block(self._cat((img0, img1, t)), None, s)
-                if ensemble:
-                    f2, m2 = block(self._cat((img1, img0, 1 - t)), None, s)
-                    f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
-                flow, mask = f, m
-            else:
-                w0, w1 = self.warp(img0, flow[:, :2]), self.warp(img1, flow[:, 2:4])
-                f, m = block(self._cat((w0, w1, t, mask)), flow, s)
-                if ensemble:
-                    f2, m2 = block(self._cat((w1, w0, 1 - t, -mask)), _swap_flow(flow), s)
-                    f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
-                flow, mask = flow + f, mask + m
-        assert flow is not None and mask is not None
-        w0, w1 = self.warp(img0, flow[:, :2]), self.warp(img1, flow[:, 2:4])
-        m = torch.sigmoid(mask)
-        return w0 * m + w1 * (1 - m)
+        frame, _, _ = self.net.forward_all(img0, img1, t, scale_list, ensemble, warp_fn=self.warp, cat_fn=self._cat)
+        return frame
 
 
 # ----------------------------------------------------------------------------- engine
@@ -472,22 +453,6 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
 
-    def _check_pair(self, img0: Any, img1: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(img0, torch.Tensor) or not isinstance(img1, torch.Tensor):
-            raise TypeError("img0 and img1 must be torch tensors of shape (N,3,H,W) with values in [0, 1]")
-        if img0.dim() == 3:
-            img0, img1 = img0.unsqueeze(0), img1.unsqueeze(0)
-        if img0.dim() != 4 or img0.shape[1] != 3:
-            raise ValueError(f"expected frames of shape (N,3,H,W), got {tuple(img0.shape)}")
-        if img0.shape != img1.shape:
-            raise ValueError(
-                f"img0 and img1 differ in shape: {tuple(img0.shape)} vs {tuple(img1.shape)}; "
-                "both frames of a pair must have the same size (resize or crop one of them)"
-            )
-        if not img0.is_floating_point():
-            raise TypeError(f"expected float frames in [0, 1], got dtype {img0.dtype}; divide uint8 frames by 255")
-        return img0, img1
-
     def _run_net(self, p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor, scale_list: tuple, ensemble: bool) -> torch.Tensor:
         if self.compiled is not None and not self._compile_failed:
             try:
@@ -506,7 +471,7 @@ class Engine:
     def _interpolate(
         self, img0: torch.Tensor, img1: torch.Tensor, timestep: float | torch.Tensor, scale: float, ensemble: bool
     ) -> torch.Tensor:
-        img0, img1 = self._check_pair(img0, img1)
+        img0, img1 = check_pair(img0, img1)
         in_dtype = img0.dtype
         scale = check_scale(scale)
         scale_list = (8 / scale, 4 / scale, 2 / scale, 1 / scale)

@@ -14,7 +14,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -142,6 +142,10 @@ def _swap_flow(flow: torch.Tensor) -> torch.Tensor:
     return torch.cat((flow[:, 2:4], flow[:, :2]), 1)
 
 
+def _channel_cat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.cat(tensors, 1)
+
+
 class IFNet(nn.Module):
     """Four IFBlocks, coarse to fine, then a mask-weighted blend of both warped frames."""
 
@@ -164,23 +168,31 @@ class IFNet(nn.Module):
         t: torch.Tensor,
         scale_list: Sequence[float] = (8, 4, 2, 1),
         ensemble: bool = False,
+        warp_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        cat_fn: Callable[[tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bidirectional flow (N,4,H,W) and blend logits (N,1,H,W) for padded inputs and a t-plane."""
+        """Bidirectional flow (N,4,H,W) and blend logits (N,1,H,W) for padded inputs and a t-plane.
+
+        `warp_fn` / `cat_fn` replace the backward warp and the channel concat of each block's input
+        (the inference engine passes a cached-grid warp and an NHWC-keeping concat); default: `warp`, `torch.cat`.
+        """
+        warp_fn = warp_fn or warp
+        cat_fn = cat_fn or _channel_cat
         flow: torch.Tensor | None = None
         mask: torch.Tensor | None = None
         for i, block in enumerate(self.blocks):
             s = scale_list[i]
             if flow is None:
-                f, m = block(torch.cat((img0, img1, t), 1), None, s)
+                f, m = block(cat_fn((img0, img1, t)), None, s)
                 if ensemble:
-                    f2, m2 = block(torch.cat((img1, img0, 1 - t), 1), None, s)
+                    f2, m2 = block(cat_fn((img1, img0, 1 - t)), None, s)
                     f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
                 flow, mask = f, m
             else:
-                w0, w1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
-                f, m = block(torch.cat((w0, w1, t, mask), 1), flow, s)
+                w0, w1 = warp_fn(img0, flow[:, :2]), warp_fn(img1, flow[:, 2:4])
+                f, m = block(cat_fn((w0, w1, t, mask)), flow, s)
                 if ensemble:
-                    f2, m2 = block(torch.cat((w1, w0, 1 - t, -mask), 1), _swap_flow(flow), s)
+                    f2, m2 = block(cat_fn((w1, w0, 1 - t, -mask)), _swap_flow(flow), s)
                     f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
                 flow, mask = flow + f, mask + m
         assert flow is not None and mask is not None
@@ -205,10 +217,13 @@ class IFNet(nn.Module):
         t: torch.Tensor,
         scale_list: Sequence[float] = (8, 4, 2, 1),
         ensemble: bool = False,
+        warp_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        cat_fn: Callable[[tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(frame, flow, mask logits) for padded inputs."""
-        flow, mask = self.flow_and_mask(img0, img1, t, scale_list, ensemble)
-        w0, w1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
+        """(frame, flow, mask logits) for padded inputs (`warp_fn`, `cat_fn` as in `flow_and_mask`)."""
+        flow, mask = self.flow_and_mask(img0, img1, t, scale_list, ensemble, warp_fn, cat_fn)
+        warp_fn = warp_fn or warp
+        w0, w1 = warp_fn(img0, flow[:, :2]), warp_fn(img1, flow[:, 2:4])
         m = torch.sigmoid(mask)
         return w0 * m + w1 * (1 - m), flow, mask
 
@@ -276,6 +291,24 @@ class CheckpointInfo:
     skipped_groups: dict[str, int] = field(default_factory=dict)
 
 
+def check_pair(img0: Any, img1: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a frame pair: float tensors (N,3,H,W) or (3,H,W) of one shape; returns them batched."""
+    if not isinstance(img0, torch.Tensor) or not isinstance(img1, torch.Tensor):
+        raise TypeError("img0 and img1 must be torch tensors of shape (N,3,H,W) with values in [0, 1]")
+    if img0.dim() == 3:
+        img0, img1 = img0.unsqueeze(0), img1.unsqueeze(0)
+    if img0.dim() != 4 or img0.shape[1] != 3:
+        raise ValueError(f"expected frames of shape (N,3,H,W), got {tuple(img0.shape)}")
+    if img0.shape != img1.shape:
+        raise ValueError(
+            f"img0 and img1 differ in shape: {tuple(img0.shape)} vs {tuple(img1.shape)}; "
+            "both frames of a pair must have the same size (resize or crop one of them)"
+        )
+    if not img0.is_floating_point():
+        raise TypeError(f"expected float frames in [0, 1], got dtype {img0.dtype}; divide uint8 frames by 255")
+    return img0, img1
+
+
 class RIFE(nn.Module):
     """IFNet plus the user-facing `interpolate` (padding, validation, crop)."""
 
@@ -301,19 +334,7 @@ class RIFE(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float], tuple[int, int]]:
         """Validate and pad inputs; returns (img0, img1, t-plane, scale_list, (H, W))."""
         scale = check_scale(scale)
-        if not isinstance(img0, torch.Tensor) or not isinstance(img1, torch.Tensor):
-            raise TypeError("img0 and img1 must be torch tensors of shape (N,3,H,W) with values in [0, 1]")
-        if img0.dim() == 3:
-            img0, img1 = img0.unsqueeze(0), img1.unsqueeze(0)
-        if img0.dim() != 4 or img0.shape[1] != 3:
-            raise ValueError(f"expected frames of shape (N,3,H,W), got {tuple(img0.shape)}")
-        if img0.shape != img1.shape:
-            raise ValueError(
-                f"img0 and img1 differ in shape: {tuple(img0.shape)} vs {tuple(img1.shape)}; "
-                "both frames of a pair must have the same size (resize or crop one of them)"
-            )
-        if not img0.is_floating_point():
-            raise TypeError(f"expected float frames in [0, 1], got dtype {img0.dtype}; divide uint8 frames by 255")
+        img0, img1 = check_pair(img0, img1)
         n, _, h, w = img0.shape
         dev, dt = self.device, self.dtype
         img0 = img0.to(device=dev, dtype=dt)
