@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     "as_uint8_batch",
@@ -71,11 +70,19 @@ def psnr(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> np.n
         return -10.0 * np.log10(mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(ax**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    ax = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-(ax**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _gaussian_filter(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """'valid' 2-D Gaussian filtering over the last two axes, as two separable 1-D passes in float64."""
+    from scipy.ndimage import correlate1d
+
+    r = g.size // 2
+    y = correlate1d(correlate1d(x, g, axis=-1, mode="nearest"), g, axis=-2, mode="nearest")
+    return y[..., r : y.shape[-2] - r, r : y.shape[-1] - r]
 
 
 def ssim(
@@ -85,18 +92,17 @@ def ssim(
     p, g = _pair(pred, gt)
     if min(p.shape[1:3]) < window:
         raise ValueError(f"frames of {p.shape[2]}x{p.shape[1]} are smaller than the {window}x{window} SSIM window")
-    x = torch.from_numpy(p).permute(0, 3, 1, 2).double()
-    y = torch.from_numpy(g).permute(0, 3, 1, 2).double()
-    n, c, h, w = x.shape
-    x, y = x.reshape(n * c, 1, h, w), y.reshape(n * c, 1, h, w)
-    win = _gaussian_window(window, sigma)
+    x = np.moveaxis(p, -1, 1).astype(np.float64)  # (N, C, H, W)
+    y = np.moveaxis(g, -1, 1).astype(np.float64)
+    n = x.shape[0]
+    g1 = _gaussian_1d(window, sigma)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, mu_y = F.conv2d(x, win), F.conv2d(y, win)
-    sxx = F.conv2d(x * x, win) - mu_x**2
-    syy = F.conv2d(y * y, win) - mu_y**2
-    sxy = F.conv2d(x * y, win) - mu_x * mu_y
+    mu_x, mu_y = _gaussian_filter(x, g1), _gaussian_filter(y, g1)
+    sxx = _gaussian_filter(x * x, g1) - mu_x**2
+    syy = _gaussian_filter(y * y, g1) - mu_y**2
+    sxy = _gaussian_filter(x * y, g1) - mu_x * mu_y
     smap = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
-    return smap.reshape(n, -1).mean(dim=1).numpy()
+    return smap.reshape(n, -1).mean(axis=1)
 
 
 def ssim_skimage(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> np.ndarray:
