@@ -93,3 +93,19 @@ def test_baseline_notebook_smoke(tmp_path, middlebury):
     assert metrics["environment"]["torch_version"]
     assert "160x96" in metrics["efficiency"]
     assert (tmp_path / "plots" / "baseline" / "latency.csv").exists()
+
+
+def test_gpu_params_file_mirrors_params_yaml():
+    """params-gpu.yaml is a drop-in params.yaml: same sections and keys, GPU configs that parse."""
+    from rifelab.optimisation import study_configs
+
+    cpu = load_params(ROOT / "params.yaml")
+    gpu = load_params(ROOT / "params-gpu.yaml")
+    assert list(gpu) == list(cpu)
+    for section in cpu:
+        assert sorted(gpu[section]) == sorted(cpu[section]), section
+    opt = gpu["optimisation"]
+    configs = study_configs(opt["configs"], baseline=opt["baseline"])
+    assert any(c.config.dtype == "fp16" and c.config.cuda_graphs for c in configs)
+    assert opt["target_resolution"] in opt["resolutions"]
+    assert all(s in gpu["pruning"]["sparsities"] for s in (float(f.split("@")[1]) for f in gpu["pruning"]["finetune"]))
