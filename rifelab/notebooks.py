@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -37,6 +41,35 @@ def notebook_parameters(params: dict[str, Any], section: str, common: str = "com
     return merged
 
 
+THIS_INTERPRETER_KERNEL = "rifelab-this-python"
+
+
+@contextlib.contextmanager
+def _this_interpreter_kernel() -> Iterator[str]:
+    """A kernelspec, visible only while the block runs, that starts a kernel with this very interpreter.
+
+    Papermill would otherwise start whatever "python3" kernelspec Jupyter finds first (often another
+    environment's), so the notebook could import a different rifelab, or none, than the command that runs it.
+    """
+    with tempfile.TemporaryDirectory(prefix="rifelab-kernel-") as tmp:
+        spec = Path(tmp) / "kernels" / THIS_INTERPRETER_KERNEL
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": f"Python ({sys.executable})",
+            "language": "python",
+        }))
+        old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = tmp + (os.pathsep + old if old else "")
+        try:
+            yield THIS_INTERPRETER_KERNEL
+        finally:
+            if old is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = old
+
+
 def run_notebook(
     notebook: str | os.PathLike,
     output: str | os.PathLike,
@@ -45,23 +78,35 @@ def run_notebook(
     kernel_name: str | None = None,
     log_output: bool = False,
 ) -> Path:
-    """Execute `notebook` with papermill, injecting `parameters`; write the executed copy atomically."""
+    """Execute `notebook` with papermill, injecting `parameters`; write the executed copy atomically.
+
+    Without `kernel_name` the kernel runs on the interpreter running this function (not whatever
+    "python3" kernelspec Jupyter would pick); the executed copy keeps the source notebook's kernelspec.
+    """
     import papermill as pm
 
     notebook = Path(notebook)
     if not notebook.exists():
         raise FileNotFoundError(f"notebook not found: {notebook}")
     output = Path(output)
-    with atomic_path(output) as tmp:  # temporary name ends in .ipynb, renamed into place on success
+    with contextlib.ExitStack() as stack:
+        kernel = kernel_name or stack.enter_context(_this_interpreter_kernel())
+        tmp = stack.enter_context(atomic_path(output))  # temporary name ends in .ipynb, renamed on success
         pm.execute_notebook(
             str(notebook),
             str(tmp),
             parameters=parameters or {},
             cwd=str(cwd or notebook.parent),
-            kernel_name=kernel_name,
+            kernel_name=kernel,
             log_output=log_output,
             progress_bar=False,
         )
+        if kernel_name is None:  # the output opens with the kernel the source notebook names
+            executed = json.loads(tmp.read_text(encoding="utf-8"))
+            source_meta = json.loads(notebook.read_text(encoding="utf-8")).get("metadata", {})
+            if "kernelspec" in source_meta:
+                executed.setdefault("metadata", {})["kernelspec"] = source_meta["kernelspec"]
+            tmp.write_text(json.dumps(executed, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return output
 
 

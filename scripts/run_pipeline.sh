@@ -3,6 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-PY=${PYTHON:-python3}
-"$PY" -m ipykernel install --user --name python3 >/dev/null 2>&1 || true
 exec dvc repro "$@"

@@ -109,3 +109,26 @@ def test_gpu_params_file_mirrors_params_yaml():
     assert any(c.config.dtype == "fp16" and c.config.cuda_graphs for c in configs)
     assert opt["target_resolution"] in opt["resolutions"]
     assert all(s in gpu["pruning"]["sparsities"] for s in (float(f.split("@")[1]) for f in gpu["pruning"]["finetune"]))
+
+
+def test_notebooks_run_on_this_interpreter(tmp_path, monkeypatch):
+    """The kernel is this interpreter, not whatever 'python3' kernelspec Jupyter finds first."""
+    import sys
+
+    import nbformat
+
+    monkeypatch.delenv("JUPYTER_PATH", raising=False)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import sys; print(sys.executable, x)")]
+    src = tmp_path / "nb.ipynb"
+    nbformat.write(nb, src)
+    out = run_notebook(src, tmp_path / "out.ipynb", parameters={"x": 7})
+    executed = json.loads(out.read_text())
+    texts = [o.get("text", "") for o in executed["cells"][-1]["outputs"]]
+    printed = "".join(t if isinstance(t, str) else "".join(t) for t in texts)
+    assert printed.split() == [sys.executable, "7"]
+    assert executed["metadata"]["kernelspec"]["name"] == "python3"  # the output opens like its source
+    assert "JUPYTER_PATH" not in os.environ
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.ipynb", "out.ipynb"]
