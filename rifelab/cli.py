@@ -109,7 +109,8 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
     root = find_project_root()
     out = Path(args.output) if args.output else root / "results" / "notebooks" / Path(args.notebook).name
     log.info("running %s -> %s with %s", args.notebook, out, params)
-    run_notebook(args.notebook, out, parameters=params, cwd=root, log_output=args.log_output)
+    run_notebook(args.notebook, out, parameters=params, cwd=root, log_output=args.log_output,
+                 cell_timeout=args.cell_timeout)
     print(f"executed {args.notebook} -> {out}")
     return 0
 
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override one parameter (YAML value), may repeat")
     p.add_argument("--log-output", action="store_true", help="stream the notebook's output to the log")
+    p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a cell that runs longer than this (default: $RIFELAB_CELL_TIMEOUT, else no limit)")
     p.set_defaults(func=_cmd_notebook, accepts_params=True)
 
     p = sub.add_parser("report", help="build one HTML report from executed notebooks (nbconvert)",

@@ -44,6 +44,19 @@ def notebook_parameters(params: dict[str, Any], section: str, common: str = "com
 THIS_INTERPRETER_KERNEL = "rifelab-this-python"
 
 
+def _env_timeout() -> float | None:
+    value = os.environ.get("RIFELAB_CELL_TIMEOUT", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"RIFELAB_CELL_TIMEOUT must be a number of seconds, got {value!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"RIFELAB_CELL_TIMEOUT must be positive, got {value!r}")
+    return seconds
+
+
 @contextlib.contextmanager
 def _this_interpreter_kernel() -> Iterator[str]:
     """A kernelspec, visible only while the block runs, that starts a kernel with this very interpreter.
@@ -77,11 +90,14 @@ def run_notebook(
     cwd: str | os.PathLike | None = None,
     kernel_name: str | None = None,
     log_output: bool = False,
+    cell_timeout: float | None = None,
 ) -> Path:
     """Execute `notebook` with papermill, injecting `parameters`; write the executed copy atomically.
 
     Without `kernel_name` the kernel runs on the interpreter running this function (not whatever
     "python3" kernelspec Jupyter would pick); the executed copy keeps the source notebook's kernelspec.
+    `cell_timeout` (seconds; default: the RIFELAB_CELL_TIMEOUT environment variable, else none) fails a
+    cell that runs longer, instead of waiting forever on a kernel that stopped answering.
     """
     import papermill as pm
 
@@ -100,6 +116,7 @@ def run_notebook(
             kernel_name=kernel,
             log_output=log_output,
             progress_bar=False,
+            execution_timeout=cell_timeout if cell_timeout is not None else _env_timeout(),
         )
         if kernel_name is None:  # the output opens with the kernel the source notebook names
             executed = json.loads(tmp.read_text(encoding="utf-8"))

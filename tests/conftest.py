@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MIDDLEBURY = ROOT.parent / "shared" / "data" / "middlebury-other"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# a notebook cell that hangs (a kernel that stops answering) fails its test instead of stalling the suite
+os.environ.setdefault("RIFELAB_CELL_TIMEOUT", "600")
 
 
 @pytest.fixture(scope="session")

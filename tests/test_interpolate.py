@@ -435,6 +435,7 @@ def test_notebook_00_runs_headless(tmp_path):
         clip="carphone", max_frames=5, triplet_stride=1, triplet=1, timestep=0.25, scale=1.0,
         strip_timesteps=[0.25, 0.5, 0.75], bench_clip="carphone", bench_frames=3, bench_multi=3,
         bench_batch_size=2, bench_repeats=1, device="cpu", threads=None, results_root=str(tmp_path),
+        show_widgets=False,  # as dvc repro runs it (params.yaml)
     )
     run_notebook(REPO / "notebooks" / "00_interactive.ipynb", tmp_path / "00.ipynb", parameters=params, cwd=REPO)
     outs = list((tmp_path / "interactive").iterdir())

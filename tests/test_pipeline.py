@@ -132,3 +132,16 @@ def test_notebooks_run_on_this_interpreter(tmp_path, monkeypatch):
     assert executed["metadata"]["kernelspec"]["name"] == "python3"  # the output opens like its source
     assert "JUPYTER_PATH" not in os.environ
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.ipynb", "out.ipynb"]
+
+
+def test_cell_timeout_from_environment(monkeypatch, tmp_path):
+    from rifelab.notebooks import _env_timeout
+
+    monkeypatch.setenv("RIFELAB_CELL_TIMEOUT", "90")
+    assert _env_timeout() == 90.0
+    for bad in ("soon", "-5"):
+        monkeypatch.setenv("RIFELAB_CELL_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="RIFELAB_CELL_TIMEOUT"):
+            _env_timeout()
+    monkeypatch.delenv("RIFELAB_CELL_TIMEOUT")
+    assert _env_timeout() is None
