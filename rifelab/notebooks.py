@@ -95,7 +95,7 @@ def run_notebook(
     """Execute `notebook` with papermill, injecting `parameters`; write the executed copy atomically.
 
     Without `kernel_name` the kernel runs on the interpreter running this function (not whatever
-    "python3" kernelspec Jupyter would pick); the executed copy keeps the source notebook's kernelspec.
+    "python3" kernelspec Jupyter would pick); papermill leaves the notebook's kernelspec metadata as it was.
     `cell_timeout` (seconds; default: the RIFELAB_CELL_TIMEOUT environment variable, else none) fails a
     cell that runs longer, instead of waiting forever on a kernel that stopped answering.
     """
@@ -118,12 +118,6 @@ def run_notebook(
             progress_bar=False,
             execution_timeout=cell_timeout if cell_timeout is not None else _env_timeout(),
         )
-        if kernel_name is None:  # the output opens with the kernel the source notebook names
-            executed = json.loads(tmp.read_text(encoding="utf-8"))
-            source_meta = json.loads(notebook.read_text(encoding="utf-8")).get("metadata", {})
-            if "kernelspec" in source_meta:
-                executed.setdefault("metadata", {})["kernelspec"] = source_meta["kernelspec"]
-            tmp.write_text(json.dumps(executed, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return output
 
 

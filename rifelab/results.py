@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,10 +32,27 @@ def temp_path_beside(final: Path) -> Path:
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + final.suffix, dir=final.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_current_umask())
     return Path(tmp)
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask must set it to read it,
+    which would briefly give files created by other threads, e.g. the interpolation writer, mode 0666)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return umask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
