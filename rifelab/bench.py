@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .metrics import error_stats, psnr, ssim
 from .profiling import PeakMemory, Timing, count_flops, count_parameters, time_callable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parse_resolution", "real_frame_pair", "model_macs", "benchmark_interpolate", "bench_row"]
+__all__ = ["parse_resolution", "real_frame_pair", "model_macs", "benchmark_interpolate", "agreement", "bench_row"]
 
 
 def parse_resolution(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -72,6 +74,23 @@ def benchmark_interpolate(
     return timing, mem
 
 
+def agreement(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """How closely `pred` matches a reference output (e.g. FP32 eager's): frames in [0, 1], (N,3,H,W).
+
+    PSNR and SSIM on the uint8-rounded frames (identical frames: PSNR capped at 99 dB), max and mean
+    absolute difference on the unrounded values.
+    """
+    p = np.minimum(psnr(pred, ref), 99.0)
+    e = error_stats(pred, ref)
+    return {
+        "psnr_vs_fp32_db": float(np.mean(p)),
+        "psnr_vs_fp32_min_db": float(np.min(p)),
+        "ssim_vs_fp32": float(np.mean(ssim(pred, ref))),
+        "max_abs_diff": float(np.max(e["max_abs"])),
+        "mean_abs_diff": float(np.mean(e["mae"])),
+    }
+
+
 def bench_row(
     model: Any,
     resolution: str | tuple[int, int],
@@ -82,7 +101,11 @@ def bench_row(
     with_macs: bool = True,
     interpolate: Callable[..., torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """One benchmark row: resolution, latency stats, FPS, peak memory, GMAC and parameters."""
+    """One benchmark row: resolution, latency stats, FPS, peak memory, GMAC and parameters.
+
+    With `interpolate` (another engine or backend), the row also holds its agreement with `model`'s
+    FP32 output on the same frames (`psnr_vs_fp32_db`, ...).
+    """
     w, h = parse_resolution(resolution)
     img0, img1 = real_frame_pair(w, h, device=device)
     fn = interpolate or model.interpolate
@@ -95,4 +118,8 @@ def bench_row(
         macs, _ = model_macs(model, w, h, scale)
         row["gmac"] = macs / 1e9
     row["params_m"] = count_parameters(model.net) / 1e6
+    if interpolate is not None:
+        with torch.inference_mode():
+            ref = model.interpolate(img0, img1, 0.5, scale)
+            row.update(agreement(fn(img0, img1, 0.5, scale).float().cpu(), ref.float().cpu()))
     return row

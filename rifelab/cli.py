@@ -10,11 +10,14 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .backends import add_backend_options, model_from_args
+
 log = logging.getLogger("rifelab")
 
 # Subcommands defined in other modules: (module, function adding the parser). Missing modules are skipped.
 EXTERNAL_PARSERS: list[tuple[str, str]] = [
     ("rifelab.interpolate", "add_interpolate_parser"),
+    ("rifelab.export", "add_export_parser"),
 ]
 
 
@@ -57,28 +60,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    engine_mod = _optional("rifelab.engine")
-    if engine_mod is not None and hasattr(engine_mod, "engine_from_args"):
-        model = engine_mod.engine_from_args(args, device)
-        base = getattr(model, "model", None) or load_rife(args.checkpoint, device=device)
-    else:
-        if args.dtype != "fp32":
-            dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
-            model = load_rife(args.checkpoint, device=device, dtype=dtypes[args.dtype])
-        else:
-            model = load_rife(args.checkpoint, device=device)
-        base = model
+    model = model_from_args(args, device)
+    base = load_rife(args.checkpoint, device=device if args.backend == "torch" else "cpu")  # MACs / parameters
     rows = []
     for res in args.resolution:
         row = bench_row(
             base, res, device, scale=args.scale, warmup=args.warmup, repeats=args.repeats,
             with_macs=not args.no_macs, interpolate=model.interpolate,
         )
-        rows.append(row)
+        rows.append({"backend": args.backend, "precision": args.dtype, **row})
     env = environment_record(device)
     df = pd.DataFrame(rows)
-    cols = [c for c in ["resolution", "median_ms", "p10_ms", "p90_ms", "ci95_low_ms", "ci95_high_ms", "fps",
-                        "peak_mem_mib", "gmac", "params_m", "repeats"] if c in df.columns]
+    cols = [c for c in ["backend", "precision", "resolution", "median_ms", "p10_ms", "p90_ms", "ci95_low_ms", "ci95_high_ms", "fps",
+                        "peak_mem_mib", "psnr_vs_fp32_db", "gmac", "params_m", "repeats"] if c in df.columns]
     print(f"# {env['device_name']} | torch {env['torch_version']} | commit {env['git_commit']}")
     applied = getattr(model, "report", None)
     if callable(applied):
@@ -170,11 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-macs", action="store_true", help="skip the GMAC count (ptflops)")
     p.add_argument("--json", default=None, metavar="PATH", help="also save the rows and environment as JSON here")
-    engine_mod = _optional("rifelab.engine")
-    if engine_mod is not None and hasattr(engine_mod, "add_bench_options"):
-        engine_mod.add_bench_options(p)
-    else:
-        p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weights/frames dtype")
+    add_backend_options(p)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("notebook", allow_abbrev=False, help="run a study notebook headless with papermill (used by dvc.yaml)",

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import RIFE, IFNet, check_pair, check_scale, load_rife, padding_multiple, warp
+from .models import RIFE, IFNet, base_grid, check_pair, check_scale, grid_normaliser, load_rife, padding_multiple, warp
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,8 @@ class EngineForward(nn.Module):
         key = (n, h, w, str(device), compute)
         if not self.cached_grids or key == self.grid_key:
             return
-        xs = torch.linspace(-1.0, 1.0, w, device=device, dtype=compute).view(1, w).expand(h, w)
-        ys = torch.linspace(-1.0, 1.0, h, device=device, dtype=compute).view(h, 1).expand(h, w)
-        self.grid = torch.stack([xs, ys], dim=-1).unsqueeze(0).expand(n, h, w, 2).contiguous()
-        self.grid_norm = torch.tensor(
-            [max(w - 1, 1) / 2.0, max(h - 1, 1) / 2.0], device=device, dtype=compute
-        ).view(1, 1, 1, 2)
+        self.grid = base_grid(n, h, w, device, compute).permute(0, 2, 3, 1).contiguous()
+        self.grid_norm = grid_normaliser(h, w, device, compute).view(1, 1, 1, 2)
         self.grid_key = key
 
     def warp(self, img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -620,11 +616,12 @@ def _probe_dtype(device: torch.device, dtype: torch.dtype, autocast: bool = Fals
 # ----------------------------------------------------------------------------- command line
 
 
-def add_bench_options(parser: argparse.ArgumentParser) -> None:
-    """Engine switches for `rifelab bench` (one configuration per run)."""
+def add_bench_options(parser: argparse.ArgumentParser, extra_dtypes: Sequence[str] = ()) -> None:
+    """Engine switches for `rifelab bench` (one configuration per run); `extra_dtypes` widen --dtype's choices."""
     g = parser.add_argument_group("engine options (rifelab.engine)")
-    g.add_argument("--dtype", default="fp32", choices=list(DTYPES),
-                   help="fp32 (default), fp16, bf16 (weights and activations) or autocast (mixed precision)")
+    g.add_argument("--dtype", default="fp32", choices=[*DTYPES, *extra_dtypes],
+                   help="fp32 (default), fp16, bf16 (weights and activations) or autocast (mixed precision)"
+                   + (f"; {', '.join(extra_dtypes)} on other backends (see --backend)" if extra_dtypes else ""))
     g.add_argument("--autocast-dtype", default="auto", choices=list(AUTOCAST_DTYPES),
                    help="with --dtype autocast: auto (fp16 on CUDA/MPS, bf16 on CPU), fp16 or bf16")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format for weights and inputs")
@@ -636,42 +633,29 @@ def add_bench_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--static-buffers", action="store_true", help="preallocated padded input buffers, reused")
     g.add_argument("--cached-grids", action="store_true", help="warp grids precomputed once per shape")
     g.add_argument("--no-inference-mode", action="store_true", help="torch.no_grad instead of torch.inference_mode")
-    g.add_argument("--engine-config", default=None, metavar="NAME",
-                   help="a named configuration from params.yaml optimisation.configs (overrides the switches above)")
 
 
 def engine_from_args(args: argparse.Namespace, device: str | torch.device | None = None) -> Engine:
     """Build the Engine that `rifelab bench` times from the options of `add_bench_options`."""
-    name = getattr(args, "engine_config", None)
-    if name:
-        from .notebooks import load_params
-        from .optimisation import _config_entries
-
-        listed = (load_params().get("optimisation") or {}).get("configs") or []
-        found = dict(_config_entries(listed)) if listed else {}
-        if name not in found:
-            raise ValueError(f"no engine configuration {name!r} in params.yaml optimisation.configs; "
-                             f"available: {', '.join(found) or '(none)'}")
-        opts = dict(found[name])
-        opts.pop("resolutions", None)
-        cfg = parse_config(opts, name=name)
-    else:
-        opts = dict(
-            dtype=args.dtype,
-            autocast_dtype=getattr(args, "autocast_dtype", "auto"),
-            channels_last=bool(getattr(args, "channels_last", False)),
-            cudnn_benchmark=bool(getattr(args, "cudnn_benchmark", False)),
-            tf32=bool(getattr(args, "tf32", False)),
-            compile=bool(getattr(args, "compile", False)),
-            compile_mode=getattr(args, "compile_mode", "default"),
-            cuda_graphs=bool(getattr(args, "cuda_graphs", False)),
-            static_buffers=bool(getattr(args, "static_buffers", False)),
-            cached_grids=bool(getattr(args, "cached_grids", False)),
-            inference_mode=not bool(getattr(args, "no_inference_mode", False)),
-        )
-        on = [k for k, v in opts.items() if v is True and k != "inference_mode"]
-        opts["name"] = "-".join([args.dtype, *on]) if on or args.dtype != "fp32" else "fp32-eager"
-        cfg = EngineConfig(**opts)
+    if args.dtype not in DTYPES:
+        raise ValueError(f"--dtype {args.dtype} is not a PyTorch engine dtype ({', '.join(DTYPES)}); "
+                         "see --backend for the engines that run it")
+    opts = dict(
+        dtype=args.dtype,
+        autocast_dtype=getattr(args, "autocast_dtype", "auto"),
+        channels_last=bool(getattr(args, "channels_last", False)),
+        cudnn_benchmark=bool(getattr(args, "cudnn_benchmark", False)),
+        tf32=bool(getattr(args, "tf32", False)),
+        compile=bool(getattr(args, "compile", False)),
+        compile_mode=getattr(args, "compile_mode", "default"),
+        cuda_graphs=bool(getattr(args, "cuda_graphs", False)),
+        static_buffers=bool(getattr(args, "static_buffers", False)),
+        cached_grids=bool(getattr(args, "cached_grids", False)),
+        inference_mode=not bool(getattr(args, "no_inference_mode", False)),
+    )
+    on = [k for k, v in opts.items() if v is True and k != "inference_mode"]
+    opts["name"] = "-".join([args.dtype, *on]) if on or args.dtype != "fp32" else "fp32-eager"
+    cfg = EngineConfig(**opts)
     model = load_rife(getattr(args, "checkpoint", None), device=device or "cpu")
     return Engine(model, cfg)
 

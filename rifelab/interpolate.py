@@ -61,6 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backends import add_backend_options, model_from_args
 from .data import IMAGE_EXTENSIONS, DataError, list_frames, read_image, to_tensor, to_uint8
 from .models import check_scale
 
@@ -1029,27 +1030,11 @@ def interpolate_sequence(
 # ----------------------------------------------------------------------------- model loading
 
 
-def _engine_module() -> Any:
-    """rifelab.engine when present (optimised engine with dtype/compile switches), else None."""
-    try:
-        import importlib
-
-        return importlib.import_module("rifelab.engine")
-    except ImportError:
-        return None
-
-
 def load_interpolation_model(args: argparse.Namespace) -> Any:
-    """The model the CLI runs: rifelab.engine.Engine from the engine options when the engine exists, else RIFE."""
-    from .models import load_rife
+    """The model the CLI runs: `--backend` (rifelab.backends) with the engine switches, on `--device`."""
     from .profiling import resolve_device
 
-    device = resolve_device(getattr(args, "device", "auto"))
-    engine = _engine_module()
-    if engine is not None and hasattr(engine, "engine_from_args"):
-        return engine.engine_from_args(args, device)
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    return load_rife(getattr(args, "checkpoint", None), device=device, dtype=dtypes[getattr(args, "dtype", "fp32")])
+    return model_from_args(args, resolve_device(getattr(args, "device", "auto")))
 
 
 # ----------------------------------------------------------------------------- benchmark
@@ -1245,11 +1230,7 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="instead of writing OUTPUT, time the model alone vs the whole pipeline on INPUT's frames "
                    "and print output frames per second of each")
     g.add_argument("--repeats", type=int, default=3, help="timed repeats of --benchmark (default 3)")
-    engine = _engine_module()
-    if engine is not None and hasattr(engine, "add_bench_options"):
-        engine.add_bench_options(p)  # --dtype and the optimised engine's switches
-    else:  # the optimised engine (rifelab/engine.py) adds its switches here when present
-        g.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weights/frames dtype")
+    add_backend_options(p)  # --backend, --dtype and the PyTorch engine's switches
     p.set_defaults(func=_cmd_interpolate)
     return p
 

@@ -51,18 +51,39 @@ class CheckpointError(ValueError):
 _GRID_CACHE: dict[tuple, torch.Tensor] = {}
 
 
+def _axis(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`size` evenly spaced values from -1 to 1 in `dtype`.
+
+    Built from `arange` rather than `linspace`: the ONNX exporter folds a traced `linspace` into a
+    float64 constant (ONNX Runtime's GridSample then refuses the float64 grid), while `arange` stays in
+    `dtype` and keeps `size` symbolic for exports with dynamic height and width.
+    """
+    if torch.jit.is_tracing():  # `size` is symbolic here; max() would freeze it into a constant
+        return torch.arange(size, device=device, dtype=dtype) * (2.0 / (size - 1)) - 1.0
+    return torch.arange(size, device=device, dtype=dtype) * (2.0 / max(size - 1, 1)) - 1.0
+
+
 def base_grid(n: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Identity sampling grid in [-1, 1], shape (n, 2, h, w), cached per shape/device/dtype."""
+    """Identity sampling grid in [-1, 1], shape (n, 2, h, w), cached per shape/device/dtype (not while tracing)."""
+    tracing = torch.jit.is_tracing()
     key = (n, h, w, str(device), dtype)
-    grid = _GRID_CACHE.get(key)
+    grid = None if tracing else _GRID_CACHE.get(key)
     if grid is None:
-        xs = torch.linspace(-1.0, 1.0, w, device=device, dtype=dtype).view(1, 1, 1, w).expand(n, 1, h, w)
-        ys = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = _axis(w, device, dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+        ys = _axis(h, device, dtype).view(1, 1, h, 1).expand(n, 1, h, w)
         grid = torch.cat([xs, ys], dim=1)
-        if len(_GRID_CACHE) > 64:
-            _GRID_CACHE.clear()
-        _GRID_CACHE[key] = grid
+        if not tracing:
+            if len(_GRID_CACHE) > 64:
+                _GRID_CACHE.clear()
+            _GRID_CACHE[key] = grid
     return grid
+
+
+def grid_normaliser(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 2, 1, 1) divisors turning a pixel flow (x, y) into grid units: (W-1)/2, (H-1)/2."""
+    if torch.jit.is_tracing():  # symbolic sizes (dynamic export): built from them, not frozen into constants
+        return torch.stack([(w - 1) / 2.0, (h - 1) / 2.0]).to(device=device, dtype=dtype).view(1, 2, 1, 1)
+    return torch.tensor([max(w - 1, 1) / 2.0, max(h - 1, 1) / 2.0], device=device, dtype=dtype).view(1, 2, 1, 1)
 
 
 def warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -75,8 +96,8 @@ def warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     compute = torch.float32 if out_dtype in (torch.float16, torch.bfloat16) else out_dtype
     n, _, h, w = flow.shape
     flow = flow.to(compute)
-    half = torch.tensor([max(w - 1, 1) / 2.0, max(h - 1, 1) / 2.0], device=flow.device, dtype=compute).view(1, 2, 1, 1)
-    grid = (base_grid(n, h, w, flow.device, compute) + flow / half).permute(0, 2, 3, 1)
+    grid = (base_grid(n, h, w, flow.device, compute) + flow / grid_normaliser(h, w, flow.device, compute))
+    grid = grid.permute(0, 2, 3, 1)
     out = F.grid_sample(img.to(compute), grid, mode="bilinear", padding_mode="border", align_corners=True)
     return out.to(out_dtype)
 

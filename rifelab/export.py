@@ -1,0 +1,281 @@
+"""ONNX export of the RIFE flow network, checked on real frames.
+
+    from rifelab.export import export_onnx, verify_onnx
+    path = export_onnx(load_rife(), "rife40_1280x720.onnx", 1280, 720)     # static shape, opset 17
+    verify_onnx(load_rife(), path)    # {'max_abs_diff': ..., 'psnr_db': ...} vs PyTorch, real frames
+
+The graph takes padded frames (height and width a multiple of 64/scale, as `RIFE.prepare` pads
+them) and a timestep plane, and returns the padded middle frame: inputs `img0`, `img1` (N,3,H,W),
+`t` (N,1,H,W), output `frame` (N,3,H,W), all float32. The flow scale and `ensemble` are baked in.
+`dynamic=True` leaves N, H and W symbolic (ONNX Runtime and OpenVINO run such a graph; TensorRT
+needs an optimisation profile, so static is the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import logging
+import os
+import re
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .bench import parse_resolution, real_frame_pair
+from .metrics import error_stats
+from .models import RIFE, check_scale, padding_multiple
+from .results import atomic_path
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ExportError",
+    "DEFAULT_OPSET",
+    "INPUT_NAMES",
+    "OUTPUT_NAME",
+    "FlowGraph",
+    "padded_size",
+    "export_onnx",
+    "check_onnx_dtypes",
+    "verify_onnx",
+    "add_export_parser",
+]
+
+DEFAULT_OPSET = 17  # GridSample needs >= 16
+INPUT_NAMES = ("img0", "img1", "t")
+OUTPUT_NAME = "frame"
+_ONNX_FLOAT32 = 1
+_ONNX_TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+                    10: "float16", 11: "float64", 16: "bfloat16"}
+
+
+class ExportError(RuntimeError):
+    """The network could not be exported (or the exported graph is unusable); names the operator or dtype."""
+
+
+class FlowGraph(nn.Module):
+    """IFNet with the flow scale and ensemble fixed: (img0, img1, t) padded -> padded frame.
+
+    This is the graph every exported backend (ONNX Runtime, OpenVINO, TensorRT) runs.
+    """
+
+    def __init__(self, model: RIFE, scale: float = 1.0, ensemble: bool = False):
+        super().__init__()
+        s = check_scale(scale)
+        self.net = copy.deepcopy(model.net).float().cpu().eval()
+        self.scale_list = (8 / s, 4 / s, 2 / s, 1 / s)
+        self.ensemble = bool(ensemble)
+
+    def forward(self, img0: torch.Tensor, img1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(img0, img1, t, self.scale_list, self.ensemble)
+
+
+def padded_size(width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
+    """(W, H) the network runs at for width x height frames: each side rounded up to a multiple of 64/scale."""
+    m = padding_multiple(check_scale(scale))
+    return width + (-width) % m, height + (-height) % m
+
+
+def _failing_operator(exc: BaseException) -> str | None:
+    """The aten operator named in an exporter error, if any."""
+    text = f"{exc}\n{exc.__cause__ or ''}"
+    m = re.search(r"(aten|prim|onnx)::[A-Za-z0-9_.]+", text)
+    return m.group(0) if m else None
+
+
+def check_onnx_dtypes(onnx_model: Any) -> None:
+    """Raise ExportError naming the first node that makes a non-float32 floating tensor.
+
+    A float64 tensor on the image path (the trace of a float64 constant, e.g. a warp grid) makes
+    ONNX Runtime refuse GridSample and doubles the cost everywhere else.
+    """
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(onnx_model)
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    for init in inferred.graph.initializer:
+        types[init.name] = init.data_type
+    for node in inferred.graph.node:
+        for out in node.output:
+            dt = types.get(out)
+            if node.op_type == "Constant":
+                for a in node.attribute:
+                    if a.name == "value":
+                        dt = a.t.data_type
+            if dt in (10, 11, 16):
+                raise ExportError(
+                    f"the exported graph computes in {_ONNX_TYPE_NAMES[dt]} at node {node.name or out!r} "
+                    f"(op {node.op_type}); every floating tensor must be float32 (trace the model in float32 "
+                    "and build constants such as warp grids in float32)")
+    for inp in inferred.graph.input:
+        if inp.type.tensor_type.elem_type != _ONNX_FLOAT32:
+            name = _ONNX_TYPE_NAMES.get(inp.type.tensor_type.elem_type, inp.type.tensor_type.elem_type)
+            raise ExportError(f"graph input {inp.name!r} is {name}; expected float32")
+
+
+def export_onnx(
+    model: RIFE,
+    path: str | os.PathLike,
+    width: int,
+    height: int,
+    batch: int = 1,
+    scale: float = 1.0,
+    ensemble: bool = False,
+    dynamic: bool = False,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export the flow network for width x height frames (padded inside) to ONNX at `path`; returns the path.
+
+    Static shape (batch, 3, H, W) with H, W the padded size unless `dynamic` (then N, H, W are symbolic).
+    Raises ExportError naming the operator that does not export or the dtype that is wrong.
+    """
+    import onnx
+
+    if opset < 16:
+        raise ExportError(f"opset {opset} has no GridSample (the warp); use opset 16 or newer")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    pw, ph = padded_size(width, height, scale)
+    graph = FlowGraph(model, scale, ensemble)
+    x = torch.rand(batch, 3, ph, pw)
+    example = (x, x.flip(-1).contiguous(), torch.full((batch, 1, ph, pw), 0.5))
+    axes = {0: "batch", 2: "height", 3: "width"}
+    dynamic_axes = {n: axes for n in (*INPUT_NAMES, OUTPUT_NAME)} if dynamic else None
+    path = Path(path)
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarnings about shapes turned into constants are expected
+            with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+                torch.onnx.export(graph, example, buf, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                                  opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True,
+                                  dynamo=False)
+    except Exception as exc:  # noqa: BLE001 - exporter errors come in many types; re-raised with the operator
+        op = _failing_operator(exc)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        where = f"operator {op}" if op else "an operator"
+        raise ExportError(f"ONNX export (opset {opset}) failed at {where}: {first}") from exc
+    proto = onnx.load_from_string(buf.getvalue())
+    check_onnx_dtypes(proto)
+    meta = {"rifelab.scale": str(check_scale(scale)), "rifelab.ensemble": str(bool(ensemble)),
+            "rifelab.frame_size": f"{width}x{height}", "rifelab.padded_size": f"{pw}x{ph}",
+            "rifelab.variant": model.variant, "rifelab.dynamic": str(bool(dynamic))}
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    log.info("exported %s (%dx%d padded to %dx%d, opset %d%s)", path, width, height, pw, ph, opset,
+             ", dynamic N/H/W" if dynamic else "")
+    return path
+
+
+def verify_onnx(
+    model: RIFE,
+    path: str | os.PathLike,
+    width: int | None = None,
+    height: int | None = None,
+    clip: str = "bigbuckbunny",
+    pairs: Sequence[int] = (0, 40),
+    timestep: float = 0.5,
+) -> dict[str, Any]:
+    """Run the ONNX graph (ONNX Runtime, CPU) and PyTorch on real clip frame pairs; compare the outputs.
+
+    Returns max/mean abs difference and the PSNR of the ONNX output against PyTorch's (unrounded floats,
+    values in [0, 1]), over `pairs` (start frames in `clip`), at width x height (default: the export's size).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    scale = float(meta.get("rifelab.scale", 1.0))
+    ensemble = meta.get("rifelab.ensemble", "False") == "True"
+    if width is None or height is None:
+        width, height = parse_resolution(meta.get("rifelab.frame_size", "640x384"))
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    batch = batch_dim.dim_value if batch_dim.HasField("dim_value") else 1
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ref_model = copy.deepcopy(model).float().cpu()
+    maxes, maes, rmses = [], [], []
+    for start in pairs:
+        a, b = real_frame_pair(width, height, clip=clip, index=start)
+        a, b = a.expand(batch, -1, -1, -1), b.expand(batch, -1, -1, -1)
+        ref = ref_model.interpolate(a, b, timestep, scale, ensemble)
+        p0, p1, t, _, _ = ref_model.prepare(a, b, timestep, scale)
+        out = sess.run([OUTPUT_NAME], {"img0": p0.numpy(), "img1": p1.numpy(), "t": t.numpy()})[0]
+        out = torch.from_numpy(out)[:, :, :height, :width]
+        e = error_stats(out, ref)
+        maxes.append(float(e["max_abs"].max()))
+        maes.append(float(e["mae"].mean()))
+        rmses.append(float(np.sqrt(np.mean(e["rmse"] ** 2))))
+    rmse = float(np.sqrt(np.mean(np.square(rmses))))
+    return {"path": str(path), "resolution": f"{width}x{height}", "clip": clip, "pairs": list(pairs),
+            "max_abs_diff": max(maxes), "mean_abs_diff": float(np.mean(maes)),
+            "psnr_db": float("inf") if rmse == 0 else float(-20 * np.log10(rmse))}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .models import load_rife
+
+    w, h = parse_resolution(args.resolution)
+    out = Path(args.output or f"rife_{w}x{h}_s{args.scale:g}{'_dyn' if args.dynamic else ''}.onnx")
+    model = load_rife(args.checkpoint, device="cpu")
+    export_onnx(model, out, w, h, batch=args.batch, scale=args.scale, ensemble=args.ensemble, dynamic=args.dynamic,
+                opset=args.opset)
+    pw, ph = padded_size(w, h, args.scale)
+    print(f"exported {out}: inputs img0, img1 (N,3,{ph},{pw}), t (N,1,{ph},{pw}); output frame; opset {args.opset}"
+          f"{'; N, H, W dynamic' if args.dynamic else '; static shape'}")
+    if args.no_verify:
+        return 0
+    sizes = [(w, h)]
+    if args.dynamic:  # a dynamic graph is checked at a second size too
+        sizes.append((max(64, w // 2), max(64, h // 2)))
+    worst = None
+    for vw, vh in sizes:
+        rep = verify_onnx(model, out, vw, vh, clip=args.clip)
+        print(f"verified on real frames ({rep['clip']} pairs {rep['pairs']}, {rep['resolution']}, ONNX Runtime CPU vs "
+              f"PyTorch): max abs diff {rep['max_abs_diff']:.3g}, mean abs diff {rep['mean_abs_diff']:.3g}, "
+              f"PSNR {rep['psnr_db']:.1f} dB")
+        worst = rep if worst is None or rep["max_abs_diff"] > worst["max_abs_diff"] else worst
+    if worst is not None and worst["max_abs_diff"] > args.tolerance:
+        print(f"rifelab export: error: max abs diff {worst['max_abs_diff']:.3g} exceeds --tolerance {args.tolerance:g}")
+        return 1
+    return 0
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `export` subcommand to `rifelab`'s subparsers; returns its parser."""
+    p = subparsers.add_parser(
+        "export", help="export the flow network to ONNX and check it against PyTorch on real frames",
+        description="Export RIFE's flow network for one frame size and flow scale to ONNX (static shape by default; "
+        "--dynamic leaves batch, height and width symbolic). The graph takes padded frames img0, img1 (N,3,H,W) and a "
+        "timestep plane t (N,1,H,W) and returns the padded middle frame. The export is then run with ONNX Runtime on "
+        "real frames of a bundled clip and compared with PyTorch (max abs diff, PSNR).")
+    p.add_argument("--resolution", default="1280x720", metavar="WxH", help="frame size, width x height (default 1280x720)")
+    p.add_argument("--output", "-o", default=None, help="ONNX file to write (default: rife_<W>x<H>_s<scale>.onnx)")
+    p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
+    p.add_argument("--scale", type=float, default=1.0, help="flow scale baked into the graph: 0.25, 0.5, 1, 2 or 4")
+    p.add_argument("--ensemble", action="store_true", help="bake in the flow ensemble (swapped pair averaged)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of a static graph (default 1)")
+    p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width (ONNX Runtime, OpenVINO)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, at least 16)")
+    p.add_argument("--clip", default="bigbuckbunny", help="bundled clip whose frames verify the export")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="fail when the max abs diff vs PyTorch exceeds this (values in [0, 1]; default 1e-3)")
+    p.add_argument("--no-verify", action="store_true", help="skip the check on real frames")
+    p.set_defaults(func=_cmd_export)
+    return p
