@@ -86,8 +86,8 @@ def padded_size(width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
 def _failing_operator(exc: BaseException) -> str | None:
     """The aten operator named in an exporter error, if any."""
     text = f"{exc}\n{exc.__cause__ or ''}"
-    m = re.search(r"(aten|prim|onnx)::[A-Za-z0-9_.]+", text)
-    return m.group(0) if m else None
+    m = re.search(r"operator '([^']+)'", text) or re.search(r"((?:aten|prim|onnx)::[A-Za-z0-9_.]+)", text)
+    return m.group(1) if m else None
 
 
 def check_onnx_dtypes(onnx_model: Any) -> None:
@@ -160,7 +160,8 @@ def export_onnx(
                                   dynamo=False)
     except Exception as exc:  # noqa: BLE001 - exporter errors come in many types; re-raised with the operator
         op = _failing_operator(exc)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        lines = [ln for ln in str(exc).strip().splitlines() if "operator" in ln.lower()] or str(exc).strip().splitlines()
+        first = (lines or [type(exc).__name__])[0][:300]
         where = f"operator {op}" if op else "an operator"
         raise ExportError(f"ONNX export (opset {opset}) failed at {where}: {first}") from exc
     proto = onnx.load_from_string(buf.getvalue())
