@@ -314,3 +314,26 @@ def test_cell_timeout_from_environment(monkeypatch):
 
 def test_dvc_plots_folder_is_ignored():
     assert "dvc_plots/" in (ROOT / ".gitignore").read_text().split()
+
+
+OPTIONAL_HEAVY = {"papermill", "nbconvert", "onnx", "onnxruntime", "openvino", "nncf", "torch_tensorrt", "tensorrt",
+                  "ray", "pynvml", "ipywidgets", "IPython"}
+
+
+def test_imports_sit_at_the_top_except_optional_heavy_dependencies():
+    import ast
+
+    late = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import):
+                        names = [a.name for a in inner.names]
+                    elif isinstance(inner, ast.ImportFrom):
+                        names = ["." if inner.level else inner.module or ""]
+                    else:
+                        continue
+                    if any(n.split(".")[0] not in OPTIONAL_HEAVY for n in names):
+                        late.append(f"{path.relative_to(ROOT)}:{inner.lineno} {names}")
+    assert not late, "imports inside functions:\n" + "\n".join(late)
