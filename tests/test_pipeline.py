@@ -337,3 +337,25 @@ def test_imports_sit_at_the_top_except_optional_heavy_dependencies():
                     if any(n.split(".")[0] not in OPTIONAL_HEAVY for n in names):
                         late.append(f"{path.relative_to(ROOT)}:{inner.lineno} {names}")
     assert not late, "imports inside functions:\n" + "\n".join(late)
+
+
+def test_baseline_scores_a_benchmark_folder_when_given(tmp_path, middlebury):
+    """The part that needs ../shared/data: skipped alone where the folder is absent."""
+    res = _study("baseline").run("cpu", {**TINY, "dataset_path": str(middlebury), "dataset_limit": 2}, tmp_path)
+    rife = res.tables["quality_summary"].query("method == 'rife'").set_index("source")
+    assert rife.loc["Middlebury other", "n"] == 2 and rife.loc["Middlebury other", "psnr"] > 25
+    claims = res.tables["published_vs_ours"]
+    assert claims["ours (RIFE 4.0)"].str.startswith("n/a").all()  # the paper's sets and model are not ours
+
+
+def test_claims_sit_beside_ours_only_like_with_like():
+    from rifelab import claims
+
+    table = claims.claims("baseline")
+    ours = {("RIFE (paper model)", "UCF101", "psnr"): 35.0, ("RIFE 4.0", "Vimeo90K", "psnr"): 34.0}
+    out = claims.beside_ours(table, ours, "ours")
+    by = {(r.dataset, r.metric): r.ours for r in out.itertuples()}
+    assert by[("UCF101", "psnr")] == 35.0
+    assert by[("UCF101", "ssim")] == "n/a (not measured)"
+    assert by[("Vimeo90K", "psnr")].startswith("n/a (different model")
+    assert set(claims.claims()["status"]) >= {"published", "estimated, never measured"}
