@@ -359,3 +359,13 @@ def test_claims_sit_beside_ours_only_like_with_like():
     assert by[("UCF101", "ssim")] == "n/a (not measured)"
     assert by[("Vimeo90K", "psnr")].startswith("n/a (different model")
     assert set(claims.claims()["status"]) >= {"published", "estimated, never measured"}
+
+
+def test_cuda_profile_without_cuda_stops_before_writing(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the refusal on a machine without CUDA")
+    with pytest.raises(ParamError, match="profile 'cuda'.*CUDA is not available"):
+        _study("baseline").run("cuda", TINY, tmp_path)
+    assert not (tmp_path / "cuda").exists()
