@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -429,8 +430,6 @@ class OpenVinoModel(ExportedModel):
         return self._ov_models[key]
 
     def _quantize(self, m: Any, h: int, w: int, scale: float) -> Any:
-        import time
-
         import nncf
 
         if self.calibration is not None:

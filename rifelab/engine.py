@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .models import RIFE, IFNet, base_grid, check_pair, check_scale, grid_normaliser, load_rife, padding_multiple, warp
+from .profiling import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,6 @@ class Engine:
         device: str | torch.device | None = None,
         checkpoint: str | None = None,
     ):
-        from .profiling import resolve_device
-
         self.config = parse_config(config if config is not None else {})
         if model is None:
             model = load_rife(checkpoint, device=resolve_device(device or "auto"))

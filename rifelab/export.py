@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from .bench import parse_resolution, real_frame_pair
 from .metrics import error_stats
-from .models import RIFE, check_scale, padding_multiple
+from .models import RIFE, check_scale, load_rife, padding_multiple
 from .results import atomic_path
 
 log = logging.getLogger(__name__)
@@ -230,8 +230,6 @@ def verify_onnx(
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .models import load_rife
-
     w, h = parse_resolution(args.resolution)
     out = Path(args.output or f"rife_{w}x{h}_s{args.scale:g}{'_dyn' if args.dynamic else ''}.onnx")
     model = load_rife(args.checkpoint, device="cpu")
