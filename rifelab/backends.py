@@ -21,8 +21,10 @@ evaluation of rifelab uses (the optimisation study checks that with `overlapping
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.util
+import io
 import logging
 import os
 import shutil
@@ -122,7 +124,7 @@ class Capabilities:
     def isa(self) -> str:
         """Short ISA summary, e.g. 'AVX2' or 'AVX512 + VNNI + AVX512_BF16 + AMX'."""
         parts = ["AVX512" if self.avx512 else self.cpu_capability]
-        parts += [n for n, ok in (("VNNI", self.vnni), ("AVX512_BF16", self.native_bf16 and not self.amx),
+        parts += [n for n, ok in (("VNNI", self.vnni), ("AVX512_BF16", self.native_bf16),
                                   ("AVX512_FP16", self.native_fp16), ("AMX", self.amx)) if ok]
         return " + ".join(parts)
 
@@ -231,6 +233,8 @@ def backend_problem(backend: str, precision: str = "fp32", device: str | torch.d
     dev = torch.device(device)
     if backend == "openvino" and dev.type != "cpu":
         return f"rifelab runs OpenVINO on the CPU only; this run is on {dev.type}"
+    if backend == "onnxruntime" and dev.type not in ("cpu", "cuda"):
+        return f"rifelab runs ONNX Runtime with its CPU or CUDA provider; on {dev.type} it would time the CPU"
     problems = missing_requirements(backend_requirements(backend, precision, dev), dev)
     return "; ".join(problems) if problems else None
 
@@ -413,6 +417,7 @@ class OpenVinoModel(ExportedModel):
         self.calibration = calibration
         self.calibration_count = int(calibration_count)
         self.calibration_ranges = dict(calibration_ranges or CALIBRATION_RANGES)
+        self._ranges_given = calibration_ranges is not None
         self._ov_models: dict[tuple, Any] = {}
         self.calibration_s: float | None = None
 
@@ -434,7 +439,8 @@ class OpenVinoModel(ExportedModel):
 
         if self.calibration is not None:
             a, b = self.calibration
-            src = "given frames"
+            src = "given frames" + (": " + ", ".join(f"{c} [{s}, {e})" for c, (s, e) in self.calibration_ranges.items())
+                                    if self._ranges_given else "")
         else:
             a, b = calibration_pairs(self.calibration_count, w, h, self.calibration_ranges)
             src = ", ".join(f"{c} frames [{s}, {e})" for c, (s, e) in self.calibration_ranges.items())
@@ -443,7 +449,9 @@ class OpenVinoModel(ExportedModel):
             p0, p1, t, _, _ = self.model.prepare(a[i : i + 1], b[i : i + 1], 0.5, scale)
             items.append({"img0": p0.numpy(), "img1": p1.numpy(), "t": t.numpy()})
         t0 = time.perf_counter()
-        q = nncf.quantize(m, nncf.Dataset(items), subset_size=len(items), fast_bias_correction=True)
+        nncf.set_log_level(logging.WARNING)  # its INFO lines and progress bars would land in saved notebooks
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            q = nncf.quantize(m, nncf.Dataset(items), subset_size=len(items), fast_bias_correction=True)
         self.calibration_s = time.perf_counter() - t0
         self.applied["int8"] = (f"NNCF post-training INT8 (convolution inputs and weights), calibrated on "
                                 f"{len(items)} real pairs ({src}) at {a.shape[-1]}x{a.shape[-2]} in "

