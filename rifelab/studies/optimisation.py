@@ -23,13 +23,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from .. import claims
 from ..assets import CLIPS
 from ..backends import (BACKENDS, PRECISIONS, BackendUnavailable, backend_problem, calibration_frames, calibration_pairs,
                         capabilities, load_backend, missing_requirements, overlapping_frames)
 from ..bench import agreement, real_frame_pair
-from ..data import clip_triplets, load_clip
+from ..data import clip_triplets, load_clip, to_tensor, to_uint8
 from ..engine import EngineConfig, parse_config
 from ..evaluation import evaluate_triplets
 from ..models import VALID_SCALES, RIFE
@@ -170,9 +171,14 @@ def _build(c: StudyConfig, model: RIFE, run: StudyRun) -> Any:
 
 
 def _heldout(p: Mapping[str, Any]) -> list:
+    """(clip, triplet) pairs from the held-out ranges, resized to the target resolution (where INT8 was calibrated)."""
+    w, h = (int(v) for v in p["target_resolution"].split("x"))
     out = []
     for clip, (start, stop) in p["heldout_ranges"].items():
         frames = load_clip(clip, start=int(start), max_frames=int(stop) - int(start))
+        if frames.shape[1:3] != (h, w):
+            x = F.interpolate(to_tensor(frames), size=(h, w), mode="bicubic", align_corners=False)
+            frames = to_uint8(x)
         n = p["heldout_triplets"]
         step = max(3, (len(frames) - 2) // n)
         out += [(clip, t) for t in clip_triplets(frames, stride=1, count=n, step=step)]
