@@ -149,23 +149,19 @@ def test_calibration_pairs_come_from_the_calibration_ranges():
         bk.calibration_pairs(1, 96, 64, {"bikes": (5, 6)})
 
 
-def test_calibration_frames_are_disjoint_from_every_evaluation():
-    """INT8 calibration never sees a frame that a quality evaluation of rifelab scores (params.yaml)."""
-    from rifelab.notebooks import load_params
+@pytest.mark.parametrize("profile", ["cpu", "cuda", "mps"])
+def test_calibration_frames_are_disjoint_from_every_evaluation(profile):
+    """The default INT8 calibration frames are never scored by the baseline or the pruning evaluation."""
+    from rifelab.studies.base import params_file, read_params_file
 
-    params = load_params()
+    params = read_params_file(params_file(profile))
     used: dict[str, set[int]] = {}
-
-    def add(clip, frames):
-        used.setdefault(clip, set()).update(frames)
-
     base = params["baseline"]
     for clip in base["clips"]:
-        add(clip, range(0, 2 * int(base["n_triplets"]) * int(base["stride"]) + 1))
+        used.setdefault(clip, set()).update(range(0, 2 * int(base["n_triplets"]) * int(base["stride"]) + 1))
     for clip, (start, stop) in params["pruning"]["eval_ranges"].items():
-        add(clip, range(start, stop))
-    calib = bk.calibration_frames()
-    assert bk.overlapping_frames(calib, used) == {}
+        used.setdefault(clip, set()).update(range(start, stop))
+    assert bk.overlapping_frames(bk.calibration_frames(), used) == {}
     assert bk.overlapping_frames({"bikes": range(0, 5)}, {"bikes": [4, 9]}) == {"bikes": [4]}
 
 
