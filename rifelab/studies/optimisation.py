@@ -239,11 +239,12 @@ def run(
 ) -> StudyResult:
     """Time every configuration interleaved at every resolution, score it, report skips, publish."""
     with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root) as run:
-        p, dev, model = run.params, run.device, run.model()
-        configs = study_configs(p["configs"], p["baseline"])
+        p, dev = run.params, run.device
+        configs = study_configs(p["configs"], p["baseline"])  # every check before the model loads
         _check_disjoint(p)
         if p["target_resolution"] not in p["resolutions"]:
             raise ParamError(f"target_resolution {p['target_resolution']} is not among resolutions {p['resolutions']}")
+        model = run.model()
         skipped: dict[str, str] = {}
         built: dict[str, Any] = {}
         for c in configs:
