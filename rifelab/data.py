@@ -1,8 +1,11 @@
 """Frames in and out: clips through PyAV, image files, numbered folders, benchmark triplet layouts.
 
 All readers return RGB uint8 arrays of shape (H, W, 3) (clips: (T, H, W, 3)). Gray images are
-expanded to RGB, opaque alpha is dropped, 16-bit images are rounded to 8 bits; anything else
-(real transparency, float or exotic modes) is refused with an error that says what to do.
+expanded to RGB, opaque alpha is dropped, 16-bit images are rounded to 8 bits, and an EXIF
+orientation tag is applied (frames come out the way image viewers show them); anything else
+(real transparency, CMYK, animated files, float or exotic modes, empty files) is refused with an
+error that says what to do. A frame folder whose names give two frames one number (1.png and
+01.png) is refused: its order would be a guess.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+EXIF_ORIENTATION = 0x0112
 
 
 class DataError(ValueError):
@@ -179,7 +183,11 @@ def to_rgb_uint8(arr: np.ndarray, source: str = "image") -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB uint8 (H, W, 3), converting gray, opaque RGBA and 16-bit images."""
+    """Read an image file as RGB uint8 (H, W, 3), converting gray, opaque RGBA and 16-bit images.
+
+    An EXIF orientation tag is applied (the array is what an image viewer shows). Empty files, CMYK
+    images and animated or multi-page files are refused with a DataError saying what to do.
+    """
     import imageio.v3 as iio
 
     p = Path(path)
@@ -187,15 +195,62 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"image not found: {p}")
     if p.suffix.lower() not in IMAGE_EXTENSIONS:
         raise DataError(f"{p}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+    orientation, pil_error = _inspect_image(p)
     try:
         arr = iio.imread(p)
     except Exception as exc:  # noqa: BLE001 - imageio raises many types for corrupt files
-        raise DataError(f"cannot read image {p}: the file is corrupt or not a {p.suffix} image ({exc})") from exc
+        reason = pil_error or str(exc)
+        raise DataError(f"cannot read image {p}: the file is corrupt or not a {p.suffix} image ({reason})") from exc
     if arr.ndim == 3 and arr.shape[0] in (1,) and arr.shape[2] not in (1, 2, 3, 4):
         arr = arr[0]
     if arr.ndim == 4:  # multi-page TIFF or animated image
         raise DataError(f"{p}: holds {arr.shape[0]} pages/frames; save one image per file")
-    return to_rgb_uint8(np.asarray(arr), str(p))
+    return to_rgb_uint8(_apply_orientation(np.asarray(arr), orientation), str(p))
+
+
+def _inspect_image(p: Path) -> tuple[int, str | None]:
+    """Check an image file with Pillow before decoding: (EXIF orientation 1-8, Pillow's error or None).
+
+    Raises DataError for an empty file, a CMYK image or an animated/multi-frame file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if p.stat().st_size == 0:
+        raise DataError(f"{p} is empty (0 bytes): a copy or export that did not complete; write the frame again")
+    try:
+        with Image.open(p) as im:
+            mode, frames = im.mode, int(getattr(im, "n_frames", 1) or 1)
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return 1, f"Pillow: {exc}"
+    if mode == "CMYK":
+        raise DataError(
+            f"{p}: CMYK image (a print colour space); RIFE interpolates RGB. Convert it to RGB first, e.g. "
+            "`convert in.jpg -colorspace sRGB out.png`"
+        )
+    if frames > 1:
+        raise DataError(
+            f"{p}: holds {frames} pages/frames (an animation or multi-page file); save one image per file, e.g. "
+            f"`ffmpeg -i {p.name} frames/%08d.png`, and pass that folder"
+        )
+    return (orientation if 1 <= orientation <= 8 else 1), None
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a decoded (H, W[, C]) array as its EXIF orientation tag says (same result as PIL's exif_transpose)."""
+    if orientation == 1:
+        return arr
+    log.debug("EXIF orientation %d applied", orientation)
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, k=-1),
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, k=1),
+    }
+    return np.ascontiguousarray(ops[orientation](arr))
 
 
 def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
@@ -228,7 +283,15 @@ def list_frames(folder: str | os.PathLike, allow_other_files: bool = False) -> l
         )
     if not images:
         raise DataError(f"{d} holds no image frames ({', '.join(IMAGE_EXTENSIONS)})")
-    return sorted(images, key=natural_key)
+    ordered = sorted(images, key=natural_key)
+    clashes = [(a.name, b.name) for a, b in zip(ordered, ordered[1:]) if natural_key(a) == natural_key(b)]
+    if clashes:
+        pairs = ", ".join(f"{a} and {b}" for a, b in clashes[:3])
+        raise DataError(
+            f"{d}: {pairs} carry the same frame number, so their order is ambiguous; rename the frames with one "
+            "numbering (e.g. zero-padded 00000001.png) or move the duplicates out"
+        )
+    return ordered
 
 
 def check_same_size(a: np.ndarray, b: np.ndarray, what: str = "frames") -> None:
