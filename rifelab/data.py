@@ -10,12 +10,13 @@ error that says what to do. A frame folder whose names give two frames one numbe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,10 +28,13 @@ __all__ = [
     "DataError",
     "Triplet",
     "load_clip",
+    "read_video",
+    "VideoDamage",
     "clip_info",
     "clip_triplets",
     "read_image",
     "write_image",
+    "encode_image",
     "list_frames",
     "natural_key",
     "check_same_size",
@@ -42,6 +46,7 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 EXIF_ORIENTATION = 0x0112
+MAX_REPORTED_ERRORS = 20
 
 
 class DataError(ValueError):
@@ -92,28 +97,151 @@ def clip_info(name_or_path: str | os.PathLike) -> dict[str, float | int | str]:
 def load_clip(
     name_or_path: str | os.PathLike, max_frames: int | None = None, start: int = 0
 ) -> np.ndarray:
-    """Decode a video (bundled clip name or path) to uint8 RGB frames (T, H, W, 3) with PyAV."""
-    import av
-
+    """Decode a video (bundled clip name or path) to uint8 RGB frames (T, H, W, 3) with PyAV (see `read_video`)."""
     if start < 0 or (max_frames is not None and max_frames < 1):
         raise DataError(f"start must be >= 0 and max_frames >= 1, got start={start}, max_frames={max_frames}")
     path = _resolve_clip(name_or_path)
     frames: list[np.ndarray] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"{path} has no video stream")
-            for i, frame in enumerate(container.decode(video=0)):
-                if i < start:
-                    continue
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except av.error.FFmpegError as exc:
-        raise DataError(f"cannot decode video {path}: {exc}") from exc
+    decoded = read_video(path)  # a damaged file raises DataError when it is read to its end
+    with contextlib.closing(decoded):
+        for i, frame in enumerate(decoded):
+            if i < start:
+                continue
+            frames.append(frame)
+            if max_frames is not None and len(frames) >= max_frames:
+                break
     if not frames:
         raise DataError(f"video {path} yielded no frames from index {start}")
     return np.stack(frames)
+
+
+@dataclass
+class VideoDamage:
+    """What a damaged video lost: frames the container promised but did not decode, and decoder errors."""
+
+    path: str
+    expected: int | None  # frames the container states (its frame count, or duration x frame rate)
+    decoded: int
+    lost: list[int] = field(default_factory=list)  # input frame indices (by timestamp) that did not decode
+    errors: list[str] = field(default_factory=list)  # decoder/demuxer error messages, first few
+    error_frames: list[int] = field(default_factory=list)  # frames decoded while the decoder reported errors
+
+    def describe(self) -> str:
+        """One sentence: counts, the lost frames and the first error."""
+        parts = [f"{self.path}: decoded {self.decoded} frames"
+                 + (f" of the {self.expected} the container states" if self.expected is not None else "")]
+        if self.lost:
+            parts.append(f"lost input frames {_ranges(self.lost)}")
+        if self.error_frames:
+            parts.append(f"errors reported while decoding frames {_ranges(self.error_frames)} (kept with concealed "
+                         "damage)")
+        if self.errors:
+            parts.append(f"first error: {self.errors[0]}")
+        return "; ".join(parts)
+
+
+def _ranges(indices: Sequence[int], limit: int = 8) -> str:
+    """'3-5, 9, 12-19' for sorted unique indices (at most `limit` ranges, then '...')."""
+    runs: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = [f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:limit]]
+    return ", ".join(text) + (", ..." if len(runs) > limit else "")
+
+
+def _expected_frames(container: "Any", stream: "Any") -> tuple[int | None, bool]:
+    """(frames the container states, exact?): the stream's frame count, else its duration x average rate."""
+    if stream.frames:
+        return int(stream.frames), True
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        return None, False
+    if stream.duration is not None and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000
+    else:
+        return None, False
+    return int(round(seconds * float(rate))), False
+
+
+def read_video(
+    name_or_path: str | os.PathLike, allow_damaged: bool = False, damage: list[VideoDamage] | None = None
+) -> Iterator[np.ndarray]:
+    """Decode every frame of a video as uint8 RGB (H, W, 3), checking that none was lost.
+
+    A decode error, a demuxer error or fewer frames than the container states (its frame count, or its
+    duration x frame rate) raises DataError once the stream ends, naming the lost frames; with
+    `allow_damaged` the frames that did decode are used and the VideoDamage is logged and appended to
+    `damage`. Bad packets are skipped, so decoding continues after a damaged stretch.
+    """
+    import av
+    import av.logging
+
+    path = _resolve_clip(name_or_path)
+    found = VideoDamage(str(path), None, 0)
+    gaps: list[int] = []  # frame indices skipped by the timestamps (a VFR video has such gaps too)
+    last_index = -1
+    level, skip = av.logging.get_level(), av.logging.get_skip_repeated()
+    av.logging.set_level(av.logging.ERROR)  # libav reports concealed decode errors only in its log
+    av.logging.set_skip_repeated(False)  # else a second read of the same file would see no errors
+    try:
+        with av.logging.Capture(False) as logs, av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            found.expected, exact = _expected_frames(container, stream)
+            rate = stream.average_rate or stream.guessed_rate
+            step = float(1 / (rate * stream.time_base)) if rate and stream.time_base else None
+            first_pts: int | None = None
+            seen_errors = 0
+
+            def frames() -> Iterator[Any]:
+                try:
+                    for packet in container.demux(stream):
+                        try:
+                            yield from packet.decode()
+                        except av.error.FFmpegError as exc:  # skip the bad packet, go on with the next
+                            found.errors.append(f"decoding a packet failed: {exc}")
+                except av.error.FFmpegError as exc:
+                    found.errors.append(f"reading the file failed: {exc}")
+
+            for frame in frames():
+                index = last_index + 1
+                if step and frame.pts is not None:
+                    first_pts = frame.pts if first_pts is None else first_pts
+                    index = max(index, int(round((frame.pts - first_pts) / step)))
+                gaps.extend(range(last_index + 1, index))
+                last_index = index
+                errors = [m for lv, _, m in logs if lv <= av.logging.ERROR]
+                if len(errors) > seen_errors:
+                    found.errors.extend(e.strip() for e in errors[seen_errors:])
+                    found.error_frames.append(index)
+                    seen_errors = len(errors)
+                found.decoded += 1
+                yield frame.to_ndarray(format="rgb24")
+            found.errors.extend(m.strip() for lv, _, m in list(logs)[seen_errors:] if lv <= av.logging.ERROR)
+    except av.error.FFmpegError as exc:
+        raise DataError(f"cannot decode video {path}: {exc}; the file is damaged or not a video") from exc
+    finally:
+        av.logging.set_level(level)
+        av.logging.set_skip_repeated(skip)
+    del found.errors[MAX_REPORTED_ERRORS:]
+    short = found.expected is not None and found.decoded < found.expected - (0 if exact else 1)
+    if short:  # name the lost frames: gaps in the timestamps, then the missing tail
+        found.lost = gaps + list(range(last_index + 1, found.expected))
+    if short or found.errors:
+        if not allow_damaged:
+            raise DataError(
+                f"damaged video: {found.describe()}. Repair or re-export the file, or pass --allow-damaged-input "
+                "(API: allow_damaged=True) to continue with the frames that decoded"
+            )
+        log.warning("damaged video, continuing with the frames that decoded: %s", found.describe())
+        if damage is not None:
+            damage.append(found)
 
 
 def clip_triplets(
@@ -264,6 +392,13 @@ def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
     with atomic_path(p) as tmp:
         iio.imwrite(tmp, frame, extension=ext)
     return p
+
+
+def encode_image(frame: np.ndarray, ext: str = "png") -> bytes:
+    """An RGB uint8 frame encoded as an image file's bytes (format from `ext`: png, jpg, tif, bmp, webp)."""
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", frame, extension="." + ext.lower().lstrip("."))
 
 
 def list_frames(folder: str | os.PathLike, allow_other_files: bool = False) -> list[Path]:
