@@ -36,7 +36,16 @@ renamed, so an interrupted run leaves only complete frames; `resume=True` keeps 
 computes the rest, giving the same files as one uninterrupted run (pairs are batched in fixed
 groups, so every model call sees the same batch either way). A non-empty output is refused
 unless `resume` or `overwrite` is given. Video outputs (PyAV) are encoded to a temporary file
-and renamed when complete.
+and renamed when complete; temporaries a killed run left behind are removed by the next run
+into the same place (and reported).
+
+The manifest (`.rifelab-interpolate.json` in a folder output) is the one record of what rifelab
+wrote there: the settings, and the name and sha256 of every frame, recorded (in its append-only
+journal, folded in when the run ends) before the frame is renamed into place. `overwrite` removes
+only the files it lists; `resume` keeps a frame only when its checksum still matches and computes
+truncated, empty or replaced ones again; a file the manifest does not list is never touched: the
+run is refused, naming it. A damaged input video (decode errors, or fewer frames than the
+container states) stops the run unless `allow_damaged_input` is set, which reports the lost frames.
 """
 
 from __future__ import annotations
