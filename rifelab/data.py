@@ -198,6 +198,10 @@ def read_video(
             step = float(1 / (rate * stream.time_base)) if rate and stream.time_base else None
             first_pts: int | None = None
             seen_errors = 0
+            ours = {container.format.name, stream.codec_context.name}  # not the encoder of an output, say
+
+            def errors() -> list[str]:
+                return [m.strip() for lv, name, m in list(logs) if lv <= av.logging.ERROR and name in ours]
 
             def frames() -> Iterator[Any]:
                 try:
@@ -216,14 +220,14 @@ def read_video(
                     index = max(index, int(round((frame.pts - first_pts) / step)))
                 gaps.extend(range(last_index + 1, index))
                 last_index = index
-                errors = [m for lv, _, m in logs if lv <= av.logging.ERROR]
-                if len(errors) > seen_errors:
-                    found.errors.extend(e.strip() for e in errors[seen_errors:])
+                logged = errors()
+                if len(logged) > seen_errors:
+                    found.errors.extend(logged[seen_errors:])
                     found.error_frames.append(index)
-                    seen_errors = len(errors)
+                    seen_errors = len(logged)
                 found.decoded += 1
                 yield frame.to_ndarray(format="rgb24")
-            found.errors.extend(m.strip() for lv, _, m in list(logs)[seen_errors:] if lv <= av.logging.ERROR)
+            found.errors.extend(errors()[seen_errors:])
     except av.error.FFmpegError as exc:
         raise DataError(f"cannot decode video {path}: {exc}; the file is damaged or not a video") from exc
     finally:

@@ -1499,11 +1499,12 @@ STOPPING_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.
 def stopped_message(args: argparse.Namespace, what: str) -> str:
     """One line for a run that stopped early: what happened, what was kept, the command that continues it."""
     out = Path(args.output)
-    argv = [a for a in getattr(args, "argv", None) or _rebuild_argv(args) if a not in ("--overwrite", "--resume")]
+    argv = [a for a in getattr(args, "argv", None) or _rebuild_argv(args) if not _is_flag(a, "--resume")]
     if _is_video_path(out):
-        kept = "no video was written (the unfinished file was removed)"
+        kept = f"the unfinished video was removed ({out} is as it was before)"
         again = shlex.join(["rifelab", *argv])
         return f"rifelab interpolate: {what}; {kept}; once fixed, run again: {again}"
+    argv = [a for a in argv if not _is_flag(a, "--overwrite")]
     try:
         manifest = read_manifest(out)
     except DataError:
@@ -1512,6 +1513,11 @@ def stopped_message(args: argparse.Namespace, what: str) -> str:
     kept = f"{done} complete frames kept in {out}" if done else f"no frames written to {out}"
     again = shlex.join(["rifelab", *argv, "--resume"])
     return f"rifelab interpolate: {what}; {kept}; once fixed, continue with: {again}"
+
+
+def _is_flag(arg: str, flag: str) -> bool:
+    """Whether a command-line word is `flag` or an abbreviation argparse accepts for it."""
+    return len(arg) > 3 and flag.startswith(arg)
 
 
 def _rebuild_argv(args: argparse.Namespace) -> list[str]:

@@ -181,6 +181,24 @@ def test_overwritten_bytes_fail_and_allow_damaged_input_reports_the_loss(model, 
     assert json.loads((tmp_path / "o2" / MANIFEST_NAME).read_text())["summary"]["lost_input_frames"]
 
 
+def test_concealed_decode_errors_fail_too(frames, tmp_path):
+    """Zeroed bytes inside the picture data: every frame still decodes (libav conceals the damage), silently before."""
+    mp4 = _encode(tmp_path / "clip.mp4", frames)
+    data = mp4.read_bytes()
+    messages = []
+    for k in range(1, 10):
+        bad = bytearray(data)
+        at = len(data) * k // 10
+        bad[at : at + 40] = bytes(40)
+        (tmp_path / f"bad{k}.mp4").write_bytes(bytes(bad))
+        try:
+            sum(1 for _ in read_video(tmp_path / f"bad{k}.mp4"))
+        except DataError as exc:
+            messages.append(str(exc))
+    concealed = [m for m in messages if "decoded 20 frames of the 20" in m and "errors reported while decoding" in m]
+    assert concealed, messages
+
+
 def list_frames_or_empty(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.exists() else []
 
@@ -266,7 +284,7 @@ def test_sigterm_during_video_output_leaves_no_temporary(frame_folder, tmp_path,
     assert rc == 130 and signal.getsignal(signal.SIGTERM) == previous
     assert not out.exists() and not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "stopped by SIGTERM; no video was written" in err
+    assert err.count("\n") == 0 and "stopped by SIGTERM; the unfinished video was removed" in err
     assert "run again: rifelab interpolate" in err
 
 
