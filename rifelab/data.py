@@ -152,20 +152,31 @@ def _ranges(indices: Sequence[int], limit: int = 8) -> str:
     return ", ".join(text) + (", ..." if len(runs) > limit else "")
 
 
-def _expected_frames(container: "Any", stream: "Any") -> tuple[int | None, bool]:
-    """(frames the container states, exact?): the stream's frame count, else its duration x average rate."""
-    if stream.frames:
-        return int(stream.frames), True
+def _expected_frames(container: Any, stream: Any) -> tuple[int | None, bool]:
+    """(frames the container states, exact?): its frame count, or its duration x average rate when that is
+    smaller (an edit list that trims frames, as `ffmpeg -ss ... -c copy` writes, keeps them in the count)
+    or when there is no count (Matroska). A count from the duration is approximate (+-1 frame)."""
+    counted = int(stream.frames) if stream.frames else None
     rate = stream.average_rate or stream.guessed_rate
-    if not rate:
-        return None, False
+    timed: int | None = None
+    seconds: float | None = None
     if stream.duration is not None and stream.time_base:
         seconds = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
+    elif _tag_seconds(stream.metadata.get("DURATION")) is not None:  # Matroska writes one per track
+        seconds = _tag_seconds(stream.metadata.get("DURATION"))
+    elif container.duration is not None and len(container.streams) == 1:  # else it may be the audio's
         seconds = container.duration / 1_000_000
-    else:
-        return None, False
-    return int(round(seconds * float(rate))), False
+    if rate and seconds is not None:
+        timed = int(round(seconds * float(rate)))
+    if counted is not None and (timed is None or counted <= timed):
+        return counted, True
+    return timed, False
+
+
+def _tag_seconds(tag: str | None) -> float | None:
+    """Seconds of a 'HH:MM:SS.fraction' duration tag, or None."""
+    m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", (tag or "").strip())
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else None
 
 
 def read_video(

@@ -203,8 +203,29 @@ def list_frames_or_empty(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.exists() else []
 
 
+def _trimmed_copy(src: Path, dst: Path, frames: int) -> Path:
+    """A stream copy whose first `frames` frames are cut by an edit list (as `ffmpeg -ss ... -c copy` makes)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ist = inp.streams.video[0]
+        ost = out.add_stream_from_template(ist)
+        shift = int(frames / (ist.average_rate * ist.time_base))
+        for pkt in inp.demux(ist):
+            if pkt.dts is None:
+                continue
+            pkt.pts -= shift
+            pkt.dts -= shift
+            pkt.stream = ost
+            out.mux(pkt)
+    return dst
+
+
 def test_intact_video_and_api_reader(mkv, frames, tmp_path):
     assert sum(1 for _ in read_video(mkv)) == 20  # an intact file: no false alarm
+    mp4 = _encode(tmp_path / "clip.mp4", frames)
+    trimmed = _trimmed_copy(mp4, tmp_path / "trimmed.mp4", 5)  # its frame count still says 20: no false alarm
+    with av.open(str(trimmed)) as c:
+        assert c.streams.video[0].frames == 20
+    assert sum(1 for _ in read_video(trimmed)) == 15
     with pytest.raises(DataError, match="decoded 5 frames of the 20"):
         load_clip(str(_cut(mkv, tmp_path / "cut.mkv", 0.6)))  # the library reader checks too
     assert load_clip(str(tmp_path / "cut.mkv"), max_frames=3).shape[0] == 3  # a prefix is not a claim on the rest
