@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import importlib
 import json
 import logging
@@ -240,11 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rifelab {args.command}: stopped by {exc.args[0] if exc.args else 'Ctrl-C'}; files are written "
               "atomically, so what was finished is complete and nothing is half-written", file=sys.stderr)
         return 130
-    except OSError as exc:
-        if args.verbose >= 2 or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+    except OSError as exc:  # full disk, no permission, read-only file system...: the system's words, one line
+        if args.verbose >= 2 or exc.errno is None:
             raise
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"rifelab {args.command}: {os.strerror(exc.errno)}{where}; free space or fix the permissions and run "
+        print(f"rifelab {args.command}: {os.strerror(exc.errno)}{where}; fix that (free space, permissions) and run "
               "the command again (files are written atomically: nothing is half-written)", file=sys.stderr)
         return 1
 

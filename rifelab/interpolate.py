@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -549,6 +548,9 @@ def output_frame_name(index: int, ext: str = "png") -> str:
     return f"{index:0{FRAME_DIGITS}d}.{ext}"
 
 
+_FRAME_NAME = re.compile(rf"^\d{{{FRAME_DIGITS}}}\.(?:{'|'.join(OUTPUT_IMAGE_EXTENSIONS)})$")
+
+
 def _temp_pattern(final_names: str) -> re.Pattern:
     """Names `results.temp_path_beside` gives temporaries of files matching the regex `final_names`."""
     return re.compile(rf"^\.(?:{final_names})\.[a-z0-9_]+\.tmp\.\w+$")
@@ -597,16 +599,18 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
         raise DataError(f"cannot read {path} ({exc}); move the folder aside and start again") from exc
     if not isinstance(manifest, dict):
         raise DataError(f"{path} is not a rifelab manifest; move the folder aside and start again")
-    frames = dict(manifest.get("frames") or {})
+    listed = manifest.get("frames")
+    records = list(listed.items()) if isinstance(listed, dict) else []
     journal = d / JOURNAL_NAME
     if journal.exists():
         for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
             try:  # a kill can cut the last line short; its frame was never renamed into place
                 rec = json.loads(line)
-                frames[str(rec["name"])] = str(rec["sha256"])
+                records.append((rec["name"], rec["sha256"]))
             except (ValueError, KeyError, TypeError):
                 continue
-    manifest["frames"] = frames
+    # only frame names rifelab gives: a crafted manifest cannot point --overwrite at other files
+    manifest["frames"] = {str(n): str(h) for n, h in records if _FRAME_NAME.match(str(n))}
     return manifest
 
 
@@ -1480,20 +1484,19 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         info = {"checkpoint": str(args.checkpoint) if args.checkpoint else "bundled rife40",
                 "dtype": getattr(args, "dtype", "fp32")}
         summary = interpolate_sequence(args.input, args.output, model, cfg, model_info=info)
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rifelab.cli turns it into KeyboardInterrupt('SIGTERM'))
+        if getattr(args, "verbose", 0) >= 2:
+            raise
         print(stopped_message(args, f"stopped by {exc.args[0] if exc.args else 'Ctrl-C'}"), file=sys.stderr)
         return 130
-    except OSError as exc:
-        if exc.errno not in STOPPING_ERRNOS:
+    except OSError as exc:  # full disk, read-only folder, no permission...
+        if getattr(args, "verbose", 0) >= 2 or exc.errno is None or isinstance(exc, FileNotFoundError):
             raise
         where = f" ({exc.filename})" if exc.filename else ""
         print(stopped_message(args, f"{os.strerror(exc.errno)}{where}"), file=sys.stderr)
         return 1
     print(summary.describe())
     return 0
-
-
-STOPPING_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def stopped_message(args: argparse.Namespace, what: str) -> str:

@@ -123,6 +123,22 @@ def test_overwrite_replaces_only_what_the_manifest_records(model, frame_folder, 
     assert _visible(out) == _visible(full_run)
 
 
+def test_a_crafted_manifest_cannot_point_overwrite_elsewhere(model, frame_folder, tmp_path):
+    out = tmp_path / "out"
+    interpolate_sequence(frame_folder, out, model, _cfg(multi=2))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / "notes.txt").write_text("mine")
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["frames"].update({"../victim.txt": "0" * 64, "notes.txt": "0" * 64})
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"holds 1 file rifelab did not write \(notes.txt"):
+        interpolate_sequence(frame_folder, out, model, _cfg(multi=2, overwrite=True))
+    (out / "notes.txt").unlink()
+    interpolate_sequence(frame_folder, out, model, _cfg(multi=2, overwrite=True))
+    assert victim.read_text() == "keep me"
+
+
 # ----------------------------------------------------------------------------- 2. damaged videos
 
 
