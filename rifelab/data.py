@@ -208,11 +208,13 @@ def read_video(
             rate = stream.average_rate or stream.guessed_rate
             step = float(1 / (rate * stream.time_base)) if rate and stream.time_base else None
             first_pts: int | None = None
-            seen_errors = 0
+            scanned = 0
             ours = {container.format.name, stream.codec_context.name}  # not the encoder of an output, say
 
-            def errors() -> list[str]:
-                return [m.strip() for lv, name, m in list(logs) if lv <= av.logging.ERROR and name in ours]
+            def new_errors() -> list[str]:
+                nonlocal scanned
+                fresh, scanned = list(logs[scanned:]), len(logs)
+                return [m.strip() for lv, name, m in fresh if lv <= av.logging.ERROR and name in ours]
 
             def frames() -> Iterator[Any]:
                 try:
@@ -231,14 +233,13 @@ def read_video(
                     index = max(index, int(round((frame.pts - first_pts) / step)))
                 gaps.extend(range(last_index + 1, index))
                 last_index = index
-                logged = errors()
-                if len(logged) > seen_errors:
-                    found.errors.extend(logged[seen_errors:])
+                logged = new_errors()
+                if logged:
+                    found.errors.extend(logged)
                     found.error_frames.append(index)
-                    seen_errors = len(logged)
                 found.decoded += 1
                 yield frame.to_ndarray(format="rgb24")
-            found.errors.extend(errors()[seen_errors:])
+            found.errors.extend(new_errors())
     except av.error.FFmpegError as exc:
         raise DataError(f"cannot decode video {path}: {exc}; the file is damaged or not a video") from exc
     finally:
