@@ -467,9 +467,10 @@ def _unpickling_refusal(path: Path, exc: BaseException) -> CheckpointError:
     """The CheckpointError for a file that weights_only=True loading refuses (pickled objects, code)."""
     msg = str(exc)
     found = re.search(r"GLOBAL ([\w.]+)", msg)
-    warning = re.search(r"Re-running `torch\.load`[^\n]*?arbitrary code execution\.(?:\s*Do it only[^\n]*?source\.)?", msg)
-    torch_warning = (warning.group(0).strip() if warning else
-                     "Re-running `torch.load` with `weights_only` set to `False` can result in arbitrary code execution.")
+    warning = re.search(r"Re-running `torch\.load`[^\n]*?arbitrary code execution\.(?:\s*Do it only[^\n]*?source\.)?",
+                        msg)
+    torch_warning = warning.group(0).strip() if warning else (
+        "Re-running `torch.load` with `weights_only` set to `False` can result in arbitrary code execution.")
     malicious = bool(found) and found.group(1).split(".")[0] in ("posix", "nt", "os", "subprocess", "builtins", "sys")
     if found and _names_module_class(found.group(1)):
         what = (f"a whole pickled network object ({found.group(1)}), saved with torch.save(model) instead of "

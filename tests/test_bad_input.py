@@ -23,7 +23,7 @@ from PIL import Image
 
 import rifelab.interpolate as interp
 from rifelab.cli import main
-from rifelab.data import DataError, list_frames, load_clip, read_video, write_image
+from rifelab.data import DataError, load_clip, read_video, write_image
 from rifelab.interpolate import (
     JOURNAL_NAME,
     MANIFEST_NAME,

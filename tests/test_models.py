@@ -251,7 +251,7 @@ def test_uint8_tensors_and_arrays_are_accepted_as_0_255(rife, carphone):
 def test_float_frames_in_0_255_are_refused(rife, carphone):
     """Floats in 0-255 gave a wrong frame with no error; now refused, naming the likely cause."""
     a, b = to_tensor(carphone[0]) * 255, to_tensor(carphone[2]) * 255
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values from .* to 255; .*0-255 values: divide by 255"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values from .* to 255; .*0-255 values: divide by"):
         rife.interpolate(a, b)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*clamp or rescale"):
         rife.interpolate(a / 255 - 0.5, b / 255)
@@ -309,5 +309,5 @@ def test_non_finite_weights_are_refused_at_load(tmp_path, rife, bad):
     sd = {k: v.clone() for k, v in rife.net.state_dict().items()}
     sd["block2.convblock.3.0.weight"][0, 0, 0, 0] = bad
     torch.save(sd, tmp_path / "diverged.pth")
-    with pytest.raises(CheckpointError, match=r"diverged.pth has non-finite weights .* in 1 of .*block2.convblock.3.0.weight"):
+    with pytest.raises(CheckpointError, match=r"diverged.pth has non-finite weights .* in 1 of .*block2.convblock.3.0"):
         load_rife(tmp_path / "diverged.pth")
