@@ -274,11 +274,13 @@ def restore_threads():
 def test_study_smoke_run(tmp_path, restore_threads):
     from rifelab.studies import coalign as study
 
-    res = study.run("cpu", TINY, tmp_path)
-    base = tmp_path / "cpu"
+    npz = save_snippets_npz(tmp_path / "real.npz", synthetic_video(20, 24, 32, (1, 3), seed=7).snippets)
+    res = study.run("cpu", {**TINY, "snippets_npz": str(npz)}, tmp_path / "results")
+    base = tmp_path / "results" / "cpu"
     (out,) = (base / "coalign").iterdir()
     assert out.name.startswith("cpu-") and out == res.folder
-    for name in ("methods_synthetic", "loss_step", "report004_quantities_synthetic", "published_vs_ours"):
+    for name in ("methods_synthetic", "loss_step", "report004_quantities_synthetic", "published_vs_ours",
+                 "real_snippets"):
         assert (out / f"{name}.csv").exists() and (out / f"{name}.md").exists(), name
     for name in ("loss_curves", "quality_vs_time", "frames"):
         assert (out / f"{name}.png").exists(), name
@@ -299,8 +301,8 @@ def test_study_smoke_run(tmp_path, restore_threads):
     # plot data: one series each, unique x, the columns dvc.yaml declares
     plots = base / "plots" / "coalign"
     assert {p.name for p in plots.iterdir()} == {"abs_rel_per_method.csv", "time_per_method.csv", "loss_curve.csv"}
-    for name, x, y in [("abs_rel_per_method", "method", "abs_rel_vs_synthetic"), ("time_per_method", "method", "time_s"),
-                       ("loss_curve", "step", "loss")]:
+    for name, x, y in [("abs_rel_per_method", "method", "abs_rel_vs_synthetic"),
+                       ("time_per_method", "method", "time_s"), ("loss_curve", "step", "loss")]:
         df = pd.read_csv(plots / f"{name}.csv")
         assert list(df.columns) == [x, y] and df[x].is_unique and df[y].notna().all(), name
     # the tables and sentences that show the truth say it is synthetic; claims are never "ours"
@@ -311,7 +313,8 @@ def test_study_smoke_run(tmp_path, restore_threads):
     assert res.tables["published_vs_ours"]["ours"].str.startswith("n/a").all()
     text = "\n".join(res.summary)
     assert "synthetic" in res.summary[0] and ("**met**" in text or "**missed**" in text)
-    assert "Target early stopping" in text and "Target solver" in text
+    assert "Target early stopping" in text and "Target solver" in text and "Real snippets (real.npz" in text
+    assert "abs_rel_vs_synthetic" not in res.tables["real_snippets"].columns  # no truth for real snippets
 
 
 def test_study_cuda_profile_needs_a_gpu(tmp_path):
