@@ -14,6 +14,9 @@ agree on the frames they share (see ``shared/spec/coalign.md``). This module imp
 - :func:`solve_lsq`: a closed-form, gauge-constrained weighted least-squares solver for all
   ``(s, t)`` at once, optionally refined by a few Adam steps.
 - :func:`merge` and depth metrics (:func:`depth_metrics`, :func:`agreement_metrics`).
+- :func:`loss_step` (one optimiser step, to time), :func:`replay_stopping`, :func:`evaluate_loss`.
+
+The study that runs, times and reports all of this is ``rifelab.studies.coalign``.
 """
 
 from __future__ import annotations

@@ -51,7 +51,10 @@ from .base import Param, ParamError, StudyResult, StudyRun, load_study_params
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PARAMS", "RULE_PARAMS", "NOTEBOOK", "CaseResult", "check_params", "measure_case", "run"]
+__all__ = [
+    "PARAMS", "RULE_PARAMS", "NOTEBOOK", "CaseResult", "check_params", "measure_case", "loss_curves_figure",
+    "quality_vs_time_figure", "frames_figure", "report004_quantities", "targets", "summary_lines", "run",
+]
 
 NOTEBOOK = "04_coalign.ipynb"
 
