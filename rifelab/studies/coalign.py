@@ -321,7 +321,7 @@ def loss_curves_figure(cases: Mapping[tuple[int, int, int], CaseResult]) -> plt.
     axes[0][0].set_ylabel("loss")
     axes[0][0].legend(fontsize=7, loc="lower left")
     stop_names = "; ".join(f"{k + 1}: {label}" for k, label in enumerate(first.stops))
-    fig.suptitle(textwrap.fill(f"stops — {stop_names}", 160), fontsize=8)
+    fig.suptitle(textwrap.fill(f"stops — {stop_names}", int(17 * 4.6 * n)), fontsize=8)
     fig.tight_layout()
     return fig
 
