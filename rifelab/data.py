@@ -18,8 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import av
+import av.logging
+import imageio.v3 as iio
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +193,6 @@ def read_video(
     `allow_damaged` the frames that did decode are used and the VideoDamage is logged and appended to
     `damage`. Bad packets are skipped, so decoding continues after a damaged stretch.
     """
-    import av
-    import av.logging
-
     path = _resolve_clip(name_or_path)
     found = VideoDamage(str(path), None, 0)
     gaps: list[int] = []  # frame indices skipped by the timestamps (a VFR video has such gaps too)
@@ -332,8 +333,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     An EXIF orientation tag is applied (the array is what an image viewer shows). Empty files, CMYK
     images and animated or multi-page files are refused with a DataError saying what to do.
     """
-    import imageio.v3 as iio
-
     p = Path(path)
     if not p.exists():
         raise DataError(f"image not found: {p}")
@@ -357,8 +356,6 @@ def _inspect_image(p: Path) -> tuple[int, str | None]:
 
     Raises DataError for an empty file, a CMYK image or an animated/multi-frame file.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty (0 bytes): a copy or export that did not complete; write the frame again")
     try:
@@ -412,8 +409,6 @@ def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
 
 def encode_image(frame: np.ndarray, ext: str = "png") -> bytes:
     """An RGB uint8 frame encoded as an image file's bytes (format from `ext`: png, jpg, tif, bmp, webp)."""
-    import imageio.v3 as iio
-
     return iio.imwrite("<bytes>", frame, extension="." + ext.lower().lstrip("."))
 
 
