@@ -271,8 +271,10 @@ def test_bad_inputs_are_clear(model, frames):
     eng = Engine(model, {"static_buffers": True})
     with pytest.raises(ValueError, match="differ in shape"):
         eng.interpolate(a, b[:, :, :64])
-    with pytest.raises(TypeError, match="uint8"):
-        eng.interpolate((a * 255).to(torch.uint8), (b * 255).to(torch.uint8))
+    with pytest.raises(TypeError, match="divide 0-255 frames by 255"):
+        eng.interpolate((a * 255).to(torch.int16), (b * 255).to(torch.int16))
+    with pytest.raises(ValueError, match="0-255 values: divide by 255"):
+        eng.interpolate(a * 255, b * 255)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         eng.interpolate(a, b, timestep=1.5)
     with pytest.raises(ValueError, match="scale"):
