@@ -27,6 +27,8 @@ __all__ = [
     "clip_info",
     "clip_triplets",
     "read_image",
+    "read_image_rgba",
+    "image_has_alpha",
     "write_image",
     "list_frames",
     "natural_key",
@@ -196,6 +198,38 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim == 4:  # multi-page TIFF or animated image
         raise DataError(f"{p}: holds {arr.shape[0]} pages/frames; save one image per file")
     return to_rgb_uint8(np.asarray(arr), str(p))
+
+
+def image_has_alpha(path: str | os.PathLike) -> bool:
+    """True when the image file carries an alpha channel (RGBA or gray+alpha), transparent or not."""
+    import imageio.v3 as iio
+
+    try:
+        props = iio.improps(Path(path))
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the reader
+        return False
+    shape = props.shape
+    return len(shape) == 3 and shape[2] in (2, 4)
+
+
+def read_image_rgba(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGBA uint8 (H, W, 4), keeping its alpha (255 where the file has none)."""
+    import imageio.v3 as iio
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"image not found: {p}")
+    try:
+        arr = np.asarray(iio.imread(p))
+    except Exception as exc:  # noqa: BLE001 - imageio raises many types for corrupt files
+        raise DataError(f"cannot read image {p}: the file is corrupt or not a {p.suffix} image ({exc})") from exc
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):
+        colour, alpha = arr[:, :, :-1], arr[:, :, -1:]
+    else:
+        colour, alpha = arr, None
+    rgb = to_rgb_uint8(colour, str(p))
+    a = to_rgb_uint8(alpha, str(p))[:, :, :1] if alpha is not None else np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+    return np.ascontiguousarray(np.concatenate([rgb, a], axis=2))
 
 
 def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
