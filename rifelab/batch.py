@@ -298,6 +298,14 @@ def expected_frames(item: BatchItem, config: InterpolateConfig) -> int | None:
 # ----------------------------------------------------------------------------- workers
 
 
+def model_namespace(model_args: dict[str, Any]) -> argparse.Namespace:
+    """The `batch` command's defaults updated with `model_args`: what `load_interpolation_model` reads."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_batch_parser(parser.add_subparsers(dest="command"))
+    defaults = vars(parser.parse_args(["batch", "-o", "."]))
+    return argparse.Namespace(**{**defaults, **model_args})
+
+
 class _Worker:
     """A Ray actor: one loaded model on one device, running items one at a time."""
 
@@ -306,7 +314,7 @@ class _Worker:
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = load_interpolation_model(argparse.Namespace(**model_args))
+        self.model = load_interpolation_model(model_namespace(model_args))
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, index: int, item: BatchItem, config: InterpolateConfig, model_info: dict[str, Any],
@@ -356,6 +364,8 @@ def run_batch(
     loaded from `model_args`), one after another.
     """
     config.validate()
+    if not items:
+        return []
     model_args = dict(model_args or {})
     ray = _ray() if use_ray else None
     if use_ray and ray is None:
@@ -380,7 +390,7 @@ def run_batch(
                     import torch
 
                     torch.set_num_threads(threads)
-                model = load_interpolation_model(argparse.Namespace(**model_args))
+                model = load_interpolation_model(model_namespace(model_args))
             for i, item in enumerate(items):
                 finished(i, run_item(item, model, config, model_info, bar.update, f"{socket.gethostname()}:{os.getpid()}"))
         else:
@@ -392,6 +402,24 @@ def run_batch(
             results[i] = ItemResult(item.name, item.input, item.output, "failed",
                                     error="the worker running this item was lost (crashed or killed)")
     return [results[i] for i in range(len(items))]
+
+
+def _start_local_ray(ray: Any, num_cpus: int, attempts: int = 3) -> None:
+    """`ray.init` of a local Ray for this run, tried again when its node times out during startup.
+
+    On a loaded machine Ray's agents can miss the raylet's fixed startup wait (ray-project/ray#65983);
+    a second start usually succeeds.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("local Ray did not start (%s); trying again (%d/%d)", str(exc).splitlines()[0], attempt + 1,
+                        attempts)
+            ray.shutdown()
 
 
 def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig, model_args: dict[str, Any],
@@ -407,7 +435,7 @@ def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig,
         if address:
             ray.init(address=address, include_dashboard=False)
         else:
-            ray.init(num_cpus=(workers or 1) * cpus, include_dashboard=False)
+            _start_local_ray(ray, (workers or 1) * cpus)
         started = True
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0)) if model_args.get("device", "auto") != "cpu" else 0
