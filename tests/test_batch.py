@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from rifelab import batch as batch_mod
-from rifelab.batch import BatchItem, collect_inputs, plan_items, results_table, run_batch
+from rifelab.batch import collect_inputs, plan_items, results_table, run_batch
 from rifelab.cli import main
 from rifelab.data import DataError, load_clip, write_image
-from rifelab.interpolate import InterpolateConfig, SceneThresholds
+from rifelab.interpolate import InterpolateConfig
 
 REPO = Path(__file__).resolve().parent.parent
 OPTS = ["--multi", "3", "--batch-size", "2", "--device", "cpu", "--threads", "1", "--no-progress"]
@@ -189,6 +189,41 @@ def test_without_ray_runs_in_process_and_says_so(inputs, reference, tmp_path, mo
     r = run_batch(items3, cfg4, model_info=info, model=load_rife(), progress=False)[0]
     assert r.status == "failed" and "not written by rifelab" in r.error
     assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_video_items_are_skipped_on_rerun_and_stale_temporaries_removed(inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(batch_mod, "_ray", lambda: None)
+    from rifelab.models import load_rife
+
+    model = load_rife()
+    out = tmp_path / "out"
+    items = plan_items(collect_inputs([str(inputs / "shot"), str(inputs / "carphone_a.mp4")]), out, video_ext="mkv")
+    out.mkdir()
+    stale = out / ".shot.mkv.abc123.tmp.mkv"  # what a killed encode leaves
+    stale.write_bytes(b"half a video")
+    cfg = InterpolateConfig(multi=3, batch_size=2, progress=False, lossless=True)
+    res = run_batch(items, cfg, model_info={}, model=model, progress=False)
+    assert [r.status for r in res] == ["done", "done"] and not stale.exists()
+    import av
+
+    with av.open(str(out / "shot.mkv")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 9
+    mtime = (out / "shot.mkv").stat().st_mtime_ns
+    res = run_batch(items, cfg, model_info={}, model=model, progress=False)
+    assert [r.status for r in res] == ["skipped", "skipped"] and (out / "shot.mkv").stat().st_mtime_ns == mtime
+    (out / "mine.mkv").write_bytes(b"a user's file")  # same name as an input, not written by rifelab
+    clash = tmp_path / "mine"
+    clash.symlink_to(inputs / "shot")
+    r = run_batch(plan_items([clash], out, video_ext="mkv"), replace_overwrite(cfg), model_info={}, model=model,
+                  progress=False)[0]
+    assert r.status == "failed" and "not written by rifelab" in r.error
+    assert (out / "mine.mkv").read_bytes() == b"a user's file"
+
+
+def replace_overwrite(cfg: InterpolateConfig) -> InterpolateConfig:
+    from dataclasses import replace
+
+    return replace(cfg, overwrite=True)
 
 
 def test_inputs_globs_manifest_and_names(inputs, tmp_path):
