@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from .data import DataError
@@ -310,8 +311,6 @@ class _Worker:
     """A Ray actor: one loaded model on one device, running items one at a time."""
 
     def __init__(self, model_args: dict[str, Any], threads: int | None):
-        import torch
-
         if threads:
             torch.set_num_threads(threads)
         self.model = load_interpolation_model(model_namespace(model_args))
@@ -387,8 +386,6 @@ def run_batch(
         if ray is None:
             if model is None:
                 if threads:
-                    import torch
-
                     torch.set_num_threads(threads)
                 model = load_interpolation_model(model_namespace(model_args))
             for i, item in enumerate(items):

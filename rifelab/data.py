@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 
@@ -202,8 +203,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def image_has_alpha(path: str | os.PathLike) -> bool:
     """True when the image file carries an alpha channel (RGBA or gray+alpha), transparent or not."""
-    import imageio.v3 as iio
-
     try:
         props = iio.improps(Path(path))
     except Exception:  # noqa: BLE001 - unreadable files are reported by the reader
@@ -214,8 +213,6 @@ def image_has_alpha(path: str | os.PathLike) -> bool:
 
 def read_image_rgba(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as RGBA uint8 (H, W, 4), keeping its alpha (255 where the file has none)."""
-    import imageio.v3 as iio
-
     p = Path(path)
     if not p.exists():
         raise DataError(f"image not found: {p}")
