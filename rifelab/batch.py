@@ -358,7 +358,8 @@ def run_batch(
 
     With Ray: `workers` actors (default: one per GPU of the cluster when the device allows CUDA, else one
     CPU actor) each load the model from `model_args` (the `interpolate` options: device, checkpoint, dtype,
-    ...) once. Ray is started locally with `workers` x `threads` CPUs unless `ray_address` names a cluster.
+    ...) once and use `threads` torch threads (default: a local Ray shares this machine's cores among the
+    actors; a cluster gives 1). Ray is started locally unless `ray_address` names a cluster.
     Without Ray (not installed, or `use_ray=False`) the items run in this process on `model` (or a model
     loaded from `model_args`), one after another.
     """
@@ -426,7 +427,9 @@ def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig,
     from ray.util.actor_pool import ActorPool
     from ray.util.queue import Queue
 
-    cpus = max(1, threads or 1)
+    local = not address and not ray.is_initialized()
+    # torch threads per actor: --threads, else this machine's cores shared by the local actors, else 1 per actor
+    cpus = max(1, threads or ((os.cpu_count() or 1) // (workers or 1) if local else 1))
     started = False
     if not ray.is_initialized():
         if address:
@@ -510,7 +513,8 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "for this run and stop it afterwards")
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="number of model actors (default: one per GPU of the cluster, or 1 on CPU); each holds "
-                   "one loaded model")
+                   "one loaded model and runs --threads torch threads (default on a local Ray: this machine's "
+                   "cores divided among the workers; on a cluster: 1)")
     g.add_argument("--no-ray", action="store_true",
                    help="run the items one after another in this process, even when Ray is installed")
     template = add_interpolate_parser(argparse.ArgumentParser(add_help=False).add_subparsers())
