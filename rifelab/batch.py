@@ -42,8 +42,8 @@ from tqdm import tqdm
 
 from .data import DataError
 from .interpolate import (
+    JOURNAL_NAME,
     MANIFEST_NAME,
-    OUTPUT_IMAGE_EXTENSIONS,
     InterpolateConfig,
     _model_device,
     add_interpolate_parser,
@@ -51,6 +51,7 @@ from .interpolate import (
     interpolate_sequence,
     load_interpolation_model,
     open_source,
+    read_manifest,
     retime_count,
 )
 from .results import atomic_write_text, to_markdown
@@ -196,25 +197,14 @@ def _ours(folder: Path) -> bool:
 
 
 def _remove_output_folder(folder: Path) -> None:
-    """Remove a frame folder rifelab wrote: its numbered frames, temporaries and manifest; anything else stays."""
-    pattern = re.compile(rf"^(\d+\.({'|'.join(OUTPUT_IMAGE_EXTENSIONS)})|\..*\.tmp\..*|{re.escape(MANIFEST_NAME)})$")
-    for f in folder.iterdir():
-        if f.is_file() and pattern.match(f.name):
-            f.unlink()
+    """Remove a frame folder rifelab wrote: the frames its manifest records and the manifest; anything else stays."""
+    manifest = read_manifest(folder) or {"frames": {}}
+    for name in [*manifest["frames"], JOURNAL_NAME, MANIFEST_NAME]:
+        (folder / name).unlink(missing_ok=True)
     try:
         folder.rmdir()
     except OSError:
         log.warning("%s holds files rifelab did not write; left in place", folder)
-
-
-def _remove_stale_video_temps(final: Path) -> None:
-    """Temporary files an interrupted encode of `final` left (named .NAME.XXXX.tmp.EXT by rifelab)."""
-    pattern = re.compile(rf"^\.{re.escape(final.name)}\.[^.]+\.tmp{re.escape(final.suffix)}$")
-    if final.parent.is_dir():
-        for f in final.parent.iterdir():
-            if pattern.match(f.name):
-                log.info("removing stale temporary file %s", f)
-                f.unlink()
 
 
 def run_item(
@@ -246,8 +236,7 @@ def run_item(
                 raise DataError(f"{final} exists {why}; pass --overwrite to redo it (only rifelab's outputs are "
                                 "replaced) or choose another output root")
         cfg = replace(config, progress=False, resume=False, overwrite=False)
-        if item.is_video_output:
-            _remove_stale_video_temps(final)
+        if item.is_video_output:  # interpolate removes what an interrupted encode left beside it
             cfg.overwrite = final.exists()
             target = final
         else:

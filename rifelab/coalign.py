@@ -270,6 +270,14 @@ class AlignConfig:
     depth_clip: float = 1e-3  # depth domain uses 1 / clip(x*s + t, depth_clip)
 
     def __post_init__(self) -> None:
+        floats = {"lr": self.lr, "depth_loss_weight": self.depth_loss_weight, "lambda_scale": self.lambda_scale,
+                  "lambda_shift": self.lambda_shift, "depth_clip": self.depth_clip,
+                  "betas[0]": self.betas[0], "betas[1]": self.betas[1]}
+        bad = {k: v for k, v in floats.items() if not isinstance(v, (int, float)) or not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"AlignConfig needs finite numbers, got {', '.join(f'{k}={v!r}' for k, v in bad.items())}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.lr <= 0:
@@ -663,6 +671,30 @@ def oracle_alignment(snippets: SnippetSet, gt_inverse_depth: ArrayLike) -> Align
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_not_degenerate(problem: Problem) -> None:
+    """Refuse snippets the loss cannot use: a frame whose every covering value equals the global minimum.
+
+    The loss divides by each frame's mean |target|, which is 0 there at the start (scale 1, shift 0),
+    so every scale and shift would become NaN. Constant snippets are the common case.
+    """
+    per_frame = torch.zeros(problem.num_frames, device=problem.device).index_add_(
+        0, problem.entry_frame, problem.values.abs().sum(1))
+    flat = (per_frame == 0).nonzero().flatten().tolist()
+    if not flat:
+        return
+    if len(flat) == problem.num_frames:
+        raise ValueError(
+            f"every snippet is constant (all values {problem.offset:g} after the border crop and subsampling): "
+            "there is no depth structure to align, scales and shifts are undefined. Check the depth predictions"
+        )
+    shown = ", ".join(str(f) for f in flat[:10]) + (", ..." if len(flat) > 10 else "")
+    raise ValueError(
+        f"frames {shown} are constant at the global minimum ({problem.offset:g}) in every snippet covering them: the "
+        "loss normalises each frame by its mean inverse depth, which is 0 there, so the alignment would be NaN. "
+        "Check the depth predictions of those frames, or drop them"
+    )
+
+
 def align(
     snippets: SnippetSet,
     config: AlignConfig = AlignConfig(),
@@ -697,6 +729,7 @@ def align(
     synchronize(dev)
     t0 = time.perf_counter()
     problem = prepare(snippets, config, dev)
+    _check_not_degenerate(problem)
     K = problem.num_snippets
     if init is None:
         scale = torch.ones(K, device=dev)
@@ -746,6 +779,13 @@ def align(
     t2 = time.perf_counter()
     if stop_at is not None:
         log.info("%s stopped after %d of %d iterations", rule.describe(), stop_at, n)
+    if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
+        first = next((i + 1 for i, v in enumerate(hist[:ran].tolist()) if not math.isfinite(v)), None)
+        raise ValueError(
+            f"co-alignment diverged: non-finite scales/shifts after {ran} iterations"
+            + (f" (the loss became non-finite at iteration {first})" if first else "")
+            + f"; lower lr (now {config.lr}) or check the snippets for extreme values"
+        )
     return AlignResult(
         scale=scale.detach().float().cpu(),
         shift=shift.detach().float().cpu(),

@@ -367,3 +367,34 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     assert (tmp_path / "cpu" / "metrics" / "coalign.json").exists()
     executed = (tmp_path / "out.ipynb").read_text()
     assert "Target solver" in executed and "synthetic" in executed  # the generated summary was shown
+
+
+# ---------------------------------------------------------------- degenerate input (issue 14)
+
+
+def test_constant_snippets_are_refused_instead_of_nan(noisy):
+    const = C.SnippetSet.from_arrays({1: np.full((18, 3, 8, 8), 0.5, np.float32)})  # gave NaN scales and shifts
+    with pytest.raises(ValueError, match="every snippet is constant .*0.5.*scales and shifts are undefined"):
+        C.align(const, C.AlignConfig(iterations=5, factor=1, border=0))
+    # real snippets with two frames blanked to the minimum in every snippet that covers them
+    arrays = {d: a.clone() for d, a in zip(noisy.snippets.requested, noisy.snippets.arrays)}
+    lo = float(min(a.min() for a in arrays.values()))
+    for d, a in arrays.items():
+        de = C.effective_dilation(d, noisy.snippets.num_frames)
+        idx = C.snippet_frames(a.shape[0], 3, de)
+        a[(idx == 5) | (idx == 6)] = lo
+    blanked = C.SnippetSet.from_arrays(arrays, num_frames=noisy.snippets.num_frames)
+    with pytest.raises(ValueError, match=r"frames 5, 6 are constant at the global minimum"):
+        C.align(blanked, CFG)
+
+
+@pytest.mark.parametrize("field", ["lambda_scale", "lambda_shift", "lr", "depth_clip", "depth_loss_weight"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_config_is_refused(field, value):
+    with pytest.raises(ValueError, match=rf"AlignConfig needs finite numbers, got {field}={value}"):
+        C.AlignConfig(**{field: value})  # lambda_scale=NaN gave NaN scales and shifts
+
+
+def test_divergence_is_refused_not_returned(noisy):
+    with pytest.raises(ValueError, match="co-alignment diverged: non-finite scales/shifts"):
+        C.align(noisy.snippets, C.AlignConfig(iterations=3, factor=2, lr=1e30))
