@@ -230,7 +230,7 @@ def run_item(
                 if on_frames is not None and res.frames_out:
                     on_frames(int(res.frames_out))
                 return res
-            ours = rec is not None or (final.is_dir() and _ours(final))
+            ours = (final.is_dir() and _ours(final)) if not item.is_video_output else rec is not None
             if not config.overwrite or not ours:
                 why = "with other settings" if ours else "and was not written by rifelab"
                 raise DataError(f"{final} exists {why}; pass --overwrite to redo it (only rifelab's outputs are "
@@ -252,8 +252,10 @@ def run_item(
 
         summary = interpolate_sequence(item.input, target, model, cfg, on_frame=on_frame, model_info=info)
         if not item.is_video_output:
+            old = final.parent / f".{final.name}.old"
+            if old.is_dir() and _ours(old):  # left by a swap that was killed halfway
+                _remove_output_folder(old)
             if final.exists():  # --overwrite of a finished folder: swap, then remove the old frames
-                old = final.parent / f".{final.name}.old"
                 os.replace(final, old)
                 os.replace(partial, final)
                 _remove_output_folder(old)
