@@ -23,7 +23,6 @@ from rifelab.interpolate import (
 )
 from rifelab.models import load_rife
 
-REPO = Path(__file__).resolve().parent.parent
 T = 6  # carphone frames used (176x144: small and fast)
 
 
