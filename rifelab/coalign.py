@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .profiling import resolve_device, synchronize
 
@@ -754,8 +755,6 @@ def align(
     stop_at: int | None = None
     steps = range(n)
     if progress:
-        from tqdm.auto import tqdm
-
         steps = tqdm(steps, desc=f"co-align ({loss})", leave=False)
     for i in steps:
         opt.zero_grad(set_to_none=True)

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import av
+import av.logging
 import imageio.v3 as iio
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +195,6 @@ def read_video(
     `allow_damaged` the frames that did decode are used and the VideoDamage is logged and appended to
     `damage`. Bad packets are skipped, so decoding continues after a damaged stretch.
     """
-    import av
-    import av.logging
-
     path = _resolve_clip(name_or_path)
     found = VideoDamage(str(path), None, 0)
     gaps: list[int] = []  # frame indices skipped by the timestamps (a VFR video has such gaps too)
@@ -364,8 +364,6 @@ def _inspect_image(p: Path) -> tuple[int, str | None]:
 
     Raises DataError for an empty file, a CMYK image or an animated/multi-frame file.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty (0 bytes): a copy or export that did not complete; write the frame again")
     try:
@@ -441,8 +439,6 @@ def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
 
 def encode_image(frame: np.ndarray, ext: str = "png") -> bytes:
     """An RGB uint8 frame encoded as an image file's bytes (format from `ext`: png, jpg, tif, bmp, webp)."""
-    import imageio.v3 as iio
-
     return iio.imwrite("<bytes>", frame, extension="." + ext.lower().lstrip("."))
 
 

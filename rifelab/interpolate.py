@@ -440,11 +440,16 @@ class InterpolationSummary:
             parts.append(f"damaged input, continued without {len(self.lost_input_frames)} lost frames: "
                          f"{self.damaged_input}")
         if self.recomputed_frames:
-            parts.append(f"{self.recomputed_frames} frames of the earlier run no longer matched their checksum "
-                         "and were computed again")
+            parts.append(f"{_count(self.recomputed_frames, 'frame')} of the earlier run no longer matched their "
+                         "checksum and were computed again")
         if self.removed_temp_files:
-            parts.append(f"removed {self.removed_temp_files} temporary files left by an interrupted run")
+            parts.append(f"removed {_count(self.removed_temp_files, 'temporary file')} left by an interrupted run")
         return "\n".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 frame', '3 frames'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------- sources
@@ -1746,7 +1751,7 @@ def stopped_message(args: argparse.Namespace, what: str) -> str:
     except DataError:
         manifest = None
     done = sum((out / n).is_file() for n in manifest["frames"]) if manifest else 0
-    kept = f"{done} complete frames kept in {out}" if done else f"no frames written to {out}"
+    kept = f"{_count(done, 'complete frame')} kept in {out}" if done else f"no frames written to {out}"
     again = shlex.join(["rifelab", *argv, "--resume"])
     return f"rifelab interpolate: {what}; {kept}; once fixed, continue with: {again}"
 

@@ -22,6 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .assets import fetch
+from .data import DataError, to_tensor
+from .profiling import resolve_device
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -308,8 +312,6 @@ def _as_frame_tensor(img: Any, name: str) -> torch.Tensor:
                 f"{name} is a numpy array of dtype {img.dtype}; numpy frames must be uint8 (H,W,3) or (N,H,W,3) "
                 "as read from files, float frames must be torch tensors (N,3,H,W) in [0, 1]"
             )
-        from .data import DataError, to_tensor
-
         try:
             return to_tensor(img)
         except DataError as exc:
@@ -673,11 +675,7 @@ def load_rife(
     dtype: torch.dtype = torch.float32,
 ) -> RIFE:
     """RIFE v4 model in eval mode; `checkpoint=None` uses the bundled RIFE 4.0 weights (fetched once)."""
-    from .profiling import resolve_device
-
     if checkpoint is None:
-        from .assets import fetch
-
         checkpoint = fetch("rife40")
     path = Path(checkpoint).expanduser()
     raw = _read_checkpoint(path)

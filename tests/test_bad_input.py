@@ -298,7 +298,7 @@ def test_stale_video_temporary_is_removed_and_reported(model, frame_folder, tmp_
     caplog.set_level(logging.WARNING)
     s = interpolate_sequence(frame_folder, tmp_path / "x.mp4", model, _cfg(multi=2))
     assert not stale.exists() and other.exists() and (tmp_path / "x.mp4").exists()
-    assert s.removed_temp_files == 1 and "removed 1 temporary files left by an interrupted run" in s.describe()
+    assert s.removed_temp_files == 1 and "removed 1 temporary file left by an interrupted run" in s.describe()
     assert "removed 1 temporary file left by an interrupted run" in caplog.text
 
 
