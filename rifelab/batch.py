@@ -459,10 +459,12 @@ def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig,
 
 
 def results_table(results: Sequence[ItemResult]) -> pd.DataFrame:
-    """One row per item: item, frames in/out, seconds, fps, device, status (and the error of a failed item)."""
+    """One row per item: item, frames in/out, seconds, fps, device, status, worker (host:pid) and any error."""
     rows = [{"item": r.item, "frames_in": r.frames_in, "frames_out": r.frames_out, "seconds": round(r.seconds, 3),
-             "fps": round(r.fps, 3), "device": r.device, "status": r.status, "error": r.error} for r in results]
-    return pd.DataFrame(rows, columns=["item", "frames_in", "frames_out", "seconds", "fps", "device", "status", "error"])
+             "fps": round(r.fps, 3), "device": r.device, "status": r.status, "worker": r.worker, "error": r.error}
+            for r in results]
+    return pd.DataFrame(rows, columns=["item", "frames_in", "frames_out", "seconds", "fps", "device", "status",
+                                       "worker", "error"])
 
 
 # ----------------------------------------------------------------------------- command line
@@ -497,7 +499,8 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="write each item as a video OUTPUT_ROOT/NAME.EXT instead of a folder of frames (a video "
                    "cannot be resumed: an interrupted one is redone)")
     g.add_argument("--summary", default=None, metavar="CSV",
-                   help="also save the summary table (item, frames in/out, seconds, fps, device, status) as CSV")
+                   help="also save the summary table (item, frames in/out, seconds, fps, device, status, worker, "
+                   "error) as CSV")
     g = p.add_argument_group("Ray")
     g.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="address of a running Ray cluster ('auto', or ray://host:10001); default: start a local Ray "
@@ -530,7 +533,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     results = run_batch(items, cfg, model_args, info, use_ray=not args.no_ray, ray_address=args.ray_address,
                         workers=args.workers, threads=args.threads, progress=not args.no_progress)
     df = results_table(results)
-    shown = df.drop(columns="error")
+    shown = df.drop(columns=["worker", "error"])
     print(to_markdown(shown, floatfmt=".2f"))
     for r in results:
         if r.status == "failed":

@@ -91,6 +91,7 @@ def test_batch_on_ray_equals_separate_runs_and_a_corrupt_item_fails_alone(inputs
         row = table.loc[name]
         assert row.status == "done" and (row.frames_in, row.frames_out) == (5, 9) and row.fps > 0
         assert row.device == "cpu"
+    assert 1 <= table.worker.nunique() <= 2  # 4 items on the 2 actors (each loaded its model once)
     assert "| item" in captured.out and "3 done, 1 failed of 4 items" in captured.out
     assert "broken: DataError" in captured.err
 
@@ -246,7 +247,8 @@ def test_inputs_globs_manifest_and_names(inputs, tmp_path):
     with pytest.raises(DataError, match="would both be written"):
         plan_items([inputs / "shot", twin], tmp_path / "o")
     df = results_table([])
-    assert list(df.columns) == ["item", "frames_in", "frames_out", "seconds", "fps", "device", "status", "error"]
+    assert list(df.columns) == ["item", "frames_in", "frames_out", "seconds", "fps", "device", "status", "worker",
+                                "error"]
 
 
 def test_batch_help_explains_every_option(capsys):
