@@ -1177,7 +1177,7 @@ def parse_ratio(value: Fraction | str | float | int) -> Fraction:
     """A positive frame-rate ratio from "5/2", "2.5", 2.5 or Fraction(5, 2); ValueError otherwise."""
     try:
         r = _as_fraction(value) if not isinstance(value, bool) else None
-    except (ValueError, ZeroDivisionError, TypeError):
+    except (ValueError, ZeroDivisionError, TypeError, OverflowError):
         r = None
     if r is None or r <= 0:
         raise ValueError(f"--fps-ratio must be a positive number or fraction such as 5/2 or 1.25, got {value!r}")

@@ -133,6 +133,7 @@ def test_retiming_resume_after_interruption_is_identical(model, frames, tmp_path
     (dict(target_fps=60, fps_ratio="5/2"), "pass one"),
     (dict(fps_ratio="0"), "--fps-ratio must be a positive"),
     (dict(fps_ratio="fast"), "--fps-ratio must be a positive"),
+    (dict(fps_ratio=float("inf")), "--fps-ratio must be a positive"),
     (dict(target_fps=-3.0), "--target-fps must be a positive"),
     (dict(fps_ratio="5/2", recursive=True), "--recursive does not apply"),
 ])
