@@ -22,6 +22,7 @@ log = logging.getLogger("rifelab")
 EXTERNAL_PARSERS: list[tuple[str, str]] = [
     ("rifelab.interpolate", "add_interpolate_parser"),
     ("rifelab.export", "add_export_parser"),
+    ("rifelab.batch", "add_batch_parser"),
 ]
 
 

@@ -37,6 +37,8 @@ __all__ = [
     "clip_info",
     "clip_triplets",
     "read_image",
+    "read_image_rgba",
+    "image_has_alpha",
     "write_image",
     "encode_image",
     "list_frames",
@@ -333,6 +335,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     An EXIF orientation tag is applied (the array is what an image viewer shows). Empty files, CMYK
     images and animated or multi-page files are refused with a DataError saying what to do.
     """
+    p, arr = _decode_image(path)
+    return to_rgb_uint8(arr, str(p))
+
+
+def _decode_image(path: str | os.PathLike) -> tuple[Path, np.ndarray]:
+    """The checked path and the decoded array of an image file, EXIF orientation applied (any channels)."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"image not found: {p}")
@@ -348,7 +356,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         arr = arr[0]
     if arr.ndim == 4:  # multi-page TIFF or animated image
         raise DataError(f"{p}: holds {arr.shape[0]} pages/frames; save one image per file")
-    return to_rgb_uint8(_apply_orientation(np.asarray(arr), orientation), str(p))
+    return p, _apply_orientation(np.asarray(arr), orientation)
 
 
 def _inspect_image(p: Path) -> tuple[int, str | None]:
@@ -392,6 +400,28 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
         8: lambda a: np.rot90(a, k=1),
     }
     return np.ascontiguousarray(ops[orientation](arr))
+
+
+def image_has_alpha(path: str | os.PathLike) -> bool:
+    """True when the image file carries an alpha channel (RGBA or gray+alpha), transparent or not."""
+    try:
+        props = iio.improps(Path(path))
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the reader
+        return False
+    shape = props.shape
+    return len(shape) == 3 and shape[2] in (2, 4)
+
+
+def read_image_rgba(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGBA uint8 (H, W, 4), keeping its alpha (255 where the file has none); as `read_image`."""
+    p, arr = _decode_image(path)
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):
+        colour, alpha = arr[:, :, :-1], arr[:, :, -1:]
+    else:
+        colour, alpha = arr, None
+    rgb = to_rgb_uint8(colour, str(p))
+    a = to_rgb_uint8(alpha, str(p))[:, :, :1] if alpha is not None else np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+    return np.ascontiguousarray(np.concatenate([rgb, a], axis=2))
 
 
 def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:

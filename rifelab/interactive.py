@@ -1,33 +1,41 @@
-"""Interactive timestep viewer (notebook 00): I0, the frame interpolated at time t, I1 and the true middle frame.
+"""Interactive timestep viewer: I0, the frame interpolated at time t, I1 and the true middle frame, with live controls.
 
     viewer = TimestepViewer.from_clip(load_rife(), "bikes", max_frames=13, stride=2)
     viewer.widgets()                       # slider for t, dropdowns for the triplet and the scale
-    state = viewer.show(0, 0.25, 1.0)      # what a widget change calls; drive it from code or tests
+    state = viewer.show(0, 0.25, 1.0)      # compute and display one view; drive it from code or tests
     fig = viewer.strip(0, [0.25, 0.5, 0.75], 1.0)
 
-The widget callback is `TimestepViewer.show` (compute with `update`, then draw): a plain method, so
-papermill runs and tests set the same values the slider would. Frames are cached per
-(triplet, t, scale), so moving the slider back is instant.
+Live controls stay responsive while a frame is computed: the status line says "computing t = ..." at once,
+frames are made in a background thread, and a request that a newer slider value overtook is dropped (its
+frame is not drawn), so only the latest value is rendered. A scale whose frames are slow on this device
+(scale 4 on a CPU) shows its estimated cost and waits for a click before running. Frames are cached per
+(triplet, t, scale), so moving back is instant. `request` is what every control calls: a plain method,
+so tests and scripts drive the same path the widgets do.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from .data import Triplet, clip_triplets, load_clip, to_tensor, to_uint8
+from .metrics import psnr
 from .models import VALID_SCALES, check_scale
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ViewState", "TimestepViewer", "triplet_quality", "benchmark_figure"]
+__all__ = ["ViewState", "TimestepViewer", "relative_cost", "SLOW_CPU_SCALES"]
+
+SLOW_CPU_SCALES = (4.0,)  # scales that ask before running on a CPU (seconds per frame even on small clips)
 
 
 @dataclass
@@ -43,8 +51,23 @@ class ViewState:
     cached: bool
 
 
+def relative_cost(scale: float) -> float:
+    """Work of the four flow blocks at `scale` relative to scale 1 (pixels each block sees, summed)."""
+    return sum((scale / k) ** 2 for k in (8, 4, 2, 1)) / sum((1 / k) ** 2 for k in (8, 4, 2, 1))
+
+
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel (a live front end can show widgets updated from another thread)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 class TimestepViewer:
-    """Interpolates a chosen triplet's outer frames at any timestep and scale; draws views and strips."""
+    """Interpolates a chosen triplet's outer frames at any timestep and scale; draws views, strips and live controls."""
 
     def __init__(self, model: Any, triplets: Sequence[Triplet], ensemble: bool = False, cache_size: int = 128):
         if not triplets:
@@ -54,9 +77,19 @@ class TimestepViewer:
         self.ensemble = ensemble
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[int, float, float], np.ndarray] = OrderedDict()
+        self._seconds: dict[float, float] = {}  # last model time per scale (for cost estimates)
         self.model_calls = 0
         self.last: ViewState | None = None
         self.controls: dict[str, Any] = {}
+        # live controls: the latest request, its generation, the worker thread, what was drawn and dropped
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._pending: tuple[int, tuple[int, float, float]] | None = None
+        self._worker: threading.Thread | None = None
+        self._background = False
+        self._confirmed: set[float] = set()
+        self.rendered: list[tuple[int, float, float]] = []
+        self.dropped = 0
 
     @classmethod
     def from_clip(
@@ -78,6 +111,10 @@ class TimestepViewer:
 
     # ------------------------------------------------------------------ computing
 
+    @property
+    def device(self) -> torch.device:
+        return torch.device(getattr(self.model, "device", "cpu"))
+
     def _check(self, triplet: int, timestep: float, scale: float) -> tuple[int, float, float]:
         if not 0 <= int(triplet) < len(self.triplets):
             raise ValueError(f"triplet must be in 0..{len(self.triplets) - 1}, got {triplet!r}")
@@ -85,6 +122,27 @@ class TimestepViewer:
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"timestep must lie in [0, 1], got {timestep!r}")
         return int(triplet), round(t, 6), check_scale(scale)
+
+    def is_slow(self, scale: float) -> bool:
+        """Whether frames at `scale` are slow enough here to ask first (scale 4 on a CPU)."""
+        return self.device.type == "cpu" and float(scale) in SLOW_CPU_SCALES
+
+    def estimate_seconds(self, scale: float) -> float | None:
+        """Expected model time of one frame at `scale`: measured if seen, else scaled from a measured scale."""
+        scale = float(scale)
+        if scale in self._seconds:
+            return self._seconds[scale]
+        if not self._seconds:
+            return None
+        known, secs = min(self._seconds.items(), key=lambda kv: abs(kv[0] - scale))
+        return secs * relative_cost(scale) / relative_cost(known)
+
+    def cost_warning(self, scale: float) -> str:
+        """The sentence shown before a slow scale runs."""
+        est = self.estimate_seconds(scale)
+        when = f"about {est:.0f} s per frame here" if est is not None else "many seconds per frame"
+        return (f"scale {scale:g} on a CPU: the flow network does {relative_cost(scale):.0f}x the work of scale 1, "
+                f"{when} (estimated from the frames made so far)")
 
     def frame(self, triplet: int, timestep: float, scale: float = 1.0) -> np.ndarray:
         """The interpolated frame (uint8 H,W,3) between the triplet's outer frames at `timestep`."""
@@ -101,17 +159,18 @@ class TimestepViewer:
             self._cache.move_to_end(key)
             frame = self._cache[key]
         else:
-            dev = getattr(self.model, "device", "cpu")
+            if self.is_slow(s) and s not in self._confirmed:
+                log.warning("%s", self.cost_warning(s))
+            dev = self.device
             a, b = to_tensor(tri.frame0, dev), to_tensor(tri.frame2, dev)
             with torch.inference_mode():
                 out = self.model.interpolate(a, b, t, s, self.ensemble)
             frame = to_uint8(out)[0]
             self.model_calls += 1
+            self._seconds[s] = time.perf_counter() - t0
             self._cache[key] = frame
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        from .metrics import psnr
-
         state = ViewState(i, t, s, frame, float(psnr(frame, tri.gt)[0]), 0.0 if cached else time.perf_counter() - t0,
                           cached)
         self.last = state
@@ -119,10 +178,8 @@ class TimestepViewer:
 
     # ------------------------------------------------------------------ drawing
 
-    def figure(self, state: ViewState | None = None, width: float = 13.0) -> Any:
-        """I0 | frame at t | I1 | true middle frame, with titles; a matplotlib Figure."""
-        import matplotlib.pyplot as plt
-
+    def figure(self, state: ViewState | None = None, width: float = 13.0) -> Figure:
+        """I0 | frame at t | I1 | true middle frame, with titles; a matplotlib Figure (thread-safe, no pyplot)."""
         state = state or self.last or self.update()
         tri = self.triplets[state.triplet]
         panels = [
@@ -131,98 +188,151 @@ class TimestepViewer:
             (tri.frame2, "I1 (t = 1)"),
             (tri.gt, f"true middle frame\nPSNR of the RIFE frame: {state.psnr_vs_truth:.2f} dB"),
         ]
-        h, w = tri.frame0.shape[:2]
-        fig, axes = plt.subplots(1, 4, figsize=(width, width / 4 * h / w + 0.8))
-        for ax, (img, title) in zip(axes, panels):
+        return self._panels(panels, tri.name, width)
+
+    def strip(self, triplet: int, timesteps: Sequence[float], scale: float = 1.0, width: float = 16.0) -> Figure:
+        """I0, the RIFE frames at each timestep, I1 and the true middle frame in one row; a Figure."""
+        i, _, s = self._check(triplet, 0.5, scale)
+        tri = self.triplets[i]
+        states = [self.update(i, t, s) for t in timesteps]
+        panels = [(tri.frame0, "I0")] + [(st.frame, f"t = {st.timestep:.3g}") for st in states]
+        panels += [(tri.frame2, "I1"), (tri.gt, "true middle")]
+        return self._panels(panels, f"{tri.name}: RIFE frames at several timesteps (scale {s:g})", width)
+
+    def _panels(self, panels: list[tuple[np.ndarray, str]], title: str, width: float) -> Figure:
+        h, w = panels[0][0].shape[:2]
+        n = len(panels)
+        fig = Figure(figsize=(width, width / n * h / w + 0.8))
+        for ax, (img, label) in zip(np.atleast_1d(fig.subplots(1, n)), panels):
             ax.imshow(img)
-            ax.set_title(title, fontsize=9)
+            ax.set_title(label, fontsize=9)
             ax.axis("off")
-        fig.suptitle(tri.name, fontsize=10)
+        fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return fig
 
     def show(self, triplet: int = 0, timestep: float = 0.5, scale: float = 1.0) -> ViewState:
-        """The widget callback: compute the view and display its figure (in the widget's output area)."""
-        import matplotlib.pyplot as plt
+        """Compute one view and display its figure (notebook output); returns the view."""
+        from IPython.display import display
 
         state = self.update(triplet, timestep, scale)
-        fig = self.figure(state)
-        try:
-            from IPython.display import display
-
-            display(fig)
-        finally:
-            plt.close(fig)
+        display(self.figure(state))
         return state
 
-    def strip(self, triplet: int, timesteps: Sequence[float], scale: float = 1.0, width: float = 16.0) -> Any:
-        """I0, the RIFE frames at each timestep, I1 and the true middle frame in one row; a Figure."""
-        import matplotlib.pyplot as plt
+    # ------------------------------------------------------------------ live controls
 
-        i, _, s = self._check(triplet, 0.5, scale)
-        tri = self.triplets[i]
-        states = [self.update(i, t, s) for t in timesteps]
-        panels = [(tri.frame0, "I0")]
-        panels += [(st.frame, f"t = {st.timestep:.3g}") for st in states]
-        panels += [(tri.frame2, "I1"), (tri.gt, "true middle")]
-        h, w = tri.frame0.shape[:2]
-        n = len(panels)
-        fig, axes = plt.subplots(1, n, figsize=(width, width / n * h / w + 0.7))
-        for ax, (img, title) in zip(np.atleast_1d(axes), panels):
-            ax.imshow(img)
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
-        fig.suptitle(f"{tri.name}: RIFE frames at several timesteps (scale {s:g})", fontsize=10)
-        fig.tight_layout()
-        return fig
+    def widgets(self, triplet: int = 0, timestep: float = 0.5, scale: float = 1.0, step: float = 0.05,
+                background: bool | None = None) -> Any:
+        """Slider (timestep), dropdowns (triplet, scale), a status line and the view; an ipywidgets VBox.
 
-    # ------------------------------------------------------------------ widgets
-
-    def widgets(self, triplet: int = 0, timestep: float = 0.5, scale: float = 1.0, step: float = 0.05) -> Any:
-        """Slider (timestep) and dropdowns (triplet, scale) wired to `show`; an ipywidgets VBox to display."""
+        `background` computes frames in a worker thread (default: inside a Jupyter kernel), so the status line
+        updates at once and stale requests are dropped; without it every request is computed before returning.
+        """
         import ipywidgets as W
 
         i, t, s = self._check(triplet, timestep, scale)
+        self._background = _in_kernel() if background is None else bool(background)
         slider = W.FloatSlider(value=t, min=0.0, max=1.0, step=step, description="timestep",
                                continuous_update=False, readout_format=".2f")
         trip = W.Dropdown(options=[(tr.name, k) for k, tr in enumerate(self.triplets)], value=i, description="triplet")
         sc = W.Dropdown(options=[(f"{v:g}", v) for v in VALID_SCALES], value=s, description="scale")
-        out = W.interactive_output(self.show, {"triplet": trip, "timestep": slider, "scale": sc})
-        self.controls = {"timestep": slider, "triplet": trip, "scale": sc, "output": out}
-        return W.VBox([W.HBox([slider, trip, sc]), out])
+        status = W.HTML(value="")
+        confirm = W.Button(description="compute anyway", button_style="warning", layout=W.Layout(display="none"))
+        image = W.Image(format="png")
+        self.controls = {"timestep": slider, "triplet": trip, "scale": sc, "status": status, "confirm": confirm,
+                         "image": image}
 
+        def changed(_: Any) -> None:
+            self.request(trip.value, slider.value, sc.value)
 
-def triplet_quality(viewer: TimestepViewer, scale: float = 1.0) -> pd.DataFrame:
-    """Per triplet: PSNR/SSIM of RIFE at t = 0.5 against the true middle frame, beside two naive baselines.
+        for w in (slider, trip, sc):
+            w.observe(changed, names="value")
+        confirm.on_click(lambda _: self.request(trip.value, slider.value, sc.value, confirmed=True))
+        self.request(i, t, s)
+        return W.VBox([W.HBox([slider, trip, sc]), W.HBox([status, confirm]), image])
 
-    Baselines: repeating I0 (what a duplicate-frame rate converter shows) and the pixel average of I0 and I1.
-    """
-    from .metrics import psnr, ssim
+    def request(self, triplet: int, timestep: float, scale: float, confirmed: bool = False) -> None:
+        """What every control calls: show the view for these values, newest request first.
 
-    rows = []
-    for k, tri in enumerate(viewer.triplets):
-        rife = viewer.frame(k, 0.5, scale)
-        blend = ((tri.frame0.astype(np.float64) + tri.frame2.astype(np.float64)) / 2).round().astype(np.uint8)
-        for method, pred in (("RIFE t=0.5", rife), ("repeat I0", tri.frame0), ("average of I0 and I1", blend)):
-            rows.append({"triplet": tri.name, "method": method, "psnr_db": float(psnr(pred, tri.gt)[0]),
-                         "ssim": float(ssim(pred, tri.gt)[0])})
-    return pd.DataFrame(rows)
+        A cached view is drawn at once. Otherwise the status line says "computing t = ..." and the frame is made
+        (in the worker thread with `background`); a request overtaken by a newer one is not drawn. A slow scale
+        (scale 4 on a CPU) first shows its cost and a "compute anyway" button, and runs only when confirmed.
+        """
+        key = self._check(triplet, timestep, scale)
+        i, t, s = key
+        status, confirm = self.controls.get("status"), self.controls.get("confirm")
+        with self._lock:
+            self._generation += 1
+            gen = self._generation
+            self._pending = None  # anything waiting is stale now
+        if confirm is not None:
+            confirm.layout.display = "none"
+        if key in self._cache:
+            self._draw(self.update(*key))
+            return
+        if self.is_slow(s) and s not in self._confirmed:
+            if not confirmed:
+                if status is not None:
+                    status.value = f"<b>⚠ {self.cost_warning(s)}.</b> Not computed yet: press the button to run it."
+                if confirm is not None:
+                    confirm.description = f"compute at scale {s:g}"
+                    confirm.layout.display = None
+                return
+            self._confirmed.add(s)
+        if status is not None:
+            est = self.estimate_seconds(s)
+            eta = f", about {est:.1f} s" if est is not None else ""
+            status.value = f"⏳ computing t = {t:.2f} ({self.triplets[i].name}, scale {s:g}{eta}) …"
+        with self._lock:
+            self._pending = (gen, key)
+            if self._background and self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="rifelab-viewer", daemon=True)
+                self._worker.start()
+                return
+            if self._background:
+                return  # the running worker picks it up
+        self._work()
 
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                job, self._pending = self._pending, None
+                if job is None:
+                    self._worker = None
+                    return
+            gen, key = job
+            try:
+                state = self.update(*key)
+            except Exception as exc:  # noqa: BLE001 - shown in the status line, the controls stay usable
+                if "status" in self.controls:
+                    self.controls["status"].value = f"error: {type(exc).__name__}: {exc}"
+                log.exception("viewer: computing %s failed", key)
+                continue
+            with self._lock:
+                stale = gen != self._generation
+            if stale:
+                self.dropped += 1
+                continue
+            self._draw(state)
 
-def benchmark_figure(df: pd.DataFrame, title: str | None = None) -> Any:
-    """Bar chart of output frames per second per mode (median, p10-p90 whiskers) from `benchmark_pipeline`."""
-    import matplotlib.pyplot as plt
+    def _draw(self, state: ViewState) -> None:
+        self.rendered.append((state.triplet, state.timestep, state.scale))
+        if "image" in self.controls:
+            buf = io.BytesIO()
+            self.figure(state).savefig(buf, format="png", dpi=80)
+            self.controls["image"].value = buf.getvalue()
+        if "status" in self.controls:
+            took = "cached" if state.cached else f"{state.seconds:.1f} s"
+            self.controls["status"].value = (f"t = {state.timestep:.2f}, {self.triplets[state.triplet].name}, "
+                                             f"scale {state.scale:g} ({took})")
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    y = np.arange(len(df))
-    err = np.vstack([df["output_fps"] - df["output_fps_p10"], df["output_fps_p90"] - df["output_fps"]]).clip(min=0)
-    colors = ["#4c72b0" if m == "model only" else "#55a868" if "threads" in m else "#c44e52" for m in df["mode"]]
-    ax.barh(y, df["output_fps"], xerr=err, color=colors, capsize=4)
-    ax.set_yticks(y, [f"{m}\n{s:.0%} of model-only rate" for m, s in zip(df["mode"], df["model_share"])])
-    ax.invert_yaxis()
-    ax.set_xlabel("output frames per second (median; whiskers p10-p90)")
-    r = df.iloc[0]
-    ax.set_title(title or f"rifelab interpolate, {r['resolution']}, {int(r['input_frames'])} -> "
-                 f"{int(r['output_frames'])} frames", fontsize=10)
-    fig.tight_layout()
-    return fig
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Wait until the worker thread has no request left (tests, scripts); True when idle."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._lock:
+                worker = self._worker
+            if worker is None:
+                return True
+            worker.join(timeout=0.05)
+        return False

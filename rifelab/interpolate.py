@@ -80,8 +80,10 @@ from .data import (
     VideoDamage,
     clip_info,
     encode_image,
+    image_has_alpha,
     list_frames,
     read_image,
+    read_image_rgba,
     read_video,
     to_tensor,
     to_uint8,
@@ -111,6 +113,9 @@ __all__ = [
     "open_source",
     "interpolate_sequence",
     "output_frame_name",
+    "parse_ratio",
+    "retime_count",
+    "retime_positions",
     "benchmark_pipeline",
     "load_interpolation_model",
     "add_interpolate_parser",
@@ -310,9 +315,12 @@ class InterpolateConfig:
     allow_damaged_input: bool = False  # continue with the frames a damaged video decodes (the lost ones reported)
     threaded: bool = True  # reader and writer threads; False runs all stages in one thread
     progress: bool = True
+    target_fps: float | None = None  # retiming: output frames at times k / target_fps (replaces multi)
+    fps_ratio: Fraction | str | float | None = None  # retiming: output rate = input rate x ratio, e.g. "5/2"
 
     def validate(self) -> None:
         """Raise ValueError naming the bad option and its allowed values."""
+        self._validate_retime()
         _check_multi(self.multi)
         try:
             self.scale = check_scale(self.scale)
@@ -337,6 +345,32 @@ class InterpolateConfig:
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: resume keeps the frames already "
                              "written, overwrite deletes them; pass one")
+
+    def _validate_retime(self) -> None:
+        if self.target_fps is not None and self.fps_ratio is not None:
+            raise ValueError("--target-fps and --fps-ratio both set the output frame rate; pass one")
+        if self.target_fps is not None:
+            v = self.target_fps
+            if isinstance(v, bool) or not isinstance(v, (int, float, Fraction)) or not (np.isfinite(v) and v > 0):
+                raise ValueError(f"--target-fps must be a positive number of frames per second, got {v!r}")
+        if self.fps_ratio is not None:
+            self.fps_ratio = parse_ratio(self.fps_ratio)
+        if self.retiming and self.recursive:
+            raise ValueError("--recursive does not apply to --target-fps/--fps-ratio: every retimed frame is made "
+                             "directly from the two input frames around it")
+
+    @property
+    def retiming(self) -> bool:
+        """True when the output frame rate is set by --target-fps or --fps-ratio instead of --multi."""
+        return self.target_fps is not None or self.fps_ratio is not None
+
+    def retime_ratio(self, input_fps: float) -> Fraction | None:
+        """Output frames per input frame (exact fraction) for an input at `input_fps`, or None without retiming."""
+        if self.fps_ratio is not None:
+            return parse_ratio(self.fps_ratio)
+        if self.target_fps is not None:
+            return _as_fraction(self.target_fps) / _as_fraction(input_fps)
+        return None
 
     @property
     def schedule(self) -> Schedule:
@@ -427,6 +461,7 @@ class FrameSource:
     """Frames of an input, in order, as uint8 (H, W, 3); `count` may be None when unknown."""
 
     kind = "frames"
+    alpha = False  # frames are RGBA (H, W, 4)
     path: Path | None = None
     fps: float = DEFAULT_INPUT_FPS
     count: int | None = None
@@ -456,11 +491,12 @@ class FolderSource(FrameSource):
         self.paths = list_frames(self.path)
         self.count = len(self.paths)
         self.fps = float(fps) if fps else DEFAULT_INPUT_FPS
+        self.alpha = image_has_alpha(self.paths[0])  # RGBA in, RGBA out
 
     def __iter__(self) -> Iterator[np.ndarray]:
         first: np.ndarray | None = None
         for p in self.paths:
-            frame = read_image(p)
+            frame = read_image_rgba(p) if self.alpha else read_image(p)
             if first is None:
                 first = frame
             elif frame.shape != first.shape:
@@ -509,13 +545,14 @@ class ArraySource(FrameSource):
         self.count = len(frames)
         self.fps = float(fps)
         self.name = name
+        self.alpha = len(frames) > 0 and np.asarray(frames[0]).shape[-1] == 4
 
     def __iter__(self) -> Iterator[np.ndarray]:
         first = None
         for i, f in enumerate(self.frames):
             f = np.asarray(f)
-            if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
-                raise DataError(f"frame {i}: expected uint8 (H, W, 3), got {f.dtype} {f.shape}")
+            if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] not in (3, 4):
+                raise DataError(f"frame {i}: expected uint8 (H, W, 3) or RGBA (H, W, 4), got {f.dtype} {f.shape}")
             if first is None:
                 first = f
             elif f.shape != first.shape:
@@ -952,7 +989,7 @@ class _Pipeline:
                 elif self.group_done(p):
                     decision = PairDecision("done")
                 else:
-                    decision = decide_pair(prev, frame, self.config.thresholds)
+                    decision = decide_pair(prev[..., :3], frame[..., :3], self.config.thresholds)
                 yield _Pair(p, prev, frame, decision)
             prev = frame
         if count < 2:
@@ -1026,7 +1063,7 @@ class _Pipeline:
         def tensor(frame: np.ndarray) -> torch.Tensor:
             key = id(frame)
             if key not in cache:
-                cache[key] = to_tensor(frame, self.device)
+                cache[key] = _frame_tensor(frame, self.device)
             return cache[key]
 
         last = self.config.multi - 1
@@ -1039,7 +1076,7 @@ class _Pipeline:
                 left = torch.cat([sl[st.left] for sl, st in chunk])
                 right = torch.cat([sl[st.right] for sl, st in chunk])
                 t = torch.tensor([st.t for _, st in chunk], dtype=torch.float32, device=self.device)
-                out = self.model.interpolate(left, right, t, self.config.scale, self.config.ensemble)
+                out = _call_model(self.model, left, right, t, self.config)
                 self.summary.model_calls += 1
                 for k, (sl, st) in enumerate(chunk):
                     sl[st.target] = out[k : k + 1]
@@ -1126,6 +1163,184 @@ def _run_stages(
         model_bar.close()
 
 
+# ----------------------------------------------------------------------------- retiming and alpha
+
+
+def _as_fraction(value: float | Fraction | str) -> Fraction:
+    """A frame rate as an exact fraction (30000/1001 stays 30000/1001 when given as a float)."""
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, str):
+        return Fraction(value)
+    return Fraction(value).limit_denominator(100000)
+
+
+def parse_ratio(value: Fraction | str | float | int) -> Fraction:
+    """A positive frame-rate ratio from "5/2", "2.5", 2.5 or Fraction(5, 2); ValueError otherwise."""
+    try:
+        r = _as_fraction(value) if not isinstance(value, bool) else None
+    except (ValueError, ZeroDivisionError, TypeError, OverflowError):
+        r = None
+    if r is None or r <= 0:
+        raise ValueError(f"--fps-ratio must be a positive number or fraction such as 5/2 or 1.25, got {value!r}")
+    return r
+
+
+def retime_count(input_frames: int, ratio: Fraction) -> int:
+    """Output frames of a retimed run: every k with k / ratio <= T-1, i.e. floor((T-1) * ratio) + 1."""
+    return int((input_frames - 1) * ratio) + 1
+
+
+def retime_positions(input_frames: int, ratio: Fraction) -> list[Fraction]:
+    """Position of each output frame on the input's frame axis (k / ratio): frame k is shown at time k / output fps."""
+    return [Fraction(k) / ratio for k in range(retime_count(input_frames, ratio))]
+
+
+def _frame_tensor(frame: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(1,C,H,W) float tensor of an RGB or RGBA uint8 frame; the RGB planes exactly as `to_tensor` makes them."""
+    if frame.shape[-1] != 4:
+        return to_tensor(frame, device)
+    alpha = torch.from_numpy(np.ascontiguousarray(frame[..., 3])).to(device).float().div_(255.0)
+    return torch.cat([to_tensor(frame[..., :3], device), alpha[None, None]], 1)
+
+
+def _alpha_model(model: Any) -> Any:
+    """The object whose `interpolate_rgba` makes RGBA frames: the model, or the RIFE an Engine wraps."""
+    for m in (model, getattr(model, "model", None)):
+        if m is not None and hasattr(m, "interpolate_rgba"):
+            return m
+    raise DataError(f"{type(model).__name__} cannot interpolate alpha (no interpolate_rgba); use rifelab.models.RIFE "
+                    "or flatten the frames onto a background")
+
+
+def _call_model(model: Any, left: torch.Tensor, right: torch.Tensor, t: torch.Tensor,
+                config: InterpolateConfig) -> torch.Tensor:
+    """One batched model call; RGBA batches go through `interpolate_rgba` (alpha with the colour's flow and mask)."""
+    if left.shape[1] == 4:
+        return _alpha_model(model).interpolate_rgba(left, right, t, config.scale, config.ensemble)
+    return model.interpolate(left, right, t, config.scale, config.ensemble)
+
+
+def _check_alpha_output(src: FrameSource, out: Path, config: InterpolateConfig) -> None:
+    if not src.alpha:
+        return
+    if _is_video_path(out):
+        raise DataError(f"{src.path or 'the input'} has an alpha channel; write RGBA frames to a folder "
+                        "(--ext png, tif or webp) instead of a video")
+    if config.ext == "jpg":
+        raise DataError("the input has an alpha channel, which jpg cannot store; use --ext png, tif or webp")
+
+
+def _extra_settings(src: FrameSource, ratio: Fraction | None) -> dict[str, Any]:
+    """Manifest entries of retimed or RGBA runs (absent otherwise, so older manifests still resume)."""
+    extra: dict[str, Any] = {}
+    if ratio is not None:
+        extra["retime"] = {"ratio": str(ratio), "input_fps": str(_as_fraction(src.fps))}
+    if src.alpha:
+        extra["alpha"] = True
+    return extra
+
+
+class _RetimePipeline(_Pipeline):
+    """Output frame k at input position k / ratio: copied on an input frame, else interpolated at its own t."""
+
+    def __init__(self, model: Any, config: InterpolateConfig, summary: InterpolationSummary, ratio: Fraction,
+                 has: Callable[[int], bool] = lambda i: False, pair_count: int | None = None):
+        super().__init__(model, config, summary, has, pair_count)
+        self.ratio = ratio
+        per_pair = max(1, -(-ratio // 1))
+        self.group_size = max(1, config.batch_size // per_pair)  # fixed groups: same model batches on resume
+
+    def slots(self, pair: int) -> list[tuple[int, Fraction]]:
+        """(output index, local t in [0, 1)) of the output frames between input frames `pair` and `pair`+1."""
+        r = self.ratio
+        first, end = -(-(pair * r) // 1), -(-((pair + 1) * r) // 1)  # ceil, exact on fractions
+        return [(k, Fraction(k) / r - pair) for k in range(first, end)]
+
+    def group_indices(self, pair: int) -> list[int]:
+        g0 = pair // self.group_size * self.group_size
+        g1 = g0 + self.group_size
+        if self.pair_count is not None:
+            g1 = min(g1, self.pair_count)
+        return [k for p in range(g0, g1) for k, _ in self.slots(p)]
+
+    def outputs(self, pairs: Iterable[_Pair], bar: Any = None) -> Iterator[_Out]:
+        group: list[_Pair] = []
+        last: _Pair | None = None
+        for pr in pairs:
+            group.append(pr)
+            last = pr
+            if (pr.index + 1) % self.group_size == 0:
+                yield from self._group(group, bar)
+                group = []
+        if group:
+            yield from self._group(group, bar)
+        if last is None:
+            return
+        end = (last.index + 1) * self.ratio
+        self.summary.output_frames = int(end) + 1
+        if end.denominator == 1:  # the last output frame falls on the last input frame
+            if self.has(int(end)):
+                self.summary.kept_frames += 1
+            else:
+                self.summary.original_frames += 1
+                yield _Out(int(end), last.frame1, "original")
+
+    def _group(self, group: list[_Pair], bar: Any) -> Iterator[_Out]:
+        s = self.summary
+        for pr in group:
+            s.pairs += 1
+            kind = pr.decision.kind
+            s.static_pairs += kind == "static"
+            s.cut_pairs += kind == "cut"
+            s.kept_pairs += kind == "done"
+            s.interpolated_pairs += kind == "interpolate"
+        if all(pr.decision.kind == "done" for pr in group):
+            s.kept_frames += sum(len(self.slots(pr.index)) for pr in group)
+            if bar is not None:
+                bar.update(len(group))
+            return
+        made = self.compute([pr for pr in group if pr.decision.kind == "interpolate"])
+        for pr in group:
+            for k, t in self.slots(pr.index):
+                if self.has(k):
+                    s.kept_frames += 1
+                elif t == 0:
+                    s.original_frames += 1
+                    yield _Out(k, pr.frame0, "original")
+                elif k in made.get(pr.index, {}):
+                    s.model_frames += 1
+                    yield _Out(k, made[pr.index][k], "model")
+                else:
+                    s.duplicated_frames += 1
+                    yield _Out(k, pr.frame0 if t < 0.5 else pr.frame1, pr.decision.kind)
+            if bar is not None:
+                bar.update(1)
+
+    def compute(self, pairs: list[_Pair]) -> dict[int, dict[int, torch.Tensor]]:
+        """Output index -> (1,C,H,W) tensor for every non-original frame of `pairs`, in batches of batch_size."""
+        jobs = [(pr, k, t) for pr in pairs for k, t in self.slots(pr.index) if t != 0]
+        made: dict[int, dict[int, torch.Tensor]] = {pr.index: {} for pr in pairs}
+        cache: dict[int, torch.Tensor] = {}
+
+        def tensor(frame: np.ndarray) -> torch.Tensor:
+            if id(frame) not in cache:
+                cache[id(frame)] = _frame_tensor(frame, self.device)
+            return cache[id(frame)]
+
+        bs = self.config.batch_size
+        for start in range(0, len(jobs), bs):
+            chunk = jobs[start : start + bs]
+            left = torch.cat([tensor(pr.frame0) for pr, _, _ in chunk])
+            right = torch.cat([tensor(pr.frame1) for pr, _, _ in chunk])
+            t = torch.tensor([float(t) for _, _, t in chunk], dtype=torch.float32, device=self.device)
+            out = _call_model(self.model, left, right, t, self.config)
+            self.summary.model_calls += 1
+            for j, (pr, k, _) in enumerate(chunk):
+                made[pr.index][k] = out[j : j + 1]
+        return made
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -1184,18 +1399,27 @@ def interpolate_sequence(
     if src.path is not None and out.resolve() == src.path.resolve():
         raise DataError(f"the output {out} is the input; choose another folder or file")
     summary = InterpolationSummary(output=str(out))
+    ratio = config.retime_ratio(src.fps)
+    _check_alpha_output(src, out, config)
     if _is_video_path(out):
         summary.output_fps = config.fps or src.fps * (config.multi - 1)
+        if ratio is not None:
+            summary.output_fps = config.fps or float(_as_fraction(src.fps) * ratio)
         sink: Any = _VideoSink(out, summary.output_fps, config)
     else:
         manifest = {"input": src.describe(), **config.settings(), "model": model_info or {}}
+        manifest.update(_extra_settings(src, ratio))
         sink = _FolderSink(out, config, manifest)
     expected = (src.count - 1) * (config.multi - 1) + 1 if src.count else None
+    if ratio is not None:
+        expected = retime_count(src.count, ratio) if src.count else None
     _warn_if_large(src, expected, out)
     sink.prepare()
     summary.removed_temp_files = len(sink.removed_temps)
     summary.recomputed_frames = len(getattr(sink, "recomputed", ()))
     pipe = _Pipeline(model, config, summary, sink.has, (src.count - 1) if src.count else None)
+    if ratio is not None:
+        pipe = _RetimePipeline(model, config, summary, ratio, sink.has, (src.count - 1) if src.count else None)
     write_bar = _progress(expected, "write", 2, config.progress, "frame")
 
     def write(item: _Out) -> None:
@@ -1395,6 +1619,14 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--cut-hist", type=_threshold, default=0.4, metavar="X",
                    help="a pair whose colour histograms differ by more than X (total variation distance 0..1) is a "
                    "scene cut too (default 0.4; 'off' disables)")
+    g = p.add_argument_group("frame-rate retiming (instead of --multi)")
+    g.add_argument("--target-fps", type=float, default=None, metavar="F",
+                   help="make output frames at times k/F (e.g. 60 for a 24 fps input): each is interpolated from the "
+                   "two input frames around it at its own t, or copied when it falls on an input frame; "
+                   "floor((T-1) x F / input fps) + 1 frames, none duplicated or dropped. Replaces --multi")
+    g.add_argument("--fps-ratio", default=None, metavar="R",
+                   help="output rate = input rate x R, as a fraction or decimal (5/2 turns 24 fps into 60, 6/5 "
+                   "turns 25 into 30); same frames as --target-fps")
     g = p.add_argument_group("output")
     g.add_argument("--ext", default="png", choices=list(OUTPUT_IMAGE_EXTENSIONS),
                    help="image format of a folder output (default png, lossless; jpg re-encodes originals lossily)")
@@ -1442,6 +1674,7 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
         fps=args.fps, crf=args.crf, lossless=args.lossless, resume=args.resume, overwrite=args.overwrite,
         threaded=not args.serial, progress=not args.no_progress, allow_damaged_input=args.allow_damaged_input,
     )
+    cfg.target_fps, cfg.fps_ratio = getattr(args, "target_fps", None), getattr(args, "fps_ratio", None)
     cfg.validate()
     return cfg
 

@@ -38,6 +38,7 @@ __all__ = [
     "pad_to_multiple",
     "padding_multiple",
     "timestep_plane",
+    "blend_warped",
     "load_state_dict",
     "load_rife",
 ]
@@ -448,6 +449,62 @@ class RIFE(nn.Module):
         frames (H,W,3)/(N,H,W,3) (output float32); see `check_pair`.
         """
         return self.forward(img0, img1, timestep, scale, ensemble)
+
+    @torch.inference_mode()
+    def interpolate_flow(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        timestep: float | torch.Tensor = 0.5,
+        scale: float = 1.0,
+        ensemble: bool = False,
+        extra0: torch.Tensor | None = None,
+        extra1: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(frame, flow, mask logits, extra) of one pass, cropped to (H, W); `frame` is what `interpolate` returns.
+
+        `flow` (N,4,H,W) holds the backward flows to img0 and img1 in pixels, `mask` (N,1,H,W) the blend logits
+        (weight of warped img0 = sigmoid(mask)). `extra0`/`extra1` (N,C,H,W), e.g. alpha, are padded as the
+        frames, warped with the same flow and blended with the same mask (`blend_warped`).
+        """
+        in_dtype = img0.dtype
+        p0, p1, t, scale_list, (h, w) = self.prepare(img0, img1, timestep, scale)
+        frame, flow, mask = self.net.forward_all(p0, p1, t, scale_list, ensemble)
+        extra = None
+        if extra0 is not None and extra1 is not None:
+            if extra0.shape != extra1.shape or extra0.shape[0] != img0.shape[0] or extra0.shape[-2:] != (h, w):
+                raise ValueError(f"extra channels {tuple(extra0.shape)} / {tuple(extra1.shape)} do not match the "
+                                 f"frames {tuple(img0.shape)}; give (N,C,H,W) tensors of the frames' size")
+            mult = padding_multiple(scale)
+            e0 = pad_to_multiple(extra0.to(device=p0.device, dtype=p0.dtype), mult)
+            e1 = pad_to_multiple(extra1.to(device=p0.device, dtype=p0.dtype), mult)
+            extra = blend_warped(e0, e1, flow, mask)[:, :, :h, :w].to(in_dtype)
+        crop = (slice(None), slice(None), slice(0, h), slice(0, w))
+        return frame[crop].to(in_dtype), flow[crop], mask[crop], extra
+
+    def interpolate_rgba(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        timestep: float | torch.Tensor = 0.5,
+        scale: float = 1.0,
+        ensemble: bool = False,
+    ) -> torch.Tensor:
+        """(N,4,H,W) RGBA frames: colour exactly as `interpolate` on the RGB planes, alpha with the same flow and mask."""
+        if img0.dim() == 3:
+            img0, img1 = img0.unsqueeze(0), img1.unsqueeze(0)
+        if img0.dim() != 4 or img0.shape[1] != 4 or img0.shape != img1.shape:
+            raise ValueError(f"expected two RGBA frames of shape (N,4,H,W), got {tuple(img0.shape)} and "
+                             f"{tuple(img1.shape)}")
+        frame, _, _, alpha = self.interpolate_flow(img0[:, :3], img1[:, :3], timestep, scale, ensemble,
+                                                   img0[:, 3:], img1[:, 3:])
+        return torch.cat([frame, alpha], 1)
+
+
+def blend_warped(x0: torch.Tensor, x1: torch.Tensor, flow: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x0 warped by flow[:, :2] and x1 by flow[:, 2:4], blended with sigmoid(mask): IFNet's final step, any channels."""
+    m = torch.sigmoid(mask)
+    return warp(x0, flow[:, :2]) * m + warp(x1, flow[:, 2:4]) * (1 - m)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -23,7 +23,6 @@ from rifelab.interpolate import (
 )
 from rifelab.models import load_rife
 
-REPO = Path(__file__).resolve().parent.parent
 T = 6  # carphone frames used (176x144: small and fast)
 
 
@@ -390,70 +389,6 @@ def test_cli_runs_and_reports_bad_options(frame_folder, tmp_path, capsys):
         main(["interpolate", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "power of two" in help_text and "--multi 4: the frame at 1/3" in help_text
-
-
-# ----------------------------------------------------------------------------- viewer and notebook
-
-
-def test_widget_callback_driven_programmatically(model):
-    from rifelab.interactive import TimestepViewer, triplet_quality
-
-    viewer = TimestepViewer.from_clip(model, "carphone", max_frames=5, stride=1)
-    assert [t.name for t in viewer.triplets] == ["frames 0, 1, 2", "frames 2, 3, 4"]
-    st = viewer.show(triplet=1, timestep=0.5, scale=1.0)
-    tri = viewer.triplets[1]
-    np.testing.assert_array_equal(st.frame, _direct(model, tri.frame0, tri.frame2, 0.5))
-    assert st.psnr_vs_truth > 25 and not st.cached
-
-    box = viewer.widgets(triplet=0, timestep=0.5, scale=1.0)
-    assert box.children and viewer.last.triplet == 0  # building the widgets renders the first view
-    calls = viewer.model_calls
-    viewer.controls["timestep"].value = 0.25  # what moving the slider does
-    assert viewer.last.timestep == 0.25 and viewer.model_calls == calls + 1
-    t0 = viewer.triplets[0]
-    np.testing.assert_array_equal(viewer.last.frame, _direct(model, t0.frame0, t0.frame2, 0.25))
-    viewer.controls["triplet"].value = 1
-    assert (viewer.last.triplet, viewer.last.timestep, viewer.last.scale) == (1, 0.25, 1.0)
-    viewer.controls["timestep"].value = 0.5
-    assert viewer.last.cached  # moving back to a view already made does not rerun the model
-    assert viewer.model_calls == calls + 2
-    with pytest.raises(ValueError, match="timestep must lie in"):
-        viewer.update(0, 1.5, 1.0)
-
-    q = triplet_quality(viewer)
-    assert set(q["method"]) == {"RIFE t=0.5", "repeat I0", "average of I0 and I1"} and len(q) == 6
-    rife = q[q.method == "RIFE t=0.5"].psnr_db.to_numpy()
-    rep = q[q.method == "repeat I0"].psnr_db.to_numpy()
-    assert (rife > rep).all()  # real motion: interpolation beats repeating a frame
-
-
-@pytest.mark.notebook
-def test_notebook_00_runs_headless(tmp_path):
-    from rifelab.notebooks import run_notebook
-
-    params = dict(
-        clip="carphone", max_frames=5, triplet_stride=1, triplet=1, timestep=0.25, scale=1.0,
-        strip_timesteps=[0.25, 0.5, 0.75], bench_clip="carphone", bench_frames=3, bench_multi=3,
-        bench_batch_size=2, bench_repeats=1, device="cpu", threads=None, results_root=str(tmp_path),
-        show_widgets=False,  # as dvc repro runs it (params.yaml)
-    )
-    run_notebook(REPO / "notebooks" / "00_interactive.ipynb", tmp_path / "00.ipynb", parameters=params, cwd=REPO)
-    outs = list((tmp_path / "interactive").iterdir())
-    assert len(outs) == 1  # one device-keyed folder
-    out = outs[0]
-    for name in ("metrics.json", "timestep_strip.png", "view.png", "middle_frame_quality.csv",
-                 "pipeline_benchmark.csv", "pipeline_benchmark.md", "pipeline_benchmark.png"):
-        assert (out / name).exists(), name
-    assert [p.name for p in out.glob("*.json")] == ["metrics.json"]
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["view_triplet"] == 1 and m["view_timestep"] == 0.25
-    assert 20 < m["rife_psnr_mean_db"] < 60 and m["rife_psnr_mean_db"] > m["repeat_psnr_mean_db"]
-    assert m["pipeline_output_fps"] > 0 and m["model_only_output_fps"] > 0
-    import pandas as pd
-
-    bench = pd.read_csv(out / "pipeline_benchmark.csv")
-    assert list(bench["mode"]) == ["model only", "pipeline (threads)", "pipeline (serial)"]
-    assert (bench["output_frames"] == 5).all()
 
 
 def test_optimised_engine_passthrough(model, frames, tmp_path):
