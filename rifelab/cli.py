@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -12,23 +11,27 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
+import pandas as pd
+import torch
+
+from .assets import ASSETS, AssetError, fetch
 from .backends import add_backend_options, model_from_args
+from .batch import add_batch_parser
+from .bench import bench_row
+from .export import add_export_parser
+from .interpolate import add_interpolate_parser
+from .models import load_rife
+from .notebooks import parse_set, run_notebook
+from .profiling import environment_record, resolve_device
+from .report import build_report
+from .results import find_project_root, save_json, to_markdown
 
 log = logging.getLogger("rifelab")
 
-# Subcommands defined in other modules: (module, function adding the parser). Missing modules are skipped.
-EXTERNAL_PARSERS: list[tuple[str, str]] = [
-    ("rifelab.interpolate", "add_interpolate_parser"),
-    ("rifelab.export", "add_export_parser"),
-    ("rifelab.batch", "add_batch_parser"),
-]
-
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from .assets import ASSETS, AssetError, fetch
-
     names = args.names or list(ASSETS)
     failed = 0
     for name in names:
@@ -42,8 +45,6 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .profiling import environment_record, resolve_device
-
     rec = environment_record(resolve_device(args.device))
     if args.json:
         print(json.dumps(rec, indent=2))
@@ -54,14 +55,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import pandas as pd
-    import torch
-
-    from .bench import bench_row
-    from .models import load_rife
-    from .profiling import environment_record, resolve_device
-    from .results import save_json, to_markdown
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -90,10 +83,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_notebook(args: argparse.Namespace) -> int:
-    from papermill.exceptions import PapermillExecutionError
-
-    from .notebooks import parse_set, run_notebook
-    from .results import find_project_root
+    from papermill.exceptions import PapermillExecutionError  # optional: the notebooks extra
 
     overrides = parse_set(args.set)
     root = find_project_root()
@@ -113,20 +103,9 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
-
     out = build_report(args.notebooks, args.output)
     print(f"report written to {out}")
     return 0
-
-
-def _optional(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        if exc.name and module.endswith(exc.name.split(".")[-1]):
-            return None
-        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,11 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="HTML file to write, e.g. results/cpu/report.html")
     p.set_defaults(func=_cmd_report)
 
-    for module, fn_name in EXTERNAL_PARSERS:
-        mod = _optional(module)
-        add: Callable | None = getattr(mod, fn_name, None) if mod is not None else None
-        if add is not None:
-            add(sub)
+    add_interpolate_parser(sub)
+    add_batch_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

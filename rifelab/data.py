@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .assets import ASSETS, CLIPS, fetch
+from .results import atomic_path
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -73,8 +76,6 @@ class Triplet:
 
 
 def _resolve_clip(name_or_path: str | os.PathLike) -> Path:
-    from .assets import ASSETS, CLIPS, fetch
-
     s = str(name_or_path)
     if s in ASSETS:
         return fetch(s)
@@ -86,8 +87,6 @@ def _resolve_clip(name_or_path: str | os.PathLike) -> Path:
 
 def clip_info(name_or_path: str | os.PathLike) -> dict[str, float | int | str]:
     """Width, height, frame count and frame rate of a video (name of a bundled clip or a path)."""
-    import av
-
     path = _resolve_clip(name_or_path)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -426,10 +425,6 @@ def read_image_rgba(path: str | os.PathLike) -> np.ndarray:
 
 def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
     """Write an RGB uint8 frame atomically (temporary name, then rename); format from the suffix."""
-    import imageio.v3 as iio
-
-    from .results import atomic_path
-
     p = Path(path)
     ext = p.suffix.lower()
     with atomic_path(p) as tmp:

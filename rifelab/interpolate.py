@@ -68,10 +68,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import av
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 from .backends import add_backend_options, model_from_args
 from .data import (
@@ -87,10 +90,12 @@ from .data import (
     read_video,
     to_tensor,
     to_uint8,
+    write_image,
 )
+from .metrics import ssim_skimage
 from .models import check_scale
-from .profiling import resolve_device
-from .results import atomic_path, atomic_write_text
+from .profiling import Timing, resolve_device, synchronize
+from .results import atomic_path, atomic_write_text, temp_path_beside, to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +275,6 @@ def histogram_distance(a: np.ndarray, b: np.ndarray, bins: int = HIST_BINS) -> f
 
 def pair_similarity(a: np.ndarray, b: np.ndarray, max_side: int = SIMILARITY_MAX_SIDE) -> tuple[float | None, float]:
     """(SSIM on shrunk copies, colour-histogram distance) of two uint8 (H,W,3) frames; SSIM None below 11 px."""
-    from .metrics import ssim_skimage  # same value as metrics.ssim here, ~10x faster on CPU (separable filter)
 
     sa, sb = _shrink(a, max_side), _shrink(b, max_side)
     s = float(ssim_skimage(sa, sb)[0]) if min(sa.shape[-2:]) >= 11 else None
@@ -510,7 +514,6 @@ class VideoSource(FrameSource):
     kind = "video"
 
     def __init__(self, path: str | os.PathLike, fps: float | None = None, allow_damaged: bool = False):
-        import av
 
         self.path = Path(path)
         self.allow_damaged = allow_damaged
@@ -822,10 +825,8 @@ class _VideoSink:
         return False
 
     def _open(self, frame: np.ndarray) -> None:
-        import av
 
         h, w = frame.shape[:2]
-        from .results import temp_path_beside
 
         self._tmp = temp_path_beside(self.path)
         rate = Fraction(self.fps).limit_denominator(100000)
@@ -849,7 +850,6 @@ class _VideoSink:
         self._stream = stream
 
     def write(self, index: int, frame: np.ndarray) -> None:
-        import av
 
         if self._container is None:
             self._open(frame)
@@ -940,7 +940,6 @@ def _model_device(model: Any) -> torch.device:
 
 
 def _progress(total: int | None, desc: str, position: int, enabled: bool, unit: str):
-    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, position=position, unit=unit, leave=position == 0, disable=not enabled,
                 dynamic_ncols=True, file=sys.stderr)
@@ -1478,10 +1477,7 @@ def benchmark_pipeline(
     rifelab.profiling.Timing (median, p10/p90). Returns a DataFrame with one row per mode;
     `model_share` = model-only median / mode median (1.0: the I/O is fully hidden).
     """
-    import pandas as pd
 
-    from .data import write_image
-    from .profiling import Timing, synchronize
 
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup must be >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
@@ -1691,7 +1687,6 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         model = load_interpolation_model(args)
         df = benchmark_pipeline(model, frames, multi=cfg.multi, batch_size=cfg.batch_size, scale=cfg.scale,
                                 repeats=args.repeats, thresholds=cfg.thresholds)
-        from .results import to_markdown
 
         print(to_markdown(df, floatfmt=".3f"))
         return 0
