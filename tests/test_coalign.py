@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
+from dvc_checks import assert_plots_readable
 from rifelab import coalign as C
 from rifelab.studies.base import ParamError
 from rifelab.synthdepth import load_snippets_npz, make_snippets, render_room_depth, save_snippets_npz, synthetic_video
@@ -301,10 +301,7 @@ def test_study_smoke_run(tmp_path, restore_threads):
     # plot data: one series each, unique x, the columns dvc.yaml declares
     plots = base / "plots" / "coalign"
     assert {p.name for p in plots.iterdir()} == {"abs_rel_per_method.csv", "time_per_method.csv", "loss_curve.csv"}
-    for name, x, y in [("abs_rel_per_method", "method", "abs_rel_vs_synthetic"),
-                       ("time_per_method", "method", "time_s"), ("loss_curve", "step", "loss")]:
-        df = pd.read_csv(plots / f"{name}.csv")
-        assert list(df.columns) == [x, y] and df[x].is_unique and df[y].notna().all(), name
+    assert_plots_readable("coalign", base)
     # the tables and sentences that show the truth say it is synthetic; claims are never "ours"
     methods = res.tables["methods_synthetic"]
     assert {"abs_rel_vs_synthetic", "delta1_vs_synthetic"} <= set(methods.columns)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dvc_checks import assert_plots_readable
 from rifelab.data import to_tensor, to_uint8
 from rifelab.interactive import TimestepViewer, relative_cost
 from rifelab.models import load_rife
@@ -127,6 +128,7 @@ def test_interactive_study_writes_results_and_generated_sentences(tmp_path):
     assert list(bench["mode"]) == ["model only", "pipeline (threads)", "pipeline (serial)"]
     assert (bench["output_frames"] == 5).all()
     headline = json.loads((tmp_path / "cpu" / "metrics" / "interactive.json").read_text())
+    assert_plots_readable("interactive", tmp_path / "cpu")
     assert set(headline) == {"rife_psnr_db", "average_psnr_db", "pipeline_output_fps", "pipeline_model_share",
                              "environment"}
     text = res.summary_markdown()

@@ -10,11 +10,12 @@ import stat
 from pathlib import Path
 
 import nbformat
-import pandas as pd
 import papermill
 import pytest
 import yaml
 
+from dvc_checks import DVC, assert_plots_readable
+from dvc_checks import stage as _stage
 from import_closure import PKG, ROOT, closure, direct_imports, module_file
 from rifelab.cli import main as cli_main
 from rifelab.notebooks import parse_set, run_notebook
@@ -23,17 +24,12 @@ from rifelab.results import atomic_path, atomic_write_text
 from rifelab.studies import STUDIES
 from rifelab.studies.base import COMMON, PROFILE_FILES, PROFILES, Param, ParamError, load_study_params, read_params_file
 
-DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 RUNNER = {"rifelab/__init__.py", "rifelab/cli.py", "rifelab/notebooks.py"}
 MAX_NOTEBOOK_CODE_LINES = 60
 
 
 def _study(name: str):
     return importlib.import_module(f"rifelab.studies.{name}")
-
-
-def _stage(name: str) -> dict:
-    return DVC["stages"][name]["do"]
 
 
 @pytest.mark.parametrize("name", STUDIES)
@@ -191,10 +187,7 @@ def test_baseline_study_writes_its_profile_folder_and_short_headline(tmp_path):
     assert res.metrics["quality"]["bikes"]["psnr_gain_vs_average"] > 3  # RIFE beats blending on real motion
     assert any("room for 124" in n for n in res.metrics["notes"])  # 500 asked, the clip is shorter: said so
     assert res.metrics["quality"]["bikes"]["n"] == 124
-    for plot in _stage("baseline")["plots"]:
-        (path, props), = plot.items()
-        df = pd.read_csv(path.replace("results/${key}", str(base)))
-        assert {props["x"], props["y"]} <= set(df.columns) and df[props["x"]].is_unique, path
+    assert_plots_readable("baseline", base)
     assert [p.name for p in (base / "baseline").iterdir()] == [res.folder.name]  # no partial folder left
 
 

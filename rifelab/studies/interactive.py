@@ -160,7 +160,7 @@ def run(
             f"{serial:.0%}): {throughput_verdict(share)}.",
             *notes,
         ]
-        res = run.finish(metrics, headline, None, lines)
+        res = run.finish(metrics, headline, {"pipeline_fps": bench[["mode", "output_fps"]]}, lines)
     return InteractiveResult(**{f.name: getattr(res, f.name) for f in fields(StudyResult)}, viewer=viewer,
                              show_widgets=p["show_widgets"])
 
