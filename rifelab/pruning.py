@@ -62,6 +62,10 @@ __all__ = [
     "plan_naive_global",
     "plan_architecture_aware",
     "make_plan",
+    "IMPORTANCES",
+    "importance_scores",
+    "plan_from_ratios",
+    "plan_lite",
     "apply_masks",
     "apply_physical",
     "prune_model",
@@ -510,6 +514,162 @@ def make_plan(net: IFNet, method: str, sparsity: float, **kwargs: Any) -> Channe
         kwargs.pop("naive_min_channels", None)
         return plan_architecture_aware(net, sparsity, **kwargs)
     raise PruningError(f"unknown pruning method {method!r}; expected one of {METHODS}")
+
+
+# ----------------------------------------------------------------------------- importance criteria and
+# ----------------------------------------------------------------------------- torch-pruning's high-level pruner
+#
+# What torch-pruning does here and what stays hand-written:
+# - `plan_from_ratios` hands per-group ratios to torch-pruning's `BasePruner` (`pruning_ratio_dict`, `round_to`,
+#   `ignored_layers`, `importance`): it picks the channels and rounds the counts. Its pruning history becomes our
+#   serialisable `ChannelPlan`, so a saved model is still a plan plus a state_dict, replayed on a fresh network.
+# - `plan_naive_global` stays hand-written: one threshold over the *whole* network needs one graph, but the graph
+#   is traced per IFBlock (tracing all of IFNet would pull `grid_sample` and the flow slicing between blocks into
+#   the graph), and `global_pruning=True` only ranks within one pruner.
+# - `plan_architecture_aware` stays hand-written for its `min_channels` floor (torch-pruning has only a maximum
+#   ratio) and its round-to-nearest rule, which the published sweep used; `plan_from_ratios` with one ratio for every
+#   group is the torch-pruning twin (kept counts rounded down, as torch-pruning does).
+# - The channel groups and the physical removal already come from torch-pruning's dependency graph.
+
+IMPORTANCES = ("l1", "group_norm", "taylor")
+
+
+def importance_scores(net: IFNet, criterion: str = "l1") -> dict[str, np.ndarray]:
+    """Per-channel importance of every channel group under one criterion (higher = keep).
+
+    - ``l1``: mean over the group's convs of each output filter's L1 norm (the rule of report 001).
+    - ``group_norm``: torch-pruning's `GroupMagnitudeImportance(p=2)`: squared L2 over *every* parameter the
+      channel touches (output filters, biases, PReLU slopes and the consumers' input slices), averaged.
+    - ``taylor``: torch-pruning's `GroupTaylorImportance`: |w * dL/dw| summed over the group; the parameters must
+      carry gradients of a loss first (`rifelab.distill.loss_gradients`).
+    """
+    import torch_pruning as tp
+
+    if criterion not in IMPORTANCES:
+        raise PruningError(f"unknown importance criterion {criterion!r}; expected one of {IMPORTANCES}")
+    groups = channel_groups(net)
+    if criterion == "l1":
+        return _group_scores(net, groups)
+    if criterion == "taylor" and any(p.grad is None for p in net.parameters()):
+        raise PruningError("Taylor importance needs gradients on the network's parameters; "
+                           "run rifelab.distill.loss_gradients(model, data) first")
+    imp = tp.importance.GroupMagnitudeImportance(p=2) if criterion == "group_norm" else tp.importance.GroupTaylorImportance()
+    layers = conv_layers(net)
+    out: dict[str, np.ndarray] = {}
+    for bi in range(len(net.blocks)):
+        dg = _block_graph(net, bi)
+        for g in groups:
+            if g.block != bi:
+                continue
+            group = dg.get_pruning_group(layers[g.name], tp.prune_conv_out_channels, idxs=list(range(g.width)))
+            scores = imp(group)
+            if scores is None:
+                raise PruningError(f"torch-pruning gave no {criterion} importance for group {g.name!r}")
+            out[g.name] = scores.detach().float().cpu().numpy().astype(np.float64)
+    return out
+
+
+def _resolve_ratios(ratios: Mapping[str, float], groups: Sequence[ChannelGroup]) -> dict[str, float]:
+    """Group name -> ratio from a mapping of group names or fnmatch patterns (the first match wins)."""
+    hits = _match_patterns(ratios.keys(), groups, "ratio pattern")
+    out: dict[str, float] = {}
+    for pat, r in ratios.items():
+        if isinstance(r, bool) or not isinstance(r, (int, float, np.floating)) or not (0.0 <= float(r) < 1.0):
+            raise PruningError(f"ratio for {pat!r} must be a number in [0, 1), got {r!r}")
+        for g in groups:
+            if g.name in hits[pat] and g.name not in out:
+                out[g.name] = float(r)
+    return out
+
+
+def plan_from_ratios(
+    net: IFNet,
+    ratios: Mapping[str, float],
+    importance: str | Mapping[str, np.ndarray] = "l1",
+    protected: Sequence[str] = (),
+    round_to: int = 8,
+    method: str = "custom",
+    sparsity: float | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> ChannelPlan:
+    """Per-group pruning ratios -> a `ChannelPlan`, with torch-pruning's high-level pruner picking the channels.
+
+    `ratios` maps group names (or fnmatch patterns over group/layer names) to the share of channels removed;
+    unlisted groups keep all channels. For each IFBlock a copy of the block is pruned by `tp.pruner.BasePruner`
+    with `pruning_ratio_dict` (those ratios), `round_to` (kept counts rounded down to a multiple),
+    `ignored_layers` (heads and `protected` layers) and `importance` (a criterion of `IMPORTANCES`, or
+    precomputed scores per group from `importance_scores`); the copy's pruning history gives the removed indices.
+    A protected layer keeps its whole weight: the group feeding its inputs stays whole too.
+    """
+    import torch_pruning as tp
+
+    round_to = _check_int("round_to", round_to, 1)
+    if isinstance(protected, str):
+        protected = [protected]
+    groups = channel_groups(net)
+    by_name = {g.name: g for g in groups}
+    prot = set().union(*_match_patterns(protected, groups, "protected layer", with_inputs=True).values()) if protected else set()
+    prot |= {g.name for g in groups if not g.prunable}
+    wanted = {n: r for n, r in _resolve_ratios(ratios, groups).items() if n not in prot and r > 0}
+    scores = importance_scores(net, importance) if isinstance(importance, str) else dict(importance)
+    missing = [n for n in wanted if n not in scores or len(scores[n]) != by_name[n].width]
+    if missing:
+        raise PruningError(f"importance scores missing or of the wrong length for groups {missing}")
+    group_of_layer = {layer: g.name for g in groups for layer in g.layers}
+    removed: dict[str, list[int]] = {}
+    for bi, block in enumerate(net.blocks):
+        todo = {n: r for n, r in wanted.items() if by_name[n].block == bi}
+        if not todo:
+            continue
+        work = copy.deepcopy(block).eval()
+        mods = {f"block{bi}.{n}": m for n, m in work.named_modules() if _is_conv(m)}
+        name_of = {id(m): n for n, m in mods.items()}
+
+        def imp(group: Any, name_of: dict[int, str] = name_of) -> torch.Tensor:
+            return torch.as_tensor(scores[group_of_layer[name_of[id(group[0][0].target.module)]]], dtype=torch.float32)
+
+        ignored = [mods[layer] for n in prot if by_name[n].block == bi for layer in by_name[n].layers]
+        with torch.enable_grad():
+            pruner = tp.pruner.BasePruner(
+                work, _block_example_inputs(net, bi), importance=imp, pruning_ratio=0.0,
+                pruning_ratio_dict={mods[layer]: r for n, r in todo.items() for layer in by_name[n].layers},
+                ignored_layers=ignored, round_to=round_to, root_module_types=[nn.Conv2d, nn.ConvTranspose2d],
+                unwrapped_parameters=_unwrapped_parameters(work) or None,
+            )
+            pruner.step()
+        for module_name, is_out, idxs in pruner.pruning_history():
+            layer = f"block{bi}.{module_name}"
+            if is_out and layer in group_of_layer:
+                removed.setdefault(group_of_layer[layer], []).extend(int(i) for i in idxs)
+    keep = {g.name: [c for c in range(g.width) if c not in set(removed.get(g.name, ()))] for g in groups}
+    stray = sorted(n for n in removed if n not in wanted)
+    if stray:
+        raise PruningError(f"torch-pruning removed channels of groups that were not asked for: {stray}")
+    total = sum(g.width for g in groups if g.prunable)
+    s = sparsity if sparsity is not None else sum(g.width - len(keep[g.name]) for g in groups if g.prunable) / total
+    plan = ChannelPlan(
+        net.variant, method, float(s), by_name, keep, protected=sorted(prot),
+        settings={"importance": importance if isinstance(importance, str) else "precomputed",
+                  "protected_patterns": list(protected), "round_to": round_to, "group_ratios": wanted,
+                  "planner": "torch_pruning.BasePruner", **dict(settings or {})},
+    )
+    plan.validate()
+    return plan
+
+
+LITE_RATIO = 0.25  # RIFE 4.0 widths 192/128/96/64 -> 144/96/72/48
+
+
+def plan_lite(net: IFNet, ratio: float = LITE_RATIO, round_to: int = 8, importance: str = "l1") -> ChannelPlan:
+    """The "lite" baseline: one uniform width cut of every block (192/128/96/64 -> 144/96/72/48 at 0.25).
+
+    Every group loses `ratio` of its channels, the first conv's outputs included (only heads and image inputs
+    stay), as a hand-designed narrower RIFE would; the kept channels are the most important ones, so the
+    cut starts from the trained weights rather than from scratch.
+    """
+    s = _check_sparsity(ratio)
+    return plan_from_ratios(net, {"*": s}, importance=importance, protected=(), round_to=round_to, method="lite",
+                            sparsity=s, settings={"uniform_ratio": s})
 
 
 # ----------------------------------------------------------------------------- applying a plan
