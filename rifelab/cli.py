@@ -91,26 +91,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_notebook(args: argparse.Namespace) -> int:
-    from .notebooks import load_params, parse_unpacked_params, run_notebook
+    from papermill.exceptions import PapermillExecutionError
+
+    from .notebooks import parse_set, run_notebook
     from .results import find_project_root
 
-    params: dict = {}
-    if args.sections:
-        all_params = load_params(args.params_file)
-        for section in args.sections:
-            if section not in all_params:
-                raise ValueError(f"{args.params_file or 'params.yaml'} has no section {section!r}; "
-                                 f"sections: {', '.join(all_params)}")
-            params.update(all_params[section] or {})
-    params.update(parse_unpacked_params(args.params))
-    for item in args.set:
-        key, _, value = item.partition("=")
-        params.update(parse_unpacked_params([f"--{key}", value]))
+    overrides = parse_set(args.set)
     root = find_project_root()
-    out = Path(args.output) if args.output else root / "results" / "notebooks" / Path(args.notebook).name
+    out = Path(args.output) if args.output else root / "results" / args.profile / "notebooks" / Path(args.notebook).name
+    params = {"profile": args.profile, "overrides": overrides}
+    if args.results_root:
+        params["results_root"] = str(Path(args.results_root).resolve())
     log.info("running %s -> %s with %s", args.notebook, out, params)
-    run_notebook(args.notebook, out, parameters=params, cwd=root, log_output=args.log_output,
-                 cell_timeout=args.cell_timeout)
+    try:
+        run_notebook(args.notebook, out, parameters=params, cwd=root, log_output=args.log_output,
+                     cell_timeout=args.cell_timeout)
+    except PapermillExecutionError as exc:
+        raise RuntimeError(f"{args.notebook} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}; "
+                           f"nothing was written to {out}") from None
     print(f"executed {args.notebook} -> {out}")
     return 0
 
@@ -177,30 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="weights/frames dtype")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("notebook", allow_abbrev=False, help="run a study notebook headless with papermill (used by dvc.yaml)",
+    p = sub.add_parser("notebook", help="run a study notebook headless with papermill (used by dvc.yaml)",
                        description="Execute NOTEBOOK with papermill from the project root and save the executed "
-                       "copy. Parameters come from params.yaml sections (--sections), then from extra "
-                       "--name value [value ...] pairs (the form DVC renders `${section}` in a stage command), "
-                       "then from --set name=value.")
+                       "copy. The notebook's study reads `common` and its own section of the profile's params file "
+                       "(params.yaml for cpu, params-cuda.yaml, params-mps.yaml) and validates them before it runs.")
     p.add_argument("notebook", help="path of the .ipynb to run, e.g. notebooks/01_baseline.ipynb")
+    p.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
+                   help="device profile whose params file and result folder are used (default: cpu)")
     p.add_argument("--output", "-o", default=None,
-                   help="where to save the executed notebook (default: results/notebooks/<name>.ipynb)")
-    p.add_argument("--sections", nargs="+", default=[], metavar="SECTION",
-                   help="params.yaml sections whose keys become notebook parameters, merged in order "
-                   "(e.g. common baseline); later sections and explicit --name value pairs win")
-    p.add_argument("--params-file", default=None, metavar="PATH",
-                   help="parameters file to read the sections from (default: the project's params.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override one parameter (YAML value), may repeat")
+                   help="where to save the executed notebook (default: results/<profile>/notebooks/<name>.ipynb)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter of the study for this run (VALUE as YAML), may repeat; "
+                   "an unknown KEY or a bad value stops the run before anything is written")
+    p.add_argument("--results-root", default=None, metavar="DIR",
+                   help="write results under DIR/<profile>/ instead of the project's results/ (trial runs)")
     p.add_argument("--log-output", action="store_true", help="stream the notebook's output to the log")
     p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                    help="fail a cell that runs longer than this (default: $RIFELAB_CELL_TIMEOUT, else no limit)")
-    p.set_defaults(func=_cmd_notebook, accepts_params=True)
+    p.set_defaults(func=_cmd_notebook)
 
     p = sub.add_parser("report", help="build one HTML report from executed notebooks (nbconvert)",
                        description="Concatenate the executed notebooks, in the order given, into one HTML file.")
-    p.add_argument("notebooks", nargs="+", help="executed .ipynb files, e.g. results/notebooks/*.ipynb")
-    p.add_argument("--output", "-o", default="results/report.html", help="HTML file to write (default: results/report.html)")
+    p.add_argument("notebooks", nargs="+", help="executed .ipynb files, e.g. results/cpu/notebooks/*.ipynb")
+    p.add_argument("--output", "-o", required=True, help="HTML file to write, e.g. results/cpu/report.html")
     p.set_defaults(func=_cmd_report)
 
     for module, fn_name in EXTERNAL_PARSERS:
@@ -214,10 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rifelab` command."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "accepts_params", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.params = extra
+    args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -11,34 +11,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import nbformat
 import yaml
 
 from .results import atomic_path, find_project_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_params", "notebook_parameters", "run_notebook", "parse_unpacked_params", "as_list"]
-
-
-def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Read params.yaml (default: the project root's)."""
-    path = Path(path) if path is not None else find_project_root() / "params.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"params file not found: {path}; run from the project root or pass its path")
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections at the top level")
-    return data
-
-
-def notebook_parameters(params: dict[str, Any], section: str, common: str = "common") -> dict[str, Any]:
-    """Flat notebook parameters: the `common` section overlaid by the study's own section."""
-    if section not in params:
-        raise KeyError(f"params has no section {section!r}; sections present: {sorted(params)}")
-    merged: dict[str, Any] = dict(params.get(common) or {})
-    merged.update(params[section] or {})
-    return merged
+__all__ = ["run_notebook", "parse_set", "clean_executed"]
 
 
 THIS_INTERPRETER_KERNEL = "rifelab-this-python"
@@ -118,65 +98,36 @@ def run_notebook(
             progress_bar=False,
             execution_timeout=cell_timeout if cell_timeout is not None else _env_timeout(),
         )
+        clean_executed(tmp, output, Path(cwd or find_project_root()))
     return output
 
 
-def _scalar(token: str) -> Any:
-    if token in ("None", "null", "~"):
-        return None
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings (VALUE as YAML: 5, 0.5, [a, b], null) -> {KEY: value}; a clear error otherwise."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. --set n_triplets=5")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({exc.__class__.__name__}); "
+                             "quote strings that contain ':' or '#'") from None
+    return out
+
+
+def _relative(path: str, root: Path) -> str:
     try:
-        return yaml.safe_load(token)
-    except yaml.YAMLError:
-        return token
-
-
-def parse_unpacked_params(tokens: list[str]) -> dict[str, Any]:
-    """Parse DVC's dictionary unpacking (`--key v`, `--key v1 v2`, `--flag`, `--no-flag`) back to values.
-
-    DVC renders `${section}` in a stage command as such flags; this turns them into notebook parameters.
-    One value gives a scalar, several a list (notebooks accept either where they expect a list: `as_list`).
-    """
-    params: dict[str, Any] = {}
-    key: str | None = None
-    values: list[str] = []
-
-    def flush() -> None:
-        if key is None:
-            return
-        if not values:
-            if key.startswith("no-") or key.startswith("no_"):
-                params[key[3:]] = False
-            else:
-                params[key] = True
-        elif len(values) == 1:
-            params[key] = _scalar(values[0])
-        else:
-            params[key] = [_scalar(v) for v in values]
-
-    for tok in tokens:
-        if tok.startswith("--") and len(tok) > 2 and not _is_number(tok):
-            flush()
-            key, values = tok[2:], []
-        else:
-            if key is None:
-                raise ValueError(f"unexpected parameter value {tok!r} before any --name")
-            values.append(tok)
-    flush()
-    return params
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-        return True
+        return str(Path(path).resolve().relative_to(root.resolve()))
     except ValueError:
-        return False
+        return Path(path).name
 
 
-def as_list(value: Any) -> list[Any]:
-    """A parameter that may arrive as a scalar (one item) or a list, as a list; None -> []."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
+def clean_executed(path: str | os.PathLike, output: str | os.PathLike, root: Path) -> None:
+    """Drop machine paths from papermill's metadata of an executed notebook (input/output as project-relative)."""
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    meta["input_path"] = _relative(meta.get("input_path", ""), root)
+    meta["output_path"] = _relative(str(output), root)
+    nbformat.write(nb, path)

@@ -43,7 +43,7 @@ def metric_distribution(df: pd.DataFrame, metric: str = "psnr", x: str = "source
     """Box plot plus points of a per-sample metric, grouped by `x` and coloured by `hue`."""
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * df[x].nunique() * max(1, df[hue].nunique()) / 2), 4))
     sns.boxplot(data=df, x=x, y=metric, hue=hue, ax=ax, fliersize=0)
-    sns.stripplot(data=df, x=x, y=metric, hue=hue, dodge=True, ax=ax, size=3, color="k", alpha=0.4, legend=False)
+    sns.stripplot(data=df, x=x, y=metric, hue=hue, dodge=True, ax=ax, size=3, palette="dark:k", alpha=0.4, legend=False)
     ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -15,18 +15,22 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 __all__ = [
     "resolve_device",
     "synchronize",
     "Timing",
     "time_callable",
+    "time_interleaved",
+    "InterleavedTiming",
+    "speedup_ci",
     "PeakMemory",
     "count_flops",
     "count_parameters",
@@ -147,6 +151,85 @@ def time_callable(
         samples.append(dt)
         total += dt
     return Timing.from_samples(samples, warmup=warmup)
+
+
+@dataclass
+class InterleavedTiming:
+    """Result of `time_interleaved`: timings of the configurations that ran, reasons for those that did not."""
+
+    timings: dict[str, Timing]
+    stopped: dict[str, str] = field(default_factory=dict)
+    first_call_s: dict[str, float] = field(default_factory=dict)
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], Any]],
+    device: str | torch.device = "cpu",
+    warmup: int = 1,
+    rounds: int = 5,
+    repeats: int = 1,
+    baseline: str | None = None,
+    max_slowdown: float | None = None,
+    progress: bool = False,
+) -> InterleavedTiming:
+    """Time several callables side by side: each round calls every one `repeats` times, in turn.
+
+    Interleaving means a change of machine load hits every configuration alike, so their ratios stay honest.
+    Each callable first gets one untimed first call (compilation, graph capture) and `warmup` more calls.
+    Too-slow guard: with `baseline` and `max_slowdown`, a configuration whose last warm-up call takes more than
+    `max_slowdown` times the baseline's is stopped before the timed rounds and reported in `stopped` with the
+    measured ratio; a callable that raises is stopped with its error. Nothing is dropped silently.
+    """
+    if warmup < 0 or rounds < 1 or repeats < 1:
+        raise ValueError(f"warmup must be >= 0, rounds and repeats >= 1; got {warmup}, {rounds}, {repeats}")
+    if baseline is not None and baseline not in fns:
+        raise ValueError(f"baseline {baseline!r} is not one of the timed configurations: {sorted(fns)}")
+    dev = torch.device(device)
+    order = ([baseline] if baseline else []) + [n for n in fns if n != baseline]
+    result = InterleavedTiming(timings={})
+    warm_s: dict[str, float] = {}
+    for name in tqdm(order, desc="warm-up", disable=not progress, leave=False):
+        try:
+            times = []
+            for _ in range(1 + warmup):
+                t0 = time.perf_counter()
+                fns[name]()
+                synchronize(dev)
+                times.append(time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - a failing configuration is reported, the others go on
+            result.stopped[name] = f"failed: {type(exc).__name__}: {exc}"
+            continue
+        result.first_call_s[name] = times[0]
+        warm_s[name] = times[-1]
+        if baseline and max_slowdown and name != baseline and baseline in warm_s:
+            ratio = warm_s[name] / max(warm_s[baseline], 1e-12)
+            if ratio > max_slowdown:
+                result.stopped[name] = (f"too slow: a warm call took {warm_s[name]:.3g} s, {ratio:.1f}x the "
+                                        f"baseline's {warm_s[baseline]:.3g} s (limit {max_slowdown:g}x)")
+    active = [n for n in order if n in warm_s and n not in result.stopped]
+    samples: dict[str, list[float]] = {n: [] for n in active}
+    for _ in tqdm(range(rounds), desc="timed rounds", disable=not progress, leave=False):
+        for name in active:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fns[name]()
+                synchronize(dev)
+                samples[name].append(time.perf_counter() - t0)
+    result.timings = {n: Timing.from_samples(s, warmup=warmup) for n, s in samples.items()}
+    return result
+
+
+def speedup_ci(base: Timing, other: Timing, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Speedup of `other` over `base` (ratio of medians) with a bootstrap 95% interval."""
+    a, b = np.asarray(base.samples), np.asarray(other.samples)
+    ratio = float(np.median(a) / np.median(b))
+    if a.size < 2 or b.size < 2:
+        return ratio, ratio, ratio
+    rng = np.random.default_rng(seed)
+    boots = (np.median(rng.choice(a, size=(n_boot, a.size)), axis=1)
+             / np.median(rng.choice(b, size=(n_boot, b.size)), axis=1))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return ratio, float(lo), float(hi)
 
 
 def _cpu_peak_rss_bytes() -> int:
@@ -363,27 +446,3 @@ def environment_record(device: str | torch.device = "cpu") -> dict[str, Any]:
     if util is not None:
         rec.update(util)
     return rec
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (None leaves it alone)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def timing_table_row(name: str, timing: Timing, **extra: Any) -> dict[str, Any]:
-    """One table row: name, timing columns and any extra columns."""
-    return {"config": name, **timing.as_dict(), **extra}
-
-
-def asdict_timing(t: Timing) -> dict[str, Any]:
-    """Timing as a plain dict (samples included) for JSON."""
-    return asdict(t)

@@ -1,0 +1,65 @@
+"""The rifelab modules a module imports, directly or not (static, from the source): what a DVC stage depends on."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "rifelab"
+
+
+def module_file(name: str) -> Path | None:
+    """Source file of a dotted rifelab module name (package -> its __init__.py), or None outside rifelab."""
+    if name != "rifelab" and not name.startswith("rifelab."):
+        return None
+    parts = name.split(".")[1:]
+    base = PKG.joinpath(*parts)
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def direct_imports(path: Path) -> set[str]:
+    """Dotted rifelab modules that `path` imports (absolute or relative, at any depth of the file)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)  # `from . import plots` imports a module
+    return {m for m in found if module_file(m) is not None}
+
+
+def closure(module: str) -> set[Path]:
+    """Files of `module` and of every rifelab module it imports, transitively (packages' __init__ included)."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+            f = module_file(".".join(parts[:i]))
+            if f is not None and f not in seen:
+                seen.add(f)
+                todo.extend(direct_imports(f))
+    return seen
