@@ -17,6 +17,7 @@ __all__ = ["CLAIMS", "claims", "beside_ours"]
 _PAPER = "RIFE paper (Huang et al., ECCV 2022)"
 _R000 = "report 000 (RIFE 4.6 optimisation)"
 _R002 = "report 002 (RIFE-HDv3 readme)"
+_R001 = "report 001 (RIFE pruning)"
 
 CLAIMS: list[dict[str, Any]] = [
     # quality: the paper's RIFE model (v1), not 4.0
@@ -39,6 +40,27 @@ CLAIMS: list[dict[str, Any]] = [
      "value": "45 / 28 / 18", "unit": "ms", "device": "GTX 1080 Ti / RTX 3090 / A100", "status": "claimed"},
     {"study": "optimisation", "source": _R002, "model": "RIFE-HDv3", "dataset": "3840x2160", "metric": "latency",
      "value": "220 / 145 / 85", "unit": "ms", "device": "GTX 1080 Ti / RTX 3090 / A100", "status": "claimed"},
+    # pruning: report 001 (about RIFE's IFNet) and public reference points of other networks (never ours)
+    {"study": "pruning", "source": _R001, "model": "RIFE IFNet", "dataset": "n/a", "metric": "naive global pruning",
+     "value": "severe quality degradation", "unit": "", "device": "n/a", "status": "claimed"},
+    {"study": "pruning", "source": _R001, "model": "RIFE IFNet", "dataset": "n/a",
+     "metric": "architecture-aware pruning (masks), speedup", "value": "~40%", "unit": "", "device": "n/a",
+     "status": "claimed (masks change no shape)"},
+    {"study": "pruning", "source": _R001, "model": "RIFE IFNet", "dataset": "n/a",
+     "metric": "architecture-aware pruning, PSNR", "value": "modest degradation", "unit": "", "device": "n/a",
+     "status": "claimed"},
+    {"study": "pruning", "source": "CDFI (CVPR 2021)", "model": "AdaCoF", "dataset": "UCF101 / Vimeo90K / Middlebury",
+     "metric": "compression-driven pruning 21.84M -> 2.45M params, dPSNR", "value": "-0.06 / -0.25 / -0.29",
+     "unit": "dB", "device": "n/a", "status": "published"},
+    {"study": "pruning", "source": "ST-MFNet Mini (2023)", "model": "ST-MFNet", "dataset": "n/a",
+     "metric": "91% of parameters removed, then distillation, speed", "value": "+35%", "unit": "", "device": "n/a",
+     "status": "published"},
+    {"study": "pruning", "source": "Practical-RIFE 4.22.lite", "model": "RIFE 4.22", "dataset": "n/a",
+     "metric": "hand-designed width cut 256/192/96/48 -> 192/128/64/32", "value": "no PSNR published", "unit": "",
+     "device": "n/a", "status": "published"},
+    {"study": "pruning", "source": "Torch-Pruning (ResNet-50)", "model": "ResNet-50", "dataset": "n/a",
+     "metric": "MACs 2.04x / 3.85x fewer -> measured latency", "value": "1.35x / 2.19x", "unit": "x faster",
+     "device": "n/a", "status": "published"},
 ]
 
 

@@ -15,6 +15,7 @@ log = logging.getLogger("rifelab")
 # Subcommands defined in other modules: (module, function adding the parser). Missing modules are skipped.
 EXTERNAL_PARSERS: list[tuple[str, str]] = [
     ("rifelab.interpolate", "add_interpolate_parser"),
+    ("rifelab.studies.pruning", "add_prune_parser"),
 ]
 
 

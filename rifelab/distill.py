@@ -39,7 +39,7 @@ from .results import atomic_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DistillData", "DistillResult", "distillation_targets", "distill", "loss_gradients", "STATE_FORMAT"]
+__all__ = ["DistillData", "DistillResult", "distillation_targets", "distill", "loss_gradients", "task_data", "STATE_FORMAT"]
 
 STATE_FORMAT = "rifelab.distill-state/1"
 
@@ -93,6 +93,23 @@ def distillation_targets(teacher: RIFE, triplets: Sequence[Any], progress: bool 
         data.flow.append(flow[:, :, :h, :w].float().cpu())
         data.names.append(getattr(tr, "name", str(len(data.names))))
         data.gt.append(to_tensor(tr.gt[None]))
+    return data
+
+
+def task_data(triplets: Sequence[Any]) -> DistillData:
+    """Triplets as training data whose targets are the true middle frames (no teacher; flows are zero):
+    what `loss_gradients` needs for Taylor importance."""
+    data = DistillData([], [], [], [], [], [])
+    for tr in triplets:
+        a, b, g = to_tensor(tr.frame0[None]), to_tensor(tr.frame2[None]), to_tensor(tr.gt[None])
+        data.img0.append(a)
+        data.img1.append(b)
+        data.frame.append(g)
+        data.flow.append(torch.zeros(1, 4, *a.shape[-2:]))
+        data.gt.append(g)
+        data.names.append(getattr(tr, "name", str(len(data.names))))
+    if len(data) == 0:
+        raise ValueError("task_data needs at least one triplet")
     return data
 
 
