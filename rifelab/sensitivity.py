@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from .evaluation import evaluate_triplets
 from .models import RIFE, padding_multiple
 from .profiling import Timing, count_flops, synchronize, time_callable
+from . import pruning as P
 from .pruning import (
     DEFAULT_PROTECTED,
     ChannelGroup,
@@ -117,12 +118,13 @@ def group_sensitivity(
     if len(triplets) == 0:
         raise PruningError("sensitivity needs at least one triplet")
     groups = prunable_groups(model.net, protected)
+    scores = P.importance_scores(model.net, importance) if isinstance(importance, str) else importance
     base = evaluate_triplets(model, triplets, "sensitivity", methods=("rife",), scale=scale, progress=False)[0]
     base_psnr = base["psnr"].to_numpy()
     rows = []
     jobs = [(g, r) for g in groups for r in ratios]
     for g, r in tqdm(jobs, desc="sensitivity", disable=not progress):
-        plan = plan_from_ratios(model.net, {g.name: r}, importance=importance, round_to=round_to,
+        plan = plan_from_ratios(model.net, {g.name: r}, importance=scores, round_to=round_to,
                                 method="sensitivity-probe")
         pm = prune_model(model, plan, mode="physical")
         q = evaluate_triplets(pm, triplets, "sensitivity", methods=("rife",), scale=scale, progress=False)[0]

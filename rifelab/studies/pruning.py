@@ -78,7 +78,7 @@ PARAMS: dict[str, Param] = {
     "finetune_batch": Param("int", "crops per step", low=1),
     "finetune_crop": Param("int", "crop size in pixels (multiple of 64)", low=64),
     "flow_weight": Param("float", "loss = L1(frame) + flow_weight * L1(flow)", low=0.0),
-    "finetune_save_every": Param("int", "steps between saved training states (resume points)", low=1),
+    "finetune_save_every": Param("int", "steps between saved training states (resume points)", low=1, tracked=False),
     "train_ranges": Param("dict", "clip -> [start, stop) frames used for fine-tuning"),
     "train_triplets": Param("int", "cut-free training triplets per clip", low=1),
     "eval_ranges": Param("dict", "clip -> [start, stop) held-out evaluation frames"),
