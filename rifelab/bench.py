@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .data import load_clip, to_tensor
 from .profiling import PeakMemory, Timing, count_flops, count_parameters, time_callable
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ def real_frame_pair(
     width: int, height: int, clip: str = "bigbuckbunny", index: int = 0, device: str | torch.device = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two consecutive real clip frames resized (bicubic) to width x height, (1,3,H,W) float in [0, 1]."""
-    from .data import load_clip, to_tensor
-
     frames = load_clip(clip, max_frames=index + 2)
     pair = to_tensor(frames[index : index + 2])
     if pair.shape[-2:] != (height, width):

@@ -72,17 +72,15 @@ def claims(study: str | None = None) -> pd.DataFrame:
 
 def beside_ours(table: pd.DataFrame, ours: Mapping[tuple[str, str, str], float], our_label: str) -> pd.DataFrame:
     """`table` with an `ours` column: our value for (model, dataset, metric) when we measured exactly that, else n/a."""
-    measured_models = {m for m, _, _ in ours}
-    measured_sets = {d for _, d, _ in ours}
     col = []
     for row in table.itertuples():
-        key = (row.model, row.dataset, row.metric)
-        if key in ours:
-            col.append(ours[key])
-        elif row.dataset not in measured_sets:
+        models_on_set = sorted({m for m, d, _ in ours if d == row.dataset})
+        if (row.model, row.dataset, row.metric) in ours:
+            col.append(ours[(row.model, row.dataset, row.metric)])
+        elif not models_on_set:
             col.append(f"n/a (we have no {row.dataset} run)")
-        elif row.model not in measured_models:
-            col.append(f"n/a (different model: ours is {', '.join(sorted(measured_models))})")
+        elif row.model not in models_on_set:
+            col.append(f"n/a (different model: ours is {', '.join(models_on_set)})")
         else:
             col.append("n/a (not measured)")
     return table.assign(**{our_label: col})

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.ndimage import correlate1d
+from skimage.metrics import structural_similarity
 
 __all__ = [
     "as_uint8_batch",
@@ -78,7 +80,6 @@ def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> np.ndarray:
 
 def _gaussian_filter(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     """'valid' 2-D Gaussian filtering over the last two axes, as two separable 1-D passes in float64."""
-    from scipy.ndimage import correlate1d
 
     r = g.size // 2
     y = correlate1d(correlate1d(x, g, axis=-1, mode="nearest"), g, axis=-2, mode="nearest")
@@ -107,7 +108,6 @@ def ssim(
 
 def ssim_skimage(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> np.ndarray:
     """scikit-image's SSIM with the same Gaussian settings, for comparison."""
-    from skimage.metrics import structural_similarity
 
     p, g = _pair(pred, gt)
     return np.array(

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["triplet_grid", "metric_distribution", "latency_vs_resolution", "frame_strip"]
+__all__ = ["triplet_grid", "metric_distribution", "latency_vs_resolution"]
 
 
 def triplet_grid(examples: Sequence[dict[str, Any]], pred_key: str = "pred_rife", title: str = "") -> plt.Figure:
@@ -66,20 +66,5 @@ def latency_vs_resolution(df: pd.DataFrame, hue: str | None = None, title: str =
         ax.legend()
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def frame_strip(frames: Sequence[np.ndarray], labels: Sequence[str], title: str = "") -> plt.Figure:
-    """A row of frames with labels (e.g. an interpolation at several timesteps)."""
-    n = len(frames)
-    h, w = frames[0].shape[:2]
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n * w / max(h, 1) / 1.3, 2.8), squeeze=False)
-    for ax, img, lab in zip(axes[0], frames, labels):
-        ax.imshow(img)
-        ax.set_title(lab, fontsize=9)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
     fig.tight_layout()
     return fig

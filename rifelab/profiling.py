@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import io
 import os
 import platform
 import resource
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+from ptflops import get_model_complexity_info
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -334,11 +336,6 @@ def count_flops(
     `input_constructor(input_shape)` returns the keyword arguments of `module.forward`.
     Functional ops (grid_sample, interpolate) are counted by ptflops' functional hooks.
     """
-    import contextlib
-    import io
-
-    from ptflops import get_model_complexity_info
-
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         macs, params = get_model_complexity_info(
             module,
