@@ -297,8 +297,7 @@ def group_latency_savings(
     For every prunable group and ratio, the group's own convs (outputs cut to the kept count) and its
     consumers (inputs cut) are rebuilt alone at the input shapes they see in the network (frame height x
     width), with their activations, and timed interleaved with the full-width set. Columns: group, block,
-    ratio, kept, full_ms, cut_ms, saving_ms (median full - median cut), saving_share (of `full_ms` summed over
-    groups is not meaningful; of the model's forward time, see `layer_latency_profile`).
+    ratio, width, kept, full_ms, cut_ms and saving_ms (median full - median cut, in ms).
     """
     ratios = _check_ratios(ratios)
     net, dev, dt = model.net, model.device, model.dtype

@@ -16,6 +16,7 @@ Two stages per device profile, both driven by the `pruning` section of the profi
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -215,14 +216,23 @@ def _timing_pair(clip: str) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------- planning (sensitivity, latency)
 
 
-def _planning_tables(model: RIFE, p: Mapping[str, Any], folder: Path, progress: bool) -> dict[str, pd.DataFrame]:
-    """Sensitivity and latency-savings tables, read from `folder` when made with the same settings, else measured."""
-    fp = planning_fingerprint(p)
+def _fresh_tables(p: Mapping[str, Any], folder: Path) -> dict[str, pd.DataFrame] | None:
+    """The sensitivity and latency-savings tables in `folder` if they were made with the current settings."""
     meta_path = folder / "planning.json"
     names = ("sensitivity", "latency_savings")
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("fingerprint") == fp \
-            and all((folder / f"{n}.csv").is_file() for n in names):
-        return {n: pd.read_csv(folder / f"{n}.csv") for n in names}
+    if not meta_path.is_file() or not all((folder / f"{n}.csv").is_file() for n in names):
+        return None
+    if json.loads(meta_path.read_text()).get("fingerprint") != planning_fingerprint(p):
+        return None
+    return {n: pd.read_csv(folder / f"{n}.csv") for n in names}
+
+
+def _planning_tables(model: RIFE, p: Mapping[str, Any], folder: Path, progress: bool) -> dict[str, pd.DataFrame]:
+    """Sensitivity and latency-savings tables, read from `folder` when made with the same settings, else measured
+    (on this device) and written there with their fingerprint."""
+    fresh = _fresh_tables(p, folder)
+    if fresh is not None:
+        return fresh
     t0 = time.perf_counter()
     sens_triplets = P.clip_range_triplets(_ranges(p, "sensitivity_ranges"), p["sensitivity_triplets"])
     sens = S.group_sensitivity(model, sens_triplets, p["sensitivity_ratios"], importance=p["importance"],
@@ -235,8 +245,8 @@ def _planning_tables(model: RIFE, p: Mapping[str, Any], folder: Path, progress: 
     for n, df in (("sensitivity", sens), ("latency_savings", save)):
         with atomic_path(folder / f"{n}.csv") as tmp:
             df.to_csv(tmp, index=False)
-    with atomic_path(meta_path) as tmp:
-        tmp.write_text(json.dumps({"fingerprint": fp, "sensitivity_seconds": round(t1 - t0, 1),
+    with atomic_path(folder / "planning.json") as tmp:
+        tmp.write_text(json.dumps({"fingerprint": planning_fingerprint(p), "sensitivity_seconds": round(t1 - t0, 1),
                                    "latency_seconds": round(t2 - t1, 1), "frame": f"{w}x{h}",
                                    "sensitivity_triplets": [t.name for t in sens_triplets]}, indent=2))
     return {"sensitivity": sens, "latency_savings": save}
@@ -246,8 +256,7 @@ def _importance(model: RIFE, p: Mapping[str, Any], criterion: str) -> str | dict
     """A criterion name, or for Taylor the scores from the task loss's gradients on the training triplets."""
     if criterion != "taylor":
         return criterion
-    work = load_rife(None if p["checkpoint"] is None else p["checkpoint"], device=model.device)
-    work.net.load_state_dict(model.net.state_dict())
+    work = copy.deepcopy(model)
     loss_gradients(work, task_data(P.clip_range_triplets(_ranges(p, "train_ranges"), p["train_triplets"])),
                    crop=min(256, p["finetune_crop"]))
     return P.importance_scores(work.net, "taylor")
@@ -303,11 +312,14 @@ def finetune(
                          "steps": meta.get("steps"), "train_seconds": meta.get("train_seconds")})
         else:
             pending.append((spec, fp))
-    if not pending:
+    need_tables = bool(p["budgets_db"]) and _fresh_tables(p, folder) is None
+    if not pending and not need_tables:
         log.info("finetune: every checkpoint in %s is up to date", folder)
         return pd.DataFrame(rows)
     teacher = load_rife(p["checkpoint"], device=device)
-    tables = _planning_tables(teacher, p, folder, p["progress"]) if any(s.kind == "sensitivity" for s, _ in pending) else None
+    tables = _planning_tables(teacher, p, folder, p["progress"]) if p["budgets_db"] else None
+    if not pending:
+        return pd.DataFrame(rows)
     train = P.clip_range_triplets(_ranges(p, "train_ranges"), p["train_triplets"])
     data = distillation_targets(teacher, train, progress=p["progress"])
     for spec, fp in pending:
@@ -531,7 +543,10 @@ def run(
         h, w = img0.shape[-2:]
         folder = finetune_dir(profile, results_root)
         finetuned = _load_finetuned(p, profile, results_root, dev)
-        tables = _planning_tables(model, p, folder, run_.progress) if p["budgets_db"] else None
+        tables = _fresh_tables(p, folder) if p["budgets_db"] else None
+        if p["budgets_db"] and tables is None:
+            raise ParamError(f"the sensitivity tables in {folder} are missing or were made with other settings; run "
+                             f"`rifelab prune finetune --profile {profile}` first (`dvc repro` runs it as finetune@{profile})")
 
         # every configuration: (model, family, method, mode, value, timed as)
         models: dict[str, RIFE] = {"unpruned": model}
@@ -577,7 +592,8 @@ def run(
             family = {"lite": "lite", "sensitivity": "sensitivity"}.get(spec.kind, f"{spec.kind}, physical")
             if twin not in models:  # a fine-tuned plan outside the sweep: time its own architecture
                 add(twin, P.prune_model(model, m.pruning_info.plan), family, spec.kind, "physical", spec.value, twin)
-            add(name, m, family + " +ft", spec.kind, "physical", spec.value, info[twin]["timed_as"])
+            same = models[twin].pruning_info.plan.keep == m.pruning_info.plan.keep
+            add(name, m, family + " +ft", spec.kind, "physical", spec.value, info[twin]["timed_as"] if same else name)
 
         # quality on held-out triplets
         q = {k: _quality(m, evals, "held-out") for k, m in models.items()}
