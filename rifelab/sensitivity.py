@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .evaluation import evaluate_triplets
 from .models import RIFE, padding_multiple
-from .profiling import Timing, count_flops, synchronize, time_callable
+from .profiling import count_flops, synchronize, time_interleaved
 from . import pruning as P
 from .pruning import (
     DEFAULT_PROTECTED,
@@ -268,19 +268,6 @@ def _standalone(m: nn.Module, act: nn.Module | None, cin: int, cout: int, dev: t
     return nn.Sequential(*mods).to(dev, dtype).eval()
 
 
-def _time_side_by_side(calls: Mapping[str, Callable[[], Any]], device: torch.device, warmup: int, rounds: int,
-                       progress: bool = False) -> dict[str, Timing]:
-    """Every callable `warmup` times unrecorded, then `rounds` interleaved passes over all of them."""
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in tqdm(range(rounds), desc="latency rounds", disable=not progress):
-        for k, fn in calls.items():
-            samples[k].extend(time_callable(fn, device, warmup=0, repeats=1).samples)
-    return {k: Timing.from_samples(v, warmup=warmup) for k, v in samples.items()}
-
-
 def group_latency_savings(
     model: RIFE,
     ratios: Sequence[float],
@@ -296,8 +283,11 @@ def group_latency_savings(
 
     For every prunable group and ratio, the group's own convs (outputs cut to the kept count) and its
     consumers (inputs cut) are rebuilt alone at the input shapes they see in the network (frame height x
-    width), with their activations, and timed interleaved with the full-width set. Columns: group, block,
-    ratio, width, kept, full_ms, cut_ms and saving_ms (median full - median cut, in ms).
+    width), with their activations, and timed interleaved with the full-width set (`profiling.time_interleaved`:
+    each round calls the full set and then each cut, back to back). The saving is the median over rounds of the
+    paired difference full - cut, so a change of machine load between rounds cancels out; its quartiles show the
+    spread. Columns: group, block, ratio, width, kept, full_ms, cut_ms (medians), saving_ms, saving_p25_ms,
+    saving_p75_ms (ms).
     """
     ratios = _check_ratios(ratios)
     net, dev, dt = model.net, model.device, model.dtype
@@ -337,15 +327,18 @@ def group_latency_savings(
             k = kept_channels(g.width, r, round_to)
             kept_of[(g.name, r)] = k
             calls[f"{g.name}|{r:g}"] = setup(g, k)
-    timings = _time_side_by_side(calls, dev, warmup, rounds, progress)
+    timings = time_interleaved(calls, dev, warmup=warmup, rounds=rounds, progress=progress).timings
     rows = []
     for g in groups:
-        full = timings[f"{g.name}|full"]
+        full = np.asarray(timings[f"{g.name}|full"].samples)
         for r in ratios:
-            cut = timings[f"{g.name}|{r:g}"]
+            cut = np.asarray(timings[f"{g.name}|{r:g}"].samples)
+            paired = full - cut  # same round, called back to back: a load change between rounds cancels out
             rows.append({"group": g.name, "block": g.block, "ratio": r, "width": g.width, "kept": kept_of[(g.name, r)],
-                         "full_ms": full.median * 1e3, "cut_ms": cut.median * 1e3,
-                         "saving_ms": (full.median - cut.median) * 1e3})
+                         "full_ms": float(np.median(full)) * 1e3, "cut_ms": float(np.median(cut)) * 1e3,
+                         "saving_ms": float(np.median(paired)) * 1e3,
+                         "saving_p25_ms": float(np.percentile(paired, 25)) * 1e3,
+                         "saving_p75_ms": float(np.percentile(paired, 75)) * 1e3})
     return pd.DataFrame(rows)
 
 
