@@ -365,6 +365,14 @@ def test_latency_profile_covers_every_conv_and_macs_sit_in_block3(rife):
     assert S.kept_channels(192, 0.25) == 144 and S.kept_channels(48, 0.25) == 32 and S.kept_channels(16, 0.9) == 8
 
 
+def test_latency_savings_table_follows_the_kept_channel_rule(rife):
+    prot = ["block0.*", "block1.*", "block2.*", "block3.conv0.*", "block3.convblock.[0-5].0"]
+    save = S.group_latency_savings(rife, (0.25, 0.75), 64, 64, protected=prot, warmup=0, rounds=2)
+    assert list(save["group"]) == ["block3.convblock.6.0"] * 2 and list(save["kept"]) == [48, 16]
+    assert {"full_ms", "cut_ms", "saving_ms", "saving_p25_ms", "saving_p75_ms"} <= set(save.columns)
+    assert (save["saving_p25_ms"] <= save["saving_ms"]).all() and (save["saving_ms"] <= save["saving_p75_ms"]).all()
+
+
 def _synthetic(groups: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(3)
     sens, save = [], []
