@@ -32,7 +32,7 @@ TINY = dict(
     budgets_db=[2.0], finetune=["lite", "sensitivity@2"], finetune_steps=2, finetune_batch=1, finetune_save_every=1,
     train_ranges={"carphone": [0, 6]}, train_triplets=1, eval_ranges={"carphone": [100, 106]}, eval_triplets=1,
     timing_clip="carphone", timing_warmup=0, timing_rounds=2, latency_rounds=1, trap_sparsity=0.5, middlebury_limit=1,
-    compare_importance=["group_norm"], device="cpu", threads=1,
+    compare_importance=["group_norm"], modes=["mask", "physical"], device="cpu", threads=1,
 )
 
 
@@ -474,3 +474,22 @@ def test_prune_model_subcommand_saves_a_loadable_model(tmp_path, pair):
         args = parser.parse_args(["prune", "model", "--sparsity", "1", "--output", str(tmp_path / "x.pt")])
         args.func(args)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_taylor_plans_in_the_finetune_stage(tmp_path):
+    opts = {**TINY, "importance": "taylor", "finetune": ["sensitivity@2"]}
+    assert set(study.finetune("cpu", opts, tmp_path)["status"]) == {"trained"}
+    model = P.load_pruned(study.finetune_dir("cpu", tmp_path) / "sensitivity-2.pt")
+    assert model.pruning_info.plan.settings["importance"] == "precomputed"  # Taylor scores from the task loss
+    assert set(study.finetune("cpu", opts, tmp_path)["status"]) == {"up to date"}
+
+
+def test_paired_speedup_interval_ignores_load_drift():
+    from rifelab.profiling import Timing, speedup_ci
+
+    load = np.array([1.0, 3.0, 1.5, 6.0, 2.0, 1.2, 4.0, 1.1])  # the machine's load changes from round to round
+    base, fast = Timing.from_samples(list(0.2 * load)), Timing.from_samples(list(0.1 * load))
+    ratio, lo, hi = speedup_ci(base, fast, paired=True)
+    assert ratio == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+    _, lo_u, hi_u = speedup_ci(base, fast)  # unpaired: the drift widens the interval
+    assert hi_u - lo_u > 1.0

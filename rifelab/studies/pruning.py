@@ -235,7 +235,7 @@ def _planning_tables(model: RIFE, p: Mapping[str, Any], folder: Path, progress: 
         return fresh
     t0 = time.perf_counter()
     sens_triplets = P.clip_range_triplets(_ranges(p, "sensitivity_ranges"), p["sensitivity_triplets"])
-    sens = S.group_sensitivity(model, sens_triplets, p["sensitivity_ratios"], importance=p["importance"],
+    sens = S.group_sensitivity(model, sens_triplets, p["sensitivity_ratios"], importance=_importance(model, p, p["importance"]),
                                protected=p["protected"], round_to=p["round_to"], progress=progress)
     t1 = time.perf_counter()
     h, w = _timing_pair(p["timing_clip"])[0].shape[-2:]
@@ -270,7 +270,8 @@ def _build_plan(model: RIFE, p: Mapping[str, Any], kind: str, value: float, tabl
     if kind == "sensitivity":
         assert tables is not None
         alloc = S.allocate(tables["sensitivity"], tables["latency_savings"], value)
-        return S.plan_from_allocation(net, alloc, importance=importance or p["importance"], round_to=p["round_to"],
+        return S.plan_from_allocation(net, alloc, importance=importance or _importance(model, p, p["importance"]),
+                                      round_to=p["round_to"],
                                       protected=p["protected"])
     aware = {"protected": p["protected"], "ratio_scale": p["ratio_scale"], "min_channels": p["min_channels"],
              "round_to": p["round_to"], "naive_min_channels": p["naive_min_channels"]}
@@ -624,7 +625,7 @@ def run(
         rows = []
         for k, m in models.items():
             i, t = info[k], timing.timings.get(info[k]["timed_as"])
-            ratio, lo, hi = speedup_ci(base_t, t) if t is not None else (float("nan"),) * 3
+            ratio, lo, hi = speedup_ci(base_t, t, paired=True) if t is not None else (float("nan"),) * 3
             gmac, params = P.model_gmac(m, h, w)
             d = q[k]["psnr"].to_numpy() - base_psnr
             pi = getattr(m, "pruning_info", None)
