@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 log = logging.getLogger("rifelab")
 
@@ -213,15 +217,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rifelab` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         if args.verbose >= 2:
             raise
         print(f"rifelab {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        if args.verbose >= 2:
+            raise
+        print(f"rifelab {args.command}: stopped by {exc.args[0] if exc.args else 'Ctrl-C'}; files are written "
+              "atomically, so what was finished is complete and nothing is half-written", file=sys.stderr)
+        return 130
+    except OSError as exc:  # full disk, no permission, read-only file system...: the system's words, one line
+        if args.verbose >= 2 or exc.errno is None:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"rifelab {args.command}: {os.strerror(exc.errno)}{where}; fix that (free space, permissions) and run "
+              "the command again (files are written atomically: nothing is half-written)", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the command runs, SIGTERM raises KeyboardInterrupt('SIGTERM'), so runs clean up as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

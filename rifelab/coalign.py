@@ -14,6 +14,9 @@ agree on the frames they share (see ``shared/spec/coalign.md``). This module imp
 - :func:`solve_lsq`: a closed-form, gauge-constrained weighted least-squares solver for all
   ``(s, t)`` at once, optionally refined by a few Adam steps.
 - :func:`merge` and depth metrics (:func:`depth_metrics`, :func:`agreement_metrics`).
+- :func:`loss_step` (one optimiser step, to time), :func:`replay_stopping`, :func:`evaluate_loss`.
+
+The study that runs, times and reports all of this is ``rifelab.studies.coalign``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .profiling import resolve_device, synchronize
 
@@ -58,15 +62,10 @@ __all__ = [
     "depth_metrics",
     "agreement_metrics",
     "temporal_change",
-    "time_loss_step",
+    "loss_step",
     "loss_memory_estimate",
     "replay_stopping",
     "evaluate_loss",
-    "CaseResult",
-    "benchmark_case",
-    "REPORT_004",
-    "report004_table",
-    "headline_metrics",
 ]
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
@@ -272,6 +271,14 @@ class AlignConfig:
     depth_clip: float = 1e-3  # depth domain uses 1 / clip(x*s + t, depth_clip)
 
     def __post_init__(self) -> None:
+        floats = {"lr": self.lr, "depth_loss_weight": self.depth_loss_weight, "lambda_scale": self.lambda_scale,
+                  "lambda_shift": self.lambda_shift, "depth_clip": self.depth_clip,
+                  "betas[0]": self.betas[0], "betas[1]": self.betas[1]}
+        bad = {k: v for k, v in floats.items() if not isinstance(v, (int, float)) or not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"AlignConfig needs finite numbers, got {', '.join(f'{k}={v!r}' for k, v in bad.items())}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.lr <= 0:
@@ -665,6 +672,30 @@ def oracle_alignment(snippets: SnippetSet, gt_inverse_depth: ArrayLike) -> Align
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_not_degenerate(problem: Problem) -> None:
+    """Refuse snippets the loss cannot use: a frame whose every covering value equals the global minimum.
+
+    The loss divides by each frame's mean |target|, which is 0 there at the start (scale 1, shift 0),
+    so every scale and shift would become NaN. Constant snippets are the common case.
+    """
+    per_frame = torch.zeros(problem.num_frames, device=problem.device).index_add_(
+        0, problem.entry_frame, problem.values.abs().sum(1))
+    flat = (per_frame == 0).nonzero().flatten().tolist()
+    if not flat:
+        return
+    if len(flat) == problem.num_frames:
+        raise ValueError(
+            f"every snippet is constant (all values {problem.offset:g} after the border crop and subsampling): "
+            "there is no depth structure to align, scales and shifts are undefined. Check the depth predictions"
+        )
+    shown = ", ".join(str(f) for f in flat[:10]) + (", ..." if len(flat) > 10 else "")
+    raise ValueError(
+        f"frames {shown} are constant at the global minimum ({problem.offset:g}) in every snippet covering them: the "
+        "loss normalises each frame by its mean inverse depth, which is 0 there, so the alignment would be NaN. "
+        "Check the depth predictions of those frames, or drop them"
+    )
+
+
 def align(
     snippets: SnippetSet,
     config: AlignConfig = AlignConfig(),
@@ -699,6 +730,7 @@ def align(
     synchronize(dev)
     t0 = time.perf_counter()
     problem = prepare(snippets, config, dev)
+    _check_not_degenerate(problem)
     K = problem.num_snippets
     if init is None:
         scale = torch.ones(K, device=dev)
@@ -723,8 +755,6 @@ def align(
     stop_at: int | None = None
     steps = range(n)
     if progress:
-        from tqdm.auto import tqdm
-
         steps = tqdm(steps, desc=f"co-align ({loss})", leave=False)
     for i in steps:
         opt.zero_grad(set_to_none=True)
@@ -748,6 +778,13 @@ def align(
     t2 = time.perf_counter()
     if stop_at is not None:
         log.info("%s stopped after %d of %d iterations", rule.describe(), stop_at, n)
+    if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
+        first = next((i + 1 for i, v in enumerate(hist[:ran].tolist()) if not math.isfinite(v)), None)
+        raise ValueError(
+            f"co-alignment diverged: non-finite scales/shifts after {ran} iterations"
+            + (f" (the loss became non-finite at iteration {first})" if first else "")
+            + f"; lower lr (now {config.lr}) or check the snippets for extreme values"
+        )
     return AlignResult(
         scale=scale.detach().float().cpu(),
         shift=shift.detach().float().cpu(),
@@ -967,23 +1004,18 @@ def agreement_metrics(candidate: ArrayLike, reference: ArrayLike) -> dict[str, f
 
 
 # ----------------------------------------------------------------------------------------------
-# Per-step timing of the two loss formulations
+# One optimiser step (to time) and replay of stopping rules
 # ----------------------------------------------------------------------------------------------
 
 
-def time_loss_step(
-    problem: Problem,
-    config: AlignConfig = AlignConfig(),
-    impl: str = "vectorised",
-    warmup: int = 2,
-    repeats: int = 10,
-):
-    """Synchronised time of one loss + backward + Adam step (returns a profiling.Timing)."""
-    from .profiling import time_callable
+def loss_step(problem: Problem, config: AlignConfig = AlignConfig(), impl: str = "vectorised") -> Callable[[], None]:
+    """One loss + backward + Adam step of ``impl`` ('vectorised' or 'dense') on ``problem``, as a callable to time.
 
-    fn = coalign_loss if impl == "vectorised" else coalign_loss_dense
+    Each call advances its own (s, t), starting from s = 1, t = 0, exactly as :func:`align` does.
+    """
     if impl not in ("vectorised", "dense"):
         raise ValueError(f"impl must be 'vectorised' or 'dense', got {impl!r}")
+    fn = coalign_loss if impl == "vectorised" else coalign_loss_dense
     K = problem.num_snippets
     scale = torch.ones(K, device=problem.device, requires_grad=True)
     shift = torch.zeros(K, device=problem.device, requires_grad=True)
@@ -994,7 +1026,7 @@ def time_loss_step(
         fn(problem, scale, shift, config).backward()
         opt.step()
 
-    return time_callable(step, problem.device, warmup=warmup, repeats=repeats)
+    return step
 
 
 def replay_stopping(rule: StoppingRule | str | Mapping[str, Any] | None, losses: Sequence[float]) -> int | None:
@@ -1010,263 +1042,8 @@ def replay_stopping(rule: StoppingRule | str | Mapping[str, Any] | None, losses:
     return None
 
 
-# ----------------------------------------------------------------------------------------------
-# Study driver: every method on one input, timed and scored
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CaseResult:
-    """Rows (one per method), loss histories and merged videos of one benchmark case."""
-
-    rows: list[dict[str, Any]]
-    histories: dict[str, np.ndarray]
-    scale_histories: dict[str, np.ndarray]
-    stops: dict[str, dict[str, Any]]
-    merged: dict[str, np.ndarray]
-    loss_steps: list[dict[str, Any]]
-    ref_method: str = ""
-    early_stop_methods: list[str] = field(default_factory=list)
-
-
 def evaluate_loss(snippets: SnippetSet, result: AlignResult, config: AlignConfig = AlignConfig(), device: Any = "cpu") -> float:
     """The co-alignment loss (with ``config``'s weights) at a result's (s, t)."""
     problem = prepare(snippets, config, device)
     with torch.no_grad():
         return float(coalign_loss(problem, result.scale.to(problem.device), result.shift.to(problem.device), config))
-
-
-def benchmark_case(
-    snippets: SnippetSet,
-    config: AlignConfig = AlignConfig(),
-    *,
-    gt_depth: ArrayLike | None = None,
-    stopping_rules: Sequence[StoppingRule | str | Mapping[str, Any]] = (),
-    compare_lambda_shift: float | None = 0.0,
-    refine_iterations: Sequence[int] = (0,),
-    timing_repeats: int = 3,
-    device: Any = "cpu",
-    check_every: int = 1,
-    progress: bool = False,
-    keep_merged: bool = True,
-) -> CaseResult:
-    """Run the reference (Adam, ``config.iterations`` steps), early stopping, the LSQ solver and baselines.
-
-    Quality is scored against the reference run (report 004's MAE/RMSE/P90/temporal ratio on
-    [-1, 1]-normalised videos) and, when ``gt_depth`` is given, against the truth (AbsRel, δ1).
-    Adam runs are timed once each (they last seconds), after one short untimed warm-up run; the LSQ solver with ``timing_repeats``
-    synchronised repeats (median). Times exclude the merge, which is the same for all methods.
-    """
-    from .profiling import PeakMemory, time_callable
-
-    dev = resolve_device(device)
-    runs: list[tuple[str, str, AlignResult, float]] = []  # (label, family, result, time)
-    histories: dict[str, np.ndarray] = {}
-    scale_hist: dict[str, np.ndarray] = {}
-    stops: dict[str, dict[str, Any]] = {}
-
-    # an untimed short Adam run first, so the first timed run does not pay one-off start-up costs alone
-    align(snippets, replace(config, iterations=min(20, config.iterations)), device=dev, check_every=check_every,
-          method="warm-up")
-    ref_label = f"adam {config.iterations} (λ3={config.lambda_shift:g})"
-    ref = align(snippets, config, device=dev, check_every=check_every, progress=progress, method=ref_label)
-    runs.append((ref_label, "reference", ref, ref.time_s))
-    histories[ref_label] = ref.loss_history
-    scale_hist[ref_label] = ref.scale_mean_history
-    for spec in stopping_rules:
-        rule = stopping_rule(spec)
-        label = f"early stop {rule.describe()}"
-        res = align(snippets, config, stopping=rule, device=dev, check_every=check_every, progress=progress, method=label)
-        runs.append((label, "early stopping", res, res.time_s))
-        stops[label] = {"history": ref_label, "iterations": res.iterations, "loss": float(res.loss_history[-1])}
-    if compare_lambda_shift is not None and compare_lambda_shift != config.lambda_shift:
-        cfg0 = replace(config, lambda_shift=float(compare_lambda_shift))
-        label0 = f"adam {config.iterations} (λ3={cfg0.lambda_shift:g})"
-        res0 = align(snippets, cfg0, device=dev, check_every=check_every, progress=progress, method=label0)
-        runs.append((label0, "adam, other λ3", res0, res0.time_s))
-        histories[label0] = res0.loss_history
-        scale_hist[label0] = res0.scale_mean_history
-        for spec in stopping_rules[:1]:
-            rule = stopping_rule(spec)
-            label = f"early stop {rule.describe()} (λ3={cfg0.lambda_shift:g})"
-            res = align(snippets, cfg0, stopping=rule, device=dev, check_every=check_every, progress=progress, method=label)
-            runs.append((label, "early stopping", res, res.time_s))
-            stops[label] = {"history": label0, "iterations": res.iterations, "loss": float(res.loss_history[-1])}
-    for n_refine in refine_iterations:
-        holder: dict[str, AlignResult] = {}
-
-        def fn(n: int = int(n_refine)) -> None:
-            holder["r"] = solve_lsq(snippets, config, device=dev, refine_iterations=n)
-
-        timing = time_callable(fn, dev, warmup=1, repeats=max(1, int(timing_repeats)))
-        label = "lsq (ours)" if n_refine == 0 else f"lsq + {int(n_refine)} adam (ours)"
-        res = holder["r"]
-        res.method = label
-        runs.append((label, "fast solver", res, timing.median))
-    if 1 in snippets.requested and len(snippets.requested) > 1:
-        res = solve_lsq(snippets.subset([1]), config, device=dev)
-        runs.append(("lsq, dilation 1 only", "baseline", res, res.time_s))
-    runs.append(("naive mean (no alignment)", "baseline", identity_alignment(snippets), 0.0))
-    if gt_depth is not None:
-        runs.append(("oracle (per-snippet fit to truth)", "baseline", oracle_alignment(snippets, 1.0 / _np(gt_depth)), 0.0))
-
-    ref_video = merge(snippets, ref).numpy()
-    ref_time = ref.time_s
-    T, (H, W) = snippets.num_frames, snippets.frame_size
-    rows, merged = [], {}
-    for label, family, res, t in runs:
-        sub = snippets.subset([1]) if label.startswith("lsq, dilation 1") else snippets
-        video = ref_video if res is ref else merge(sub, res).numpy()
-        row: dict[str, Any] = {
-            "frames": T,
-            "height": H,
-            "width": W,
-            "method": label,
-            "family": family,
-            "iterations": res.iterations,
-            "time_s": t,
-            "speedup_vs_ref": (ref_time / t) if t > 0 else math.nan,
-            "ms_per_iteration": (1e3 * res.solve_s / res.iterations) if res.iterations else math.nan,
-            # data terms only (no penalties), so runs with different λ3 and the solver compare fairly
-            "data_loss": evaluate_loss(sub, res, replace(config, lambda_scale=0.0, lambda_shift=0.0)),
-        }
-        row.update(agreement_metrics(video, ref_video))
-        if gt_depth is not None:
-            row.update(depth_metrics(video, gt_depth))
-        rows.append(row)
-        if keep_merged:
-            merged[label] = video
-
-    problem = prepare(snippets, config, dev)
-    loss_steps = []
-    for impl in ("dense", "vectorised"):
-        with PeakMemory(dev) as mem:
-            timing = time_loss_step(problem, config, impl, warmup=2, repeats=max(5, int(timing_repeats)))
-        loss_steps.append(
-            {
-                "frames": T,
-                "height": H,
-                "width": W,
-                "pixels_per_frame": problem.num_pixels,
-                "loss": impl,
-                "step_ms": timing.median * 1e3,
-                "step_p10_ms": timing.p10 * 1e3,
-                "step_p90_ms": timing.p90 * 1e3,
-                "memory_estimate_mib": loss_memory_estimate(problem, impl) / 2**20,
-                "peak_mib" if dev.type == "cuda" else "peak_note": mem.peak_mib if dev.type == "cuda" else "cpu: see estimate",
-            }
-        )
-    es_methods = [label for label, family, _, _ in runs if family == "early stopping"]
-    return CaseResult(rows, histories, scale_hist, stops, merged, loss_steps, ref_label, es_methods)
-
-
-# ----------------------------------------------------------------------------------------------
-# Study summaries: report 004's claims beside ours, targets
-# ----------------------------------------------------------------------------------------------
-
-#: Figures claimed by report 004_490cdb9e05141461 (Apple Silicon MPS, one real video, fp16).
-REPORT_004: dict[str, float] = {
-    "ref_iterations": 2000,
-    "es_iterations": 530,
-    "ref_time_s": 16.0,
-    "es_time_s": 4.3,
-    "es_speedup": 3.7,
-    "mae": 0.0578,
-    "rmse": 0.0681,
-    "p90": 0.1025,
-    "temporal_ratio": 0.991,
-}
-
-
-def _pick(df: Any, method: str) -> Any:
-    sub = df[df["method"] == method]
-    if sub.empty:
-        raise KeyError(f"no rows for method {method!r}; have {sorted(df['method'].unique())}")
-    return sub
-
-
-def report004_table(methods: Any, ref_method: str, es_method: str) -> Any:
-    """Report 004's claimed figures beside ours, one column per case (``frames x WxH``)."""
-    import pandas as pd
-
-    ref, es = _pick(methods, ref_method), _pick(methods, es_method)
-    cases = list(zip(ref["frames"], ref["width"], ref["height"]))
-    rows = [
-        ("co-alignment iterations, reference", "ref_iterations", lambda r, e: r["iterations"]),
-        ("co-alignment iterations, early stopping", "es_iterations", lambda r, e: e["iterations"]),
-        ("co-alignment time, reference (s)", "ref_time_s", lambda r, e: r["time_s"]),
-        ("co-alignment time, early stopping (s)", "es_time_s", lambda r, e: e["time_s"]),
-        ("co-alignment speed-up of early stopping", "es_speedup", lambda r, e: r["time_s"] / e["time_s"]),
-        ("MAE vs reference ([-1, 1] scale)", "mae", lambda r, e: e["mae"]),
-        ("RMSE vs reference", "rmse", lambda r, e: e["rmse"]),
-        ("P90 abs. error vs reference", "p90", lambda r, e: e["p90"]),
-        ("temporal-consistency ratio vs reference", "temporal_ratio", lambda r, e: e["temporal_ratio"]),
-        ("AbsRel vs truth, reference", None, lambda r, e: r.get("abs_rel", math.nan)),
-        ("AbsRel vs truth, early stopping", None, lambda r, e: e.get("abs_rel", math.nan)),
-        ("δ1 vs truth, early stopping", None, lambda r, e: e.get("delta1", math.nan)),
-    ]
-    table = []
-    for label, key, fn in rows:
-        row: dict[str, Any] = {"quantity": label, "report 004 (claimed; MPS, real video)": REPORT_004.get(key, math.nan) if key else math.nan}
-        for (T, W, H), (_, r), (_, e) in zip(cases, ref.iterrows(), es.iterrows()):
-            row[f"ours: {T} frames {W}x{H} (synthetic)"] = float(fn(r, e))
-        table.append(row)
-    return pd.DataFrame(table).set_index("quantity")
-
-
-def headline_metrics(
-    methods: Any,
-    ref_method: str,
-    es_method: str,
-    solver_method: str = "lsq (ours)",
-    target_es_iteration_factor: float = 3.0,
-    target_es_abs_rel_increase: float = 0.005,
-    target_solver_speedup: float = 10.0,
-) -> dict[str, Any]:
-    """Headline numbers of the largest case and target verdicts over all cases.
-
-    Early stopping meets its target when, in every case, it runs at least
-    ``target_es_iteration_factor`` times fewer iterations than the reference and its AbsRel is at
-    most ``target_es_abs_rel_increase`` above the reference's. The solver meets its target when it
-    is at least ``target_solver_speedup`` times faster than the reference with AbsRel no worse.
-    """
-    ref, es, lsq = _pick(methods, ref_method), _pick(methods, es_method), _pick(methods, solver_method)
-    size = ref["frames"] * ref["height"] * ref["width"]
-    big = size.values.argmax()
-    r, e, s = ref.iloc[big], es.iloc[big], lsq.iloc[big]
-    it_factor = ref["iterations"].values / es["iterations"].values
-    has_truth = "abs_rel" in methods.columns
-    out: dict[str, Any] = {
-        "case": f"{int(r['frames'])} frames {int(r['width'])}x{int(r['height'])}",
-        "ref_time_s": float(r["time_s"]),
-        "ref_iterations": int(r["iterations"]),
-        "es_rule": es_method,
-        "es_iterations": int(e["iterations"]),
-        "es_speedup_vs_ref": float(r["time_s"] / e["time_s"]),
-        "es_mae_vs_ref": float(e["mae"]),
-        "es_rmse_vs_ref": float(e["rmse"]),
-        "es_p90_vs_ref": float(e["p90"]),
-        "es_temporal_ratio_vs_ref": float(e["temporal_ratio"]),
-        "lsq_time_s": float(s["time_s"]),
-        "lsq_speedup_vs_ref": float(r["time_s"] / s["time_s"]),
-        "lsq_mae_vs_ref": float(s["mae"]),
-    }
-    target_es = bool((it_factor >= target_es_iteration_factor).all())
-    target_lsq = bool(((ref["time_s"].values / lsq["time_s"].values) >= target_solver_speedup).all())
-    if has_truth:
-        out.update(
-            ref_abs_rel=float(r["abs_rel"]),
-            ref_delta1=float(r["delta1"]),
-            es_abs_rel=float(e["abs_rel"]),
-            es_delta1=float(e["delta1"]),
-            lsq_abs_rel=float(s["abs_rel"]),
-            lsq_delta1=float(s["delta1"]),
-        )
-        target_es = target_es and bool((es["abs_rel"].values - ref["abs_rel"].values <= target_es_abs_rel_increase).all())
-        target_lsq = target_lsq and bool((lsq["abs_rel"].values <= ref["abs_rel"].values).all())
-    out["min_es_iteration_factor"] = float(it_factor.min())
-    out["max_es_abs_rel_increase"] = float((es["abs_rel"].values - ref["abs_rel"].values).max()) if has_truth else math.nan
-    out["min_lsq_speedup_vs_ref"] = float((ref["time_s"].values / lsq["time_s"].values).min())
-    out["target_early_stopping_met"] = target_es
-    out["target_solver_met"] = target_lsq
-    return out

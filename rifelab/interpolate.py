@@ -36,18 +36,29 @@ renamed, so an interrupted run leaves only complete frames; `resume=True` keeps 
 computes the rest, giving the same files as one uninterrupted run (pairs are batched in fixed
 groups, so every model call sees the same batch either way). A non-empty output is refused
 unless `resume` or `overwrite` is given. Video outputs (PyAV) are encoded to a temporary file
-and renamed when complete.
+and renamed when complete; temporaries a killed run left behind are removed by the next run
+into the same place (and reported).
+
+The manifest (`.rifelab-interpolate.json` in a folder output) is the one record of what rifelab
+wrote there: the settings, and the name and sha256 of every frame, recorded (in its append-only
+journal, folded in when the run ends) before the frame is renamed into place. `overwrite` removes
+only the files it lists; `resume` keeps a frame only when its checksum still matches and computes
+truncated, empty or replaced ones again; a file the manifest does not list is never touched: the
+run is refused, naming it. A damaged input video (decode errors, or fewer frames than the
+container states) stops the run unless `allow_damaged_input` is set, which reports the lost frames.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import queue
 import re
+import shlex
 import sys
 import tempfile
 import threading
@@ -60,9 +71,22 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from .data import IMAGE_EXTENSIONS, DataError, list_frames, read_image, to_tensor, to_uint8
+from .data import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    VideoDamage,
+    clip_info,
+    encode_image,
+    list_frames,
+    read_image,
+    read_video,
+    to_tensor,
+    to_uint8,
+)
 from .models import check_scale
+from .results import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +117,9 @@ __all__ = [
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
 OUTPUT_IMAGE_EXTENSIONS = ("png", "jpg", "tif", "bmp", "webp")
 MANIFEST_NAME = ".rifelab-interpolate.json"
+JOURNAL_NAME = ".rifelab-interpolate.journal"  # the manifest's append-only part while a run writes frames
+MAX_MULTI = 256  # frames per pair: beyond this a run is almost surely a typo (1000 on 8x8 frames)
+LARGE_OUTPUT_FRAMES = 10_000  # warn before writing more frames than this
 FRAME_DIGITS = 8
 DEFAULT_INPUT_FPS = 25.0
 SIMILARITY_MAX_SIDE = 256
@@ -142,6 +169,12 @@ def _check_multi(multi: int) -> int:
         raise ValueError(
             f"--multi must be an integer >= 2 (frames per input pair including both originals: 2 only copies "
             f"the input, 3 inserts 1 frame, N inserts N-2), got {multi!r}"
+        )
+    if multi > MAX_MULTI:
+        raise ValueError(
+            f"--multi {multi} is above the limit of {MAX_MULTI} frames per input pair: every pair would become "
+            f"{multi - 1} output frames. For slow motion give the factor you need (e.g. --multi 9 for 8x); for "
+            f"more than {MAX_MULTI - 1}x, interpolate the output again"
         )
     return int(multi)
 
@@ -272,6 +305,7 @@ class InterpolateConfig:
     lossless: bool = False  # video output in lossless RGB (libx264rgb, crf 0)
     resume: bool = False
     overwrite: bool = False
+    allow_damaged_input: bool = False  # continue with the frames a damaged video decodes (the lost ones reported)
     threaded: bool = True  # reader and writer threads; False runs all stages in one thread
     progress: bool = True
 
@@ -341,6 +375,10 @@ class InterpolationSummary:
     seconds: float = 0.0
     output: str = ""
     output_fps: float | None = None
+    damaged_input: str | None = None  # what a damaged input video lost (--allow-damaged-input)
+    lost_input_frames: list[int] = field(default_factory=list)
+    recomputed_frames: int = 0  # resume: recorded frames whose checksum no longer matched
+    removed_temp_files: int = 0  # temporary files of an interrupted run, removed
 
     @property
     def frames_per_second(self) -> float:
@@ -364,7 +402,20 @@ class InterpolationSummary:
         ]
         if self.output_fps:
             parts.append(f"video frame rate {self.output_fps:.3f} fps")
+        if self.damaged_input:
+            parts.append(f"damaged input, continued without {len(self.lost_input_frames)} lost frames: "
+                         f"{self.damaged_input}")
+        if self.recomputed_frames:
+            parts.append(f"{_count(self.recomputed_frames, 'frame')} of the earlier run no longer matched their "
+                         "checksum and were computed again")
+        if self.removed_temp_files:
+            parts.append(f"removed {_count(self.removed_temp_files, 'temporary file')} left by an interrupted run")
         return "\n".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 frame', '3 frames'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # ----------------------------------------------------------------------------- sources
@@ -420,10 +471,12 @@ class VideoSource(FrameSource):
 
     kind = "video"
 
-    def __init__(self, path: str | os.PathLike, fps: float | None = None):
+    def __init__(self, path: str | os.PathLike, fps: float | None = None, allow_damaged: bool = False):
         import av
 
         self.path = Path(path)
+        self.allow_damaged = allow_damaged
+        self.damage: list[VideoDamage] = []  # filled when a damaged file is read with allow_damaged
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
@@ -441,14 +494,7 @@ class VideoSource(FrameSource):
         self.fps = float(fps) if fps else (rate or DEFAULT_INPUT_FPS)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        import av
-
-        try:
-            with av.open(str(self.path)) as container:
-                for frame in container.decode(video=0):
-                    yield frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as exc:
-            raise DataError(f"cannot decode video {self.path}: {exc}; the file is damaged or truncated") from exc
+        yield from read_video(self.path, self.allow_damaged, self.damage)  # damage -> DataError unless allowed
 
 
 class ArraySource(FrameSource):
@@ -478,8 +524,13 @@ class ArraySource(FrameSource):
         return {"kind": self.kind, "path": self.name, "frames": self.count}
 
 
-def open_source(path: str | os.PathLike | FrameSource | np.ndarray, input_fps: float | None = None) -> FrameSource:
-    """A folder of frames, a video file, an array of frames, or an existing FrameSource."""
+def open_source(
+    path: str | os.PathLike | FrameSource | np.ndarray, input_fps: float | None = None, allow_damaged: bool = False
+) -> FrameSource:
+    """A folder of frames, a video file, an array of frames, or an existing FrameSource.
+
+    `allow_damaged`: a damaged video gives the frames that decode (see `rifelab.data.read_video`).
+    """
     if isinstance(path, FrameSource):
         return path
     if isinstance(path, np.ndarray):
@@ -491,7 +542,7 @@ def open_source(path: str | os.PathLike | FrameSource | np.ndarray, input_fps: f
         return FolderSource(p, fps=input_fps)
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         raise DataError(f"{p} is a single image; pass the folder that holds the numbered frames")
-    return VideoSource(p, fps=input_fps)
+    return VideoSource(p, fps=input_fps, allow_damaged=allow_damaged)
 
 
 # ----------------------------------------------------------------------------- sinks
@@ -502,8 +553,78 @@ def output_frame_name(index: int, ext: str = "png") -> str:
     return f"{index:0{FRAME_DIGITS}d}.{ext}"
 
 
+_FRAME_NAME = re.compile(rf"^\d{{{FRAME_DIGITS}}}\.(?:{'|'.join(OUTPUT_IMAGE_EXTENSIONS)})$")
+
+
+def _temp_pattern(final_names: str) -> re.Pattern:
+    """Names `results.temp_path_beside` gives temporaries of files matching the regex `final_names`."""
+    return re.compile(rf"^\.(?:{final_names})\.[a-z0-9_]+\.tmp\.\w+$")
+
+
+def _remove_stale_temps(folder: Path, pattern: re.Pattern) -> list[str]:
+    """Remove the temporary files an interrupted run left in `folder` (names matching `pattern`); returns them."""
+    removed = []
+    if folder.is_dir():
+        for f in sorted(folder.iterdir()):
+            if pattern.match(f.name) and f.is_file():
+                f.unlink()
+                removed.append(f.name)
+    if removed:
+        log.warning("removed %d temporary file%s left by an interrupted run in %s: %s", len(removed),
+                    "s" if len(removed) > 1 else "", folder, ", ".join(removed[:5]))
+    return removed
+
+
+def _sha256_file(path: Path) -> str | None:
+    """sha256 of a file, or None when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a `rifelab interpolate` output folder with every frame it recorded, or None if absent.
+
+    `frames` maps each written file name to its sha256: the manifest's own list plus the lines of its
+    append-only journal (a run records each frame there before renaming it into place, and folds the
+    journal into the manifest when it ends). Raises DataError for a manifest that cannot be read.
+    """
+    d = Path(folder)
+    path = d / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} ({exc}); move the folder aside and start again") from exc
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} is not a rifelab manifest; move the folder aside and start again")
+    listed = manifest.get("frames")
+    records = list(listed.items()) if isinstance(listed, dict) else []
+    journal = d / JOURNAL_NAME
+    if journal.exists():
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:  # a kill can cut the last line short; its frame was never renamed into place
+                rec = json.loads(line)
+                records.append((rec["name"], rec["sha256"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    # only frame names rifelab gives: a crafted manifest cannot point --overwrite at other files
+    manifest["frames"] = {str(n): str(h) for n, h in records if _FRAME_NAME.match(str(n))}
+    return manifest
+
+
 class _FolderSink:
-    """Numbered frames in a folder, each written atomically; remembers what an earlier run left."""
+    """Numbered frames in a folder, each written atomically and recorded (name, sha256) in the manifest.
+
+    The manifest is the one record of what rifelab wrote there: --resume keeps a frame only when its
+    checksum matches, --overwrite removes only recorded files, and anything else in the folder is refused.
+    """
 
     def __init__(self, folder: Path, config: InterpolateConfig, manifest: dict[str, Any]):
         self.folder = folder
@@ -511,12 +632,13 @@ class _FolderSink:
         self.config = config
         self.manifest = manifest
         self.existing: set[int] = set()
+        self.frames: dict[str, str] = {}  # name -> sha256 of every frame of ours in the folder
+        self.recomputed: list[str] = []  # recorded frames whose content no longer matched (resume)
+        self.removed_temps: list[str] = []
+        self._journal: Any = None
+        self._lock = threading.Lock()
         self._pattern = re.compile(rf"^(\d{{{FRAME_DIGITS}}})\.{re.escape(self.ext)}$")
-
-    def _ours(self, name: str) -> bool:
-        return bool(re.match(rf"^\d{{{FRAME_DIGITS}}}\.({'|'.join(OUTPUT_IMAGE_EXTENSIONS)})$", name)) or (
-            name.startswith(".") and ".tmp." in name
-        ) or name == MANIFEST_NAME
+        self._temps = _temp_pattern(rf"\d{{{FRAME_DIGITS}}}\.\w+|{re.escape(MANIFEST_NAME)}")
 
     def prepare(self) -> None:
         d = self.folder
@@ -526,52 +648,69 @@ class _FolderSink:
         d.mkdir(parents=True, exist_ok=True)
         entries = sorted(f.name for f in d.iterdir())
         if entries:
-            if self.config.resume:
-                self._check_manifest()
-            elif self.config.overwrite:
-                foreign = [n for n in entries if not self._ours(n)]
-                if foreign:
-                    raise DataError(
-                        f"output folder {d} holds files rifelab did not write ({', '.join(foreign[:5])}); "
-                        "--overwrite only replaces frames of an earlier run. Choose an empty folder"
-                    )
-                for n in entries:
-                    (d / n).unlink()
-                log.debug("--overwrite: removed %d files from %s", len(entries), d)
-            else:
+            if not (self.config.resume or self.config.overwrite):
                 raise DataError(
                     f"output folder {d} is not empty ({len(entries)} entries); pass --resume to continue an "
-                    "interrupted run, --overwrite to replace its frames, or choose another folder"
+                    "interrupted run, --overwrite to replace the frames of an earlier run, or choose another folder"
                 )
-        for f in d.iterdir():
-            if f.name.startswith(".") and ".tmp." in f.name:
-                log.info("removing stale temporary file %s", f)
-                f.unlink()
+            old = read_manifest(d)
+            recorded = old["frames"] if old else {}
+            ours = set(recorded) | {MANIFEST_NAME, JOURNAL_NAME}
+            foreign = [n for n in entries if n not in ours and not self._temps.match(n)]
+            if foreign:
+                flag = "--resume" if self.config.resume else "--overwrite"
+                why = ("it has no rifelab manifest" if old is None else
+                       "its manifest does not list them")
+                raise DataError(
+                    f"output folder {d} holds {len(foreign)} file{'s' if len(foreign) > 1 else ''} rifelab did not "
+                    f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}; {why}); {flag} only "
+                    "touches what an earlier `rifelab interpolate` recorded there. Move those files out or choose "
+                    "another folder"
+                )
+            if self.config.resume:
+                self._check_manifest(old)
+            self.removed_temps = _remove_stale_temps(d, self._temps)
+            if self.config.overwrite:
+                for name in sorted(recorded):
+                    with contextlib.suppress(FileNotFoundError):
+                        (d / name).unlink()
+                log.info("--overwrite: removed the %d frames of the earlier run in %s", len(recorded), d)
             else:
-                m = self._pattern.match(f.name)
-                if m:
-                    self.existing.add(int(m.group(1)))
+                self._verify(recorded)
         if self.existing:
-            log.info("resume: %d frames already in %s are kept", len(self.existing), d)
-        from .results import atomic_write_text
+            log.info("resume: %d frames already in %s are kept (checksums verified)", len(self.existing), d)
+        self._save_manifest(complete=False)
+        self._journal = open(d / JOURNAL_NAME, "w", encoding="utf-8")  # starts empty: the manifest holds the rest
 
-        atomic_write_text(d / MANIFEST_NAME, json.dumps(self.manifest, indent=2) + "\n")
+    def _verify(self, recorded: dict[str, str]) -> None:
+        """Keep the recorded frames whose sha256 still matches; the others are computed again."""
+        for name, digest in sorted(recorded.items()):
+            path = self.folder / name
+            if not path.exists():
+                continue
+            if _sha256_file(path) != digest:
+                self.recomputed.append(name)
+                continue
+            self.frames[name] = digest
+            m = self._pattern.match(name)
+            if m:
+                self.existing.add(int(m.group(1)))
+        if self.recomputed:
+            log.warning(
+                "resume: %d frame%s in %s no longer match what rifelab wrote (truncated, damaged or replaced): %s; "
+                "computed again", len(self.recomputed), "s" if len(self.recomputed) > 1 else "", self.folder,
+                ", ".join(self.recomputed[:5]) + (", ..." if len(self.recomputed) > 5 else ""))
 
-    def _check_manifest(self) -> None:
-        path = self.folder / MANIFEST_NAME
-        if not path.exists():
+    def _check_manifest(self, old: dict[str, Any] | None) -> None:
+        if old is None:
             raise DataError(
                 f"--resume: {self.folder} has no {MANIFEST_NAME}, so it was not written by `rifelab interpolate`; "
-                "choose an empty folder or pass --overwrite"
+                "choose an empty folder"
             )
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"--resume: cannot read {path} ({exc}); pass --overwrite to start again") from exc
         diffs = [
             f"{k}: {old.get(k)!r} then, {v!r} now"
             for k, v in self.manifest.items()
-            if k not in ("complete", "summary") and old.get(k) != v
+            if k not in ("complete", "summary", "frames") and old.get(k) != v
         ]
         if diffs:
             raise DataError(
@@ -579,22 +718,39 @@ class _FolderSink:
                 "the same input and options, or pass --overwrite to start again"
             )
 
+    def _save_manifest(self, **extra: Any) -> None:
+        data = dict(self.manifest, **extra, frames=dict(sorted(self.frames.items())))
+        atomic_write_text(self.folder / MANIFEST_NAME, json.dumps(data, indent=2, default=str) + "\n")
+
     def has(self, index: int) -> bool:
         return index in self.existing
 
     def write(self, index: int, frame: np.ndarray) -> None:
-        from .data import write_image
+        name = output_frame_name(index, self.ext)
+        data = encode_image(frame, self.ext)
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:  # recorded before it is renamed into place: a kill never leaves an unrecorded frame
+            self._journal.write(json.dumps({"name": name, "sha256": digest}) + "\n")
+            self._journal.flush()
+            self.frames[name] = digest
+        with atomic_path(self.folder / name) as tmp:
+            tmp.write_bytes(data)
 
-        write_image(self.folder / output_frame_name(index, self.ext), frame)
+    def _close(self, **extra: Any) -> None:
+        """Fold the journal into the manifest and remove it."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self._save_manifest(**extra)
+        (self.folder / JOURNAL_NAME).unlink(missing_ok=True)
 
     def finish(self, summary: InterpolationSummary) -> None:
-        from .results import atomic_write_text
-
-        done = dict(self.manifest, complete=True, summary=summary.as_dict())
-        atomic_write_text(self.folder / MANIFEST_NAME, json.dumps(done, indent=2, default=str) + "\n")
+        self._close(complete=True, summary=summary.as_dict())
 
     def abort(self) -> None:
-        """Complete frames stay for --resume."""
+        """Complete frames stay for --resume (recorded in the manifest; the journal keeps them if that fails)."""
+        with contextlib.suppress(OSError):
+            self._close(complete=False)
 
 
 class _VideoSink:
@@ -607,6 +763,7 @@ class _VideoSink:
         self._container: Any = None
         self._stream: Any = None
         self._tmp: Path | None = None
+        self.removed_temps: list[str] = []
 
     def prepare(self) -> None:
         if self.config.resume:
@@ -620,6 +777,7 @@ class _VideoSink:
             if not self.config.overwrite:
                 raise DataError(f"output video {self.path} exists; pass --overwrite to replace it")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.removed_temps = _remove_stale_temps(self.path.parent, _temp_pattern(re.escape(self.path.name)))
 
     def has(self, index: int) -> bool:
         return False
@@ -973,6 +1131,36 @@ def _is_video_path(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
+def _frame_size(src: FrameSource) -> tuple[int, int] | None:
+    """(width, height) of a source's frames from its first frame's header, or None when unknown."""
+    try:
+        if isinstance(src, FolderSource):
+            with Image.open(src.paths[0]) as im:
+                return im.size
+        if isinstance(src, ArraySource) and len(src.frames):
+            h, w = np.asarray(src.frames[0]).shape[:2]
+            return w, h
+        if isinstance(src, VideoSource):
+            info = clip_info(src.path)
+            return int(info["width"]), int(info["height"])
+    except (OSError, ValueError, DataError):
+        pass
+    return None
+
+
+def _warn_if_large(src: FrameSource, frames: int | None, out: Path) -> None:
+    """Log the output's frame count and raw size before starting; a warning above LARGE_OUTPUT_FRAMES."""
+    if frames is None:
+        return
+    size = _frame_size(src)
+    raw = f" of {size[0]}x{size[1]} ({frames * size[0] * size[1] * 3 / 1e9:.2f} GB as raw RGB)" if size else ""
+    if frames > LARGE_OUTPUT_FRAMES:
+        log.warning("this run writes %d frames%s to %s; stop it (Ctrl-C) if that is not what you meant", frames,
+                    raw, out)
+    else:
+        log.info("writing %d frames%s to %s", frames, raw, out)
+
+
 def interpolate_sequence(
     source: str | os.PathLike | FrameSource | np.ndarray,
     output: str | os.PathLike,
@@ -989,7 +1177,7 @@ def interpolate_sequence(
     """
     config = config or InterpolateConfig()
     config.validate()
-    src = open_source(source, config.input_fps)
+    src = open_source(source, config.input_fps, allow_damaged=config.allow_damaged_input)
     out = Path(output)
     if src.path is not None and out.resolve() == src.path.resolve():
         raise DataError(f"the output {out} is the input; choose another folder or file")
@@ -1000,9 +1188,12 @@ def interpolate_sequence(
     else:
         manifest = {"input": src.describe(), **config.settings(), "model": model_info or {}}
         sink = _FolderSink(out, config, manifest)
-    sink.prepare()
-    pipe = _Pipeline(model, config, summary, sink.has, (src.count - 1) if src.count else None)
     expected = (src.count - 1) * (config.multi - 1) + 1 if src.count else None
+    _warn_if_large(src, expected, out)
+    sink.prepare()
+    summary.removed_temp_files = len(sink.removed_temps)
+    summary.recomputed_frames = len(getattr(sink, "recomputed", ()))
+    pipe = _Pipeline(model, config, summary, sink.has, (src.count - 1) if src.count else None)
     write_bar = _progress(expected, "write", 2, config.progress, "frame")
 
     def write(item: _Out) -> None:
@@ -1016,6 +1207,9 @@ def interpolate_sequence(
     try:
         _run_stages(pipe, src, write, config)
         summary.seconds = time.perf_counter() - t0
+        for damage in getattr(src, "damage", ()):
+            summary.damaged_input = damage.describe()
+            summary.lost_input_frames = list(damage.lost)
         sink.finish(summary)
     except BaseException:
         sink.abort()
@@ -1231,7 +1425,11 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="continue an interrupted run into the same output folder: keep its complete frames, remove "
                    "stale temporary files, compute the rest (the options must match the first run)")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace the frames of an earlier run in OUTPUT (a non-empty output is refused otherwise)")
+                   help="replace the frames an earlier run recorded in OUTPUT's manifest (a non-empty output is refused "
+                   "otherwise, and so is any file rifelab did not write)")
+    g.add_argument("--allow-damaged-input", action="store_true",
+                   help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
+                   "decode errors and frames missing from the container's count stop the run)")
     g = p.add_argument_group("model and pipeline")
     g.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
     g.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
@@ -1262,7 +1460,7 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
         thresholds=SceneThresholds(args.static_ssim, args.cut_ssim, args.cut_hist),
         batch_size=args.batch_size, queue_size=args.queue_size, ext=args.ext, input_fps=args.input_fps,
         fps=args.fps, crf=args.crf, lossless=args.lossless, resume=args.resume, overwrite=args.overwrite,
-        threaded=not args.serial, progress=not args.no_progress,
+        threaded=not args.serial, progress=not args.no_progress, allow_damaged_input=args.allow_damaged_input,
     )
     cfg.validate()
     return cfg
@@ -1286,9 +1484,51 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         return 0
     if args.output is None:
         raise ValueError("give an OUTPUT folder or video file (or --benchmark)")
-    model = load_interpolation_model(args)
-    info = {"checkpoint": str(args.checkpoint) if args.checkpoint else "bundled rife40",
-            "dtype": getattr(args, "dtype", "fp32")}
-    summary = interpolate_sequence(args.input, args.output, model, cfg, model_info=info)
+    try:
+        model = load_interpolation_model(args)
+        info = {"checkpoint": str(args.checkpoint) if args.checkpoint else "bundled rife40",
+                "dtype": getattr(args, "dtype", "fp32")}
+        summary = interpolate_sequence(args.input, args.output, model, cfg, model_info=info)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rifelab.cli turns it into KeyboardInterrupt('SIGTERM'))
+        if getattr(args, "verbose", 0) >= 2:
+            raise
+        print(stopped_message(args, f"stopped by {exc.args[0] if exc.args else 'Ctrl-C'}"), file=sys.stderr)
+        return 130
+    except OSError as exc:  # full disk, read-only folder, no permission...
+        if getattr(args, "verbose", 0) >= 2 or exc.errno is None or isinstance(exc, FileNotFoundError):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(stopped_message(args, f"{os.strerror(exc.errno)}{where}"), file=sys.stderr)
+        return 1
     print(summary.describe())
     return 0
+
+
+def stopped_message(args: argparse.Namespace, what: str) -> str:
+    """One line for a run that stopped early: what happened, what was kept, the command that continues it."""
+    out = Path(args.output)
+    argv = [a for a in getattr(args, "argv", None) or _rebuild_argv(args) if not _is_flag(a, "--resume")]
+    if _is_video_path(out):
+        kept = f"the unfinished video was removed ({out} is as it was before)"
+        again = shlex.join(["rifelab", *argv])
+        return f"rifelab interpolate: {what}; {kept}; once fixed, run again: {again}"
+    argv = [a for a in argv if not _is_flag(a, "--overwrite")]
+    try:
+        manifest = read_manifest(out)
+    except DataError:
+        manifest = None
+    done = sum((out / n).is_file() for n in manifest["frames"]) if manifest else 0
+    kept = f"{_count(done, 'complete frame')} kept in {out}" if done else f"no frames written to {out}"
+    again = shlex.join(["rifelab", *argv, "--resume"])
+    return f"rifelab interpolate: {what}; {kept}; once fixed, continue with: {again}"
+
+
+def _is_flag(arg: str, flag: str) -> bool:
+    """Whether a command-line word is `flag` or an abbreviation argparse accepts for it."""
+    return len(arg) > 3 and flag.startswith(arg)
+
+
+def _rebuild_argv(args: argparse.Namespace) -> list[str]:
+    """The essential arguments of an `interpolate` call when the original command line is not known."""
+    argv = ["interpolate", str(args.input), str(args.output), "--multi", str(args.multi)]
+    return argv + (["--recursive"] if args.recursive else [])

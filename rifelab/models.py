@@ -11,14 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import zipfile
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .assets import fetch
+from .data import DataError, to_tensor
+from .profiling import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -291,12 +297,42 @@ class CheckpointInfo:
     skipped_groups: dict[str, int] = field(default_factory=dict)
 
 
+# Float frames may overshoot [0, 1] by rounding (bf16 outputs fed back in recursive mode); more is a wrong range.
+RANGE_TOLERANCE = 0.02
+
+
+def _as_frame_tensor(img: Any, name: str) -> torch.Tensor:
+    """A tensor from a frame argument: tensors as given, uint8 numpy frames (H,W,3)/(N,H,W,3) to (N,3,H,W)."""
+    if isinstance(img, torch.Tensor):
+        return img
+    if isinstance(img, np.ndarray):
+        if img.dtype != np.uint8:
+            raise TypeError(
+                f"{name} is a numpy array of dtype {img.dtype}; numpy frames must be uint8 (H,W,3) or (N,H,W,3) "
+                "as read from files, float frames must be torch tensors (N,3,H,W) in [0, 1]"
+            )
+        try:
+            return to_tensor(img)
+        except DataError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    raise TypeError(
+        f"{name} is a {type(img).__name__}; give torch tensors (N,3,H,W) (float in [0, 1] or uint8 0-255) or "
+        "uint8 numpy frames (H,W,3)/(N,H,W,3)"
+    )
+
+
 def check_pair(img0: Any, img1: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a frame pair: float tensors (N,3,H,W) or (3,H,W) of one shape; returns them batched."""
-    if not isinstance(img0, torch.Tensor) or not isinstance(img1, torch.Tensor):
-        raise TypeError("img0 and img1 must be torch tensors of shape (N,3,H,W) with values in [0, 1]")
+    """Validate a frame pair and return it as float tensors (N,3,H,W) in [0, 1] of one shape.
+
+    Accepted: float tensors (N,3,H,W) or (3,H,W) with values in [0, 1]; uint8 tensors of the same layout
+    (0-255, divided by 255 here); uint8 numpy frames (H,W,3) or (N,H,W,3) as the readers return them.
+    Float frames outside [0, 1] (e.g. 0-255 floats) and non-finite values are refused.
+    """
+    img0, img1 = _as_frame_tensor(img0, "img0"), _as_frame_tensor(img1, "img1")
     if img0.dim() == 3:
-        img0, img1 = img0.unsqueeze(0), img1.unsqueeze(0)
+        img0 = img0.unsqueeze(0)
+    if img1.dim() == 3:
+        img1 = img1.unsqueeze(0)
     if img0.dim() != 4 or img0.shape[1] != 3:
         raise ValueError(f"expected frames of shape (N,3,H,W), got {tuple(img0.shape)}")
     if img0.shape != img1.shape:
@@ -304,8 +340,25 @@ def check_pair(img0: Any, img1: Any) -> tuple[torch.Tensor, torch.Tensor]:
             f"img0 and img1 differ in shape: {tuple(img0.shape)} vs {tuple(img1.shape)}; "
             "both frames of a pair must have the same size (resize or crop one of them)"
         )
+    if img0.dtype != img1.dtype:
+        raise TypeError(f"img0 and img1 differ in dtype: {img0.dtype} vs {img1.dtype}; give both in one dtype")
+    if img0.dtype == torch.uint8:
+        return img0.float().div_(255.0), img1.float().div_(255.0)
     if not img0.is_floating_point():
-        raise TypeError(f"expected float frames in [0, 1], got dtype {img0.dtype}; divide uint8 frames by 255")
+        raise TypeError(
+            f"expected float frames in [0, 1] or uint8 frames, got dtype {img0.dtype}; divide 0-255 frames by 255"
+        )
+    bounds = torch.stack([img0.amin(), img1.amin(), img0.amax(), img1.amax()]).float().tolist()
+    if not all(np.isfinite(bounds)):
+        raise ValueError("the frames hold NaN or infinite values; give finite float frames in [0, 1]")
+    lo, hi = min(bounds[:2]), max(bounds[2:])
+    if not (lo >= -RANGE_TOLERANCE and hi <= 1.0 + RANGE_TOLERANCE):
+        hint = (
+            "they look like 0-255 values: divide by 255 (or pass uint8 frames, which are converted)"
+            if hi > 2.0 and lo >= -RANGE_TOLERANCE
+            else "clamp or rescale them to [0, 1]"
+        )
+        raise ValueError(f"float frames must lie in [0, 1], got values from {lo:g} to {hi:g}; {hint}")
     return img0, img1
 
 
@@ -353,7 +406,8 @@ class RIFE(nn.Module):
         scale: float = 1.0,
         ensemble: bool = False,
     ) -> torch.Tensor:
-        in_dtype = img0.dtype
+        float_in = isinstance(img0, torch.Tensor) and img0.is_floating_point()
+        in_dtype = img0.dtype if float_in else torch.float32  # uint8 frames give float32 frames in [0, 1]
         p0, p1, t, scale_list, (h, w) = self.prepare(img0, img1, timestep, scale)
         out = self.net(p0, p1, t, scale_list, ensemble)
         return out[:, :, :h, :w].to(in_dtype)
@@ -367,11 +421,80 @@ class RIFE(nn.Module):
         scale: float = 1.0,
         ensemble: bool = False,
     ) -> torch.Tensor:
-        """Frame at `timestep` between img0 (t=0) and img1 (t=1); (N,3,H,W) float in [0, 1], any H, W."""
+        """Frame at `timestep` between img0 (t=0) and img1 (t=1); (N,3,H,W) float in [0, 1], any H, W.
+
+        Frames: float tensors in [0, 1] (the output keeps their dtype), uint8 tensors (N,3,H,W) or uint8 numpy
+        frames (H,W,3)/(N,H,W,3) (output float32); see `check_pair`.
+        """
         return self.forward(img0, img1, timestep, scale, ensemble)
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
+
+OFFICIAL_HINT = "an official RIFE 4.x flow checkpoint (flownet.pkl / rife46.pth, a state_dict of tensors)"
+
+
+def _describe_file(path: Path) -> str:
+    """What a file looks like from its first bytes (for checkpoint error messages)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        return "an empty file (0 bytes)"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (the torch.save format)"
+    if head.startswith(b"\x80"):
+        return "a Python pickle"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the weights themselves (run `git lfs pull`)"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml")):
+        return "an HTML/XML page (a download that saved an error or login page instead of the file)"
+    try:
+        sample = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"binary data of an unknown format (starts with {head[:8].hex(' ')})"
+    first = sample.strip().splitlines()[0][:60] if sample.strip() else ""
+    return f"a text file (starting {first!r})"
+
+
+def _names_module_class(name: str) -> bool:
+    """Whether a pickle GLOBAL names an nn.Module subclass (looked up only among modules already imported)."""
+    mod, _, attr = name.rpartition(".")
+    obj = getattr(sys.modules.get(mod), attr, None)
+    return name.startswith("torch.nn.modules.") or (isinstance(obj, type) and issubclass(obj, nn.Module))
+
+
+def _unpickling_refusal(path: Path, exc: BaseException) -> CheckpointError:
+    """The CheckpointError for a file that weights_only=True loading refuses (pickled objects, code)."""
+    msg = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", msg)
+    warning = re.search(r"Re-running `torch\.load`[^\n]*?arbitrary code execution\.(?:\s*Do it only[^\n]*?source\.)?",
+                        msg)
+    torch_warning = warning.group(0).strip() if warning else (
+        "Re-running `torch.load` with `weights_only` set to `False` can result in arbitrary code execution.")
+    malicious = bool(found) and found.group(1).split(".")[0] in ("posix", "nt", "os", "subprocess", "builtins", "sys")
+    if found and _names_module_class(found.group(1)):
+        what = (f"a whole pickled network object ({found.group(1)}), saved with torch.save(model) instead of "
+                "torch.save(model.state_dict())")
+    elif malicious:
+        what = f"a pickle that calls {found.group(1)} when loaded, which is how malicious files run code"
+    elif found:
+        what = f"pickled Python objects ({found.group(1)}), not only tensors"
+    else:
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
+        what = "pickled Python objects, not only tensors" + (
+            f" (torch: {detail.group(1).strip()})" if detail else "")
+    todo = (
+        "Do not load it with weights_only=False anywhere; delete it and download the official file"
+        if malicious
+        else "If you trust the file, re-save its weights once as a state_dict "
+        "(torch.save(torch.load(PATH, weights_only=False).state_dict(), NEW.pth)), else download the official file"
+    )
+    return CheckpointError(
+        f"checkpoint {path} holds {what}; expected {OFFICIAL_HINT}. rifelab loads checkpoints with "
+        f"weights_only=True, which refused it. torch warns: {torch_warning} {todo}"
+    )
 
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -383,18 +506,42 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a folder; pass the .pkl/.pth file inside it")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as exc:
+        size = path.stat().st_size
+        kind = _describe_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}; check its permissions") from exc
+    if size == 0:
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}. "
-            "The file is corrupt, truncated or not a torch state_dict (it is loaded with weights_only=True); "
-            "download it again"
+            f"checkpoint {path} is empty (0 bytes): a download or copy that did not complete. "
+            f"Expected {OFFICIAL_HINT}; download it again"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc) and kind.startswith(("a zip", "a Python pickle")):
+            raise _unpickling_refusal(path, exc) from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({kind}, {size} bytes): it is corrupt, truncated or not a torch file "
+            f"(unpickling failed: {_first_line(exc)}). Expected {OFFICIAL_HINT}; download it again"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch.load raises KeyError, EOFError, RuntimeError... on bad files
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({kind}, {size} bytes): it is corrupt, truncated or not a torch file "
+            f"(torch.load: {type(exc).__name__}: {_first_line(exc)}). Expected {OFFICIAL_HINT}; download it again"
         ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {path} is not a state_dict of tensors (got {type(obj).__name__})")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict of tensors; expected {OFFICIAL_HINT}"
+        )
     return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    """First non-empty line of an exception's message, whole (or '(no message)')."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else "(no message)"
 
 
 def _detect_variant(sd: dict[str, torch.Tensor], path: Path) -> str:
@@ -452,6 +599,13 @@ def load_state_dict(
             f"checkpoint {path} does not fit the RIFE {net.variant} flow network: " + " | ".join(parts)
             + ". Use an official RIFE 4.0 or 4.6 flow checkpoint (flownet.pkl / rife46.pth)"
         )
+    bad = [k for k, v in flow_sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} has non-finite weights (NaN or inf) in {len(bad)} of {len(flow_sd)} tensors "
+            f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}): it would produce black or garbage frames. "
+            "The file is damaged or comes from a diverged training run; use an official RIFE 4.x checkpoint"
+        )
     net.load_state_dict(flow_sd, strict=True)
     if skipped:
         log.info("%s: skipped groups not used by the fast path: %s", path.name, skipped)
@@ -464,11 +618,7 @@ def load_rife(
     dtype: torch.dtype = torch.float32,
 ) -> RIFE:
     """RIFE v4 model in eval mode; `checkpoint=None` uses the bundled RIFE 4.0 weights (fetched once)."""
-    from .profiling import resolve_device
-
     if checkpoint is None:
-        from .assets import fetch
-
         checkpoint = fetch("rife40")
     path = Path(checkpoint).expanduser()
     raw = _read_checkpoint(path)

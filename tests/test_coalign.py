@@ -1,4 +1,4 @@
-"""Tests of rifelab.coalign (RollingDepth co-alignment) and rifelab.synthdepth (synthetic truth)."""
+"""Tests of rifelab.coalign (RollingDepth co-alignment), rifelab.synthdepth (synthetic truth) and the coalign study."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from rifelab import coalign as C
+from rifelab.studies.base import ParamError
 from rifelab.synthdepth import load_snippets_npz, make_snippets, render_room_depth, save_snippets_npz, synthetic_video
 
 SMALL = dict(frames=24, height=24, width=32, dilations=(1, 3, 7))
@@ -239,6 +241,114 @@ def test_make_snippets_validates():
         make_snippets(np.ones((10, 4, 4)), (1,), scale_jitter=-1)
 
 
+# ---------------------------------------------------------------- loss step
+
+
+def test_loss_step_advances_like_align(noisy):
+    cfg = C.AlignConfig(factor=2, iterations=3)
+    problem = C.prepare(noisy.snippets, cfg)
+    step = C.loss_step(problem, cfg, "dense")
+    for _ in range(3):
+        step()
+    with pytest.raises(ValueError, match="impl"):
+        C.loss_step(problem, cfg, "sparse")
+
+
+# ---------------------------------------------------------------- the study (rifelab.studies.coalign)
+
+TINY = dict(
+    frames=[20], resolutions=["32x24", "40x24"], dilations=[1, 3, 25], factor=2, iterations=120,
+    stopping_rules=[{"rule": "plateau", "tol": 1e-4, "patience": 10}], refine_iterations=[0, 10], timing_repeats=1,
+    example_frames=3,
+)
+
+
+@pytest.fixture
+def restore_threads():
+    """The cpu profile runs this study on one thread; give the rest of the session its thread count back."""
+    old = torch.get_num_threads()
+    yield
+    torch.set_num_threads(old)
+
+
+def test_study_smoke_run(tmp_path, restore_threads):
+    from rifelab.studies import coalign as study
+
+    npz = save_snippets_npz(tmp_path / "real.npz", synthetic_video(20, 24, 32, (1, 3), seed=7).snippets)
+    res = study.run("cpu", {**TINY, "snippets_npz": str(npz)}, tmp_path / "results")
+    base = tmp_path / "results" / "cpu"
+    (out,) = (base / "coalign").iterdir()
+    assert out.name.startswith("cpu-") and out == res.folder
+    for name in ("methods_synthetic", "loss_step", "report004_quantities_synthetic", "published_vs_ours",
+                 "real_snippets"):
+        assert (out / f"{name}.csv").exists() and (out / f"{name}.md").exists(), name
+    for name in ("loss_curves", "quality_vs_time", "frames"):
+        assert (out / f"{name}.png").exists(), name
+    assert not list((base / "coalign").glob(".*"))  # no partial folder left behind
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"]["threads"] == 1 and metrics["params"]["iterations"] == 120
+    assert metrics["ground_truth"].startswith("synthetic")
+    # the short headline that `dvc metrics show` prints
+    headline = json.loads((base / "metrics" / "coalign.json").read_text())
+    assert set(headline) == {"es_iterations", "es_speedup", "solver_speedup", "synthetic_abs_rel_ref",
+                             "synthetic_abs_rel_es", "synthetic_abs_rel_solver", "target_es_met",
+                             "target_solver_met", "environment"}
+    assert headline == {**res.headline, "environment": headline["environment"]}
+    assert headline["environment"]["profile"] == "cpu"
+    assert 1 <= headline["es_iterations"] <= 120 and headline["solver_speedup"] > 1
+    assert 0 <= headline["synthetic_abs_rel_solver"] < 0.05 and math.isfinite(headline["synthetic_abs_rel_ref"])
+    assert headline["target_solver_met"] is metrics["targets"]["target_solver_met"]
+    # plot data: one series each, unique x, the columns dvc.yaml declares
+    plots = base / "plots" / "coalign"
+    assert {p.name for p in plots.iterdir()} == {"abs_rel_per_method.csv", "time_per_method.csv", "loss_curve.csv"}
+    for name, x, y in [("abs_rel_per_method", "method", "abs_rel_vs_synthetic"),
+                       ("time_per_method", "method", "time_s"), ("loss_curve", "step", "loss")]:
+        df = pd.read_csv(plots / f"{name}.csv")
+        assert list(df.columns) == [x, y] and df[x].is_unique and df[y].notna().all(), name
+    # the tables and sentences that show the truth say it is synthetic; claims are never "ours"
+    methods = res.tables["methods_synthetic"]
+    assert {"abs_rel_vs_synthetic", "delta1_vs_synthetic"} <= set(methods.columns)
+    assert len(methods) == 2 * 9  # two cases x (ref, 1 rule, λ3=0 + its rule, 2 solvers, 3 baselines)
+    assert all("synthetic" in c for c in res.tables["report004_quantities_synthetic"].columns)
+    assert res.tables["published_vs_ours"]["ours"].str.startswith("n/a").all()
+    text = "\n".join(res.summary)
+    assert "synthetic" in res.summary[0] and ("**met**" in text or "**missed**" in text)
+    assert "Target early stopping" in text and "Target solver" in text and "Real snippets (real.npz" in text
+    assert "abs_rel_vs_synthetic" not in res.tables["real_snippets"].columns  # no truth for real snippets
+
+
+def test_study_cuda_profile_needs_a_gpu(tmp_path):
+    from rifelab.studies import coalign as study
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ParamError, match="cuda"):
+        study.run("cuda", TINY, tmp_path)
+    assert not any(tmp_path.rglob("*.csv"))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"iterations": -5}, "'iterations'"),
+    ({"stopping_rules": [{"rule": "sometimes", "tol": 1e-4, "patience": 30}]}, r"stopping_rules\[0\]\.rule"),
+    ({"stopping_rules": [{"rule": "plateau", "tol": 1e-4, "patience": 0}]}, r"stopping_rules\[0\]\.patience"),
+    ({"stopping_rules": [{"rule": "plateau", "tol": 1e-4}]}, "missing 'patience'"),
+    ({"stopping_rules": ["plateau: 1e-4"]}, "stopping_rules"),
+    ({"stopping_rules": []}, "empty"),
+    ({"dilations": [3, 25]}, "lacks 1"),
+    ({"frames": [4]}, "'frames"),
+    ({"resolutions": ["32x16"], "border": 8}, "too small for coalign.border"),
+    ({"snippet_dtype": "int8"}, "snippet_dtype"),
+    ({"snippets_npz": "/nonexistent/snips.npz"}, "not found"),
+    ({"itterations": 10}, "did you mean 'iterations'"),
+])
+def test_invalid_params_fail_before_any_file(tmp_path, bad, match):
+    from rifelab.studies import coalign as study
+
+    with pytest.raises(ParamError, match=match):
+        study.run("cpu", {**TINY, **bad}, tmp_path)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- notebook
 
 
@@ -247,30 +357,44 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     from rifelab.notebooks import run_notebook
 
     root = Path(__file__).resolve().parent.parent
-    params = dict(
-        frames=[20],
-        resolutions=["32x24", "40x24"],
-        dilations=[1, 3, 25],
-        factor=2,
-        iterations=120,
-        stopping_rules=[{"rule": "plateau", "tol": 1e-4, "patience": 10}],
-        refine_iterations=[0, 10],
-        timing_repeats=1,
-        device="cpu",
-        threads=1,
-        results_root=str(tmp_path),
-    )
-    run_notebook(root / "notebooks" / "04_coalign.ipynb", tmp_path / "out.ipynb", parameters=params, cwd=root)
-    dirs = list((tmp_path / "coalign").iterdir())
-    assert len(dirs) == 1 and dirs[0].name.startswith("cpu-")
-    out = dirs[0]
-    for name in ("methods.csv", "methods.md", "loss_step.csv", "report004_comparison.csv", "loss_curves.png", "quality_vs_time.png", "frames.png"):
-        assert (out / name).exists(), name
-    assert [p.name for p in out.glob("*.json")] == ["metrics.json"]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["environment"]["device"] == "cpu"
-    assert metrics["lsq_speedup_vs_ref"] > 1
-    assert 0 <= metrics["lsq_abs_rel"] < 0.2 and math.isfinite(metrics["ref_abs_rel"])
-    # fixed-path copies for DVC (metrics and plot data of the latest run)
-    assert (tmp_path / "metrics" / "coalign.json").exists()
-    assert {p.name for p in (tmp_path / "plots" / "coalign").iterdir()} == {"methods.csv", "loss_curves.csv"}
+    nb = json.loads((root / "notebooks" / "04_coalign.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert sum(len("".join(c["source"]).splitlines()) for c in code) <= 60
+    run_notebook(root / "notebooks" / "04_coalign.ipynb", tmp_path / "out.ipynb", cwd=root,
+                 parameters={"profile": "cpu", "overrides": TINY, "results_root": str(tmp_path)})
+    (out,) = (tmp_path / "cpu" / "coalign").iterdir()
+    assert (out / "methods_synthetic.csv").exists() and (out / "frames.png").exists()
+    assert (tmp_path / "cpu" / "metrics" / "coalign.json").exists()
+    executed = (tmp_path / "out.ipynb").read_text()
+    assert "Target solver" in executed and "synthetic" in executed  # the generated summary was shown
+
+
+# ---------------------------------------------------------------- degenerate input (issue 14)
+
+
+def test_constant_snippets_are_refused_instead_of_nan(noisy):
+    const = C.SnippetSet.from_arrays({1: np.full((18, 3, 8, 8), 0.5, np.float32)})  # gave NaN scales and shifts
+    with pytest.raises(ValueError, match="every snippet is constant .*0.5.*scales and shifts are undefined"):
+        C.align(const, C.AlignConfig(iterations=5, factor=1, border=0))
+    # real snippets with two frames blanked to the minimum in every snippet that covers them
+    arrays = {d: a.clone() for d, a in zip(noisy.snippets.requested, noisy.snippets.arrays)}
+    lo = float(min(a.min() for a in arrays.values()))
+    for d, a in arrays.items():
+        de = C.effective_dilation(d, noisy.snippets.num_frames)
+        idx = C.snippet_frames(a.shape[0], 3, de)
+        a[(idx == 5) | (idx == 6)] = lo
+    blanked = C.SnippetSet.from_arrays(arrays, num_frames=noisy.snippets.num_frames)
+    with pytest.raises(ValueError, match=r"frames 5, 6 are constant at the global minimum"):
+        C.align(blanked, CFG)
+
+
+@pytest.mark.parametrize("field", ["lambda_scale", "lambda_shift", "lr", "depth_clip", "depth_loss_weight"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_config_is_refused(field, value):
+    with pytest.raises(ValueError, match=rf"AlignConfig needs finite numbers, got {field}={value}"):
+        C.AlignConfig(**{field: value})  # lambda_scale=NaN gave NaN scales and shifts
+
+
+def test_divergence_is_refused_not_returned(noisy):
+    with pytest.raises(ValueError, match="co-alignment diverged: non-finite scales/shifts"):
+        C.align(noisy.snippets, C.AlignConfig(iterations=3, factor=2, lr=1e30))

@@ -148,3 +148,57 @@ def test_middlebury_layout(middlebury):
     assert detect_layout(middlebury) == "middlebury"
     tris = list(read_triplet_dataset(middlebury))
     assert len(tris) == 12 and tris[0].frame0.shape == (480, 640, 3)
+
+
+# ----------------------------------------------------------------------------- image files a careless user gives (issue 14)
+
+
+def test_cmyk_jpeg_is_called_cmyk(tmp_path, carphone):
+    Image.fromarray(carphone[0]).convert("CMYK").save(tmp_path / "print.jpg")  # was "RGBA ... real transparency"
+    with pytest.raises(DataError, match=r"print.jpg: CMYK image .*Convert it to RGB"):
+        read_image(tmp_path / "print.jpg")
+
+
+def test_empty_png_says_empty(tmp_path):
+    (tmp_path / "00000003.png").write_bytes(b"")  # was a hint to `pip install imageio[opencv]`
+    with pytest.raises(DataError, match=r"00000003.png is empty \(0 bytes\)") as err:
+        read_image(tmp_path / "00000003.png")
+    assert "pip install" not in str(err.value)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match="cannot read image .*broken.png.*corrupt") as err:
+        read_image(tmp_path / "broken.png")
+    assert "pip install" not in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", ["webp", "png"])
+def test_animated_image_is_refused(tmp_path, carphone, suffix):
+    frames = [Image.fromarray(f) for f in carphone[:3]]
+    frames[0].save(tmp_path / f"anim.{suffix}", save_all=True, append_images=frames[1:], duration=40, lossless=True)
+    with pytest.raises(DataError, match=rf"anim.{suffix}: holds 3 pages/frames .*one image per file"):
+        read_image(tmp_path / f"anim.{suffix}")  # webp: was its first frame, silently
+
+
+def test_same_number_twice_is_ambiguous(tmp_path, carphone):
+    write_image(tmp_path / "1.png", carphone[0])
+    write_image(tmp_path / "01.png", carphone[1])
+    write_image(tmp_path / "2.png", carphone[2])
+    with pytest.raises(DataError, match=r"(01.png and 1.png|1.png and 01.png) carry the same frame number.*ambiguous"):
+        list_frames(tmp_path)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path, carphone, orientation):
+    """Documented: frames come out as an image viewer shows them (PIL's exif_transpose), not as stored."""
+    from PIL import ImageOps
+
+    im = Image.fromarray(carphone[0][:, :150])  # not square: a rotation changes the shape
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(tmp_path / "f.png", exif=exif)
+    im.save(tmp_path / "f.jpg", exif=exif, quality=95)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "f.png")).convert("RGB"))
+    got = read_image(tmp_path / "f.png")
+    np.testing.assert_array_equal(got, expected)
+    assert got.shape == ((150, 144, 3) if orientation >= 5 else (144, 150, 3))
+    jpg = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "f.jpg")).convert("RGB"))
+    np.testing.assert_array_equal(read_image(tmp_path / "f.jpg"), jpg)

@@ -76,8 +76,10 @@ def test_interpolate_rejects_bad_arguments(rife):
         rife.interpolate(a, a, 0.5, scale=3)
     with pytest.raises(ValueError, match="differ in shape"):
         rife.interpolate(a, torch.rand(1, 3, 32, 48))
-    with pytest.raises(TypeError, match="divide uint8"):
-        rife.interpolate((a * 255).byte(), (a * 255).byte())
+    with pytest.raises(TypeError, match="divide 0-255 frames by 255"):
+        rife.interpolate((a * 255).short(), (a * 255).short())
+    with pytest.raises(TypeError, match="differ in dtype"):
+        rife.interpolate(a, (a * 255).byte())
     with pytest.raises(ValueError, match=r"\(N,3,H,W\)"):
         rife.interpolate(torch.rand(1, 4, 32, 32), torch.rand(1, 4, 32, 32))
 
@@ -198,7 +200,7 @@ class Thing:
 
 def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
     torch.save({"block0.x": Thing()}, tmp_path / "obj.pth")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match=r"obj.pth holds pickled Python objects \(test_models.Thing\)"):
         load_rife(tmp_path / "obj.pth")  # weights_only=True refuses arbitrary objects
 
 
@@ -229,3 +231,83 @@ def test_uint8_roundtrip_helpers(carphone):
     t = to_tensor(carphone[:2])
     assert t.shape == (2, 3, 144, 176) and t.dtype == torch.float32
     assert np.array_equal(to_uint8(t), carphone[:2])
+
+
+# ----------------------------------------------------------------------------- bad frames and checkpoints (issue 14)
+
+
+def test_uint8_tensors_and_arrays_are_accepted_as_0_255(rife, carphone):
+    """uint8 frames are divided by 255 for the caller: the same output as float frames in [0, 1]."""
+    a, b = carphone[0], carphone[2]
+    ref = rife.interpolate(to_tensor(a), to_tensor(b))
+    as_tensor = rife.interpolate(torch.from_numpy(a).permute(2, 0, 1)[None], torch.from_numpy(b).permute(2, 0, 1)[None])
+    as_array = rife.interpolate(a, b)  # numpy (H,W,3) as the readers return it
+    assert as_tensor.dtype == torch.float32 and as_array.shape == ref.shape
+    assert torch.equal(as_tensor, ref) and torch.equal(as_array, ref)
+    with pytest.raises(TypeError, match="numpy frames must be uint8"):
+        rife.interpolate(a.astype(np.float32), b.astype(np.float32))
+
+
+def test_float_frames_in_0_255_are_refused(rife, carphone):
+    """Floats in 0-255 gave a wrong frame with no error; now refused, naming the likely cause."""
+    a, b = to_tensor(carphone[0]) * 255, to_tensor(carphone[2]) * 255
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values from .* to 255; .*0-255 values: divide by"):
+        rife.interpolate(a, b)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*clamp or rescale"):
+        rife.interpolate(a / 255 - 0.5, b / 255)
+    nan = to_tensor(carphone[0]).clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        rife.interpolate(to_tensor(carphone[2]), nan)
+    # rounding overshoot of frames made by the model (recursive mode feeds them back) is still accepted
+    out = rife.interpolate((to_tensor(carphone[0]) * 1.01).half(), to_tensor(carphone[2]).half())
+    assert out.dtype == torch.float16
+
+
+def test_empty_checkpoint_says_so(tmp_path):
+    (tmp_path / "flownet.pkl").write_bytes(b"")  # gave IndexError while building the message
+    with pytest.raises(CheckpointError, match=r"flownet.pkl is empty \(0 bytes\).*download it again"):
+        load_rife(tmp_path / "flownet.pkl")
+
+
+def test_text_checkpoint_says_what_the_file_is(tmp_path):
+    (tmp_path / "flownet.pkl").write_text("<!DOCTYPE html><html>login required</html>\n")  # gave KeyError: 60
+    with pytest.raises(CheckpointError, match=r"flownet.pkl \(an HTML/XML page .*not a torch file.*official RIFE 4.x"):
+        load_rife(tmp_path / "flownet.pkl")
+    (tmp_path / "notes.pth").write_text("ifnet weights go here\n")
+    with pytest.raises(CheckpointError, match=r"a text file \(starting 'ifnet weights go here'\)"):
+        load_rife(tmp_path / "notes.pth")
+
+
+def test_pickled_module_checkpoint_gives_whole_message(tmp_path):
+    torch.save(IFNet("4.0"), tmp_path / "model.pth")  # torch.save(model) instead of its state_dict
+    with pytest.raises(CheckpointError) as err:
+        load_rife(tmp_path / "model.pth")
+    msg = str(err.value)  # was torch's message cut at 200 characters, mid-sentence
+    assert "model.pth holds a whole pickled network object (rifelab.models.IFNet)" in msg
+    assert "torch.save(model.state_dict())" in msg and msg.endswith("else download the official file")
+
+
+def test_malicious_pickle_refusal_keeps_torchs_warning(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"block0.x": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_rife(tmp_path / "evil.pth")
+    msg = str(err.value)
+    assert "calls posix.system when loaded" in msg or "calls nt.system when loaded" in msg
+    assert "can result in arbitrary code execution" in msg and "Do not load it with weights_only=False" in msg
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load(tmp_path, rife, bad):
+    sd = {k: v.clone() for k, v in rife.net.state_dict().items()}
+    sd["block2.convblock.3.0.weight"][0, 0, 0, 0] = bad
+    torch.save(sd, tmp_path / "diverged.pth")
+    with pytest.raises(CheckpointError, match=r"diverged.pth has non-finite weights .* in 1 of .*block2.convblock.3.0"):
+        load_rife(tmp_path / "diverged.pth")
