@@ -508,9 +508,18 @@ def _sentences(table: pd.DataFrame, verdict: Mapping[str, Any], p: Mapping[str, 
                          f"{verdict['fastest_within_loss_budget']} at {verdict['fastest_within_loss_budget_speedup']:.2f}x.")
         else:
             lines.append(f"No pruned configuration stays within {p['target_max_loss_db']:g} dB of the unpruned model.")
+        fast = table[(table["config"] != "unpruned") & (table["speedup"] >= p["target_speedup"])]
+        if len(fast):
+            r = fast.sort_values("dpsnr").iloc[-1]
+            why = (f"the distillation budget does not recover the last {-r['dpsnr'] - p['target_max_loss_db']:.2f} dB"
+                   if r["dpsnr"] < -p["target_max_loss_db"] else
+                   f"its interval's lower end, {r['speedup_ci_low']:.2f}x, is below {p['target_ci_low']:g}x")
+            lines.append(f"Among the configurations at >= {p['target_speedup']:g}x, the smallest loss is {r['dpsnr']:+.2f} dB "
+                         f"({r['config']}): {why}.")
     other = profile_share[profile_share["group"] == "other"]
     if len(other):
-        lines.append(f"Why speed is hard to buy here: {100 * float(other['share'].iloc[0]):.0f}% of the measured forward "
+        lead = "Why, in part: " if not verdict["target_met"] else "Where the time goes: "
+        lines.append(f"{lead}{100 * float(other['share'].iloc[0]):.0f}% of the measured forward "
                      "time is outside the convs (warps, resizes, concatenations), which no channel cut shortens; "
                      + ", ".join(f"block {int(b)} {100 * s:.0f}% of the time for {100 * m:.0f}% of the MACs"
                                  for b, s, m in profile_share[profile_share["block"] >= 0].groupby("block")[["share", "mac_share"]]
