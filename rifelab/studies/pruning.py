@@ -501,7 +501,7 @@ def _sentences(table: pd.DataFrame, verdict: Mapping[str, Any], p: Mapping[str, 
     else:
         lines.append(f"**Target missed** ({tgt}): no pruned configuration reaches it in this run.")
         if verdict.get("best_config"):
-            lines.append(f"Closest fine-tuned point: {verdict['best_config']} at {verdict['best_speedup']:.2f}x "
+            lines.append(f"Best fine-tuned point (saved as best.pt): {verdict['best_config']} at {verdict['best_speedup']:.2f}x "
                          f"(interval from {verdict['best_speedup_ci_low']:.2f}x), {verdict['best_dpsnr']:+.2f} dB.")
         if verdict["fastest_within_loss_budget"]:
             lines.append(f"Fastest configuration within {p['target_max_loss_db']:g} dB: "
