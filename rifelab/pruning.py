@@ -1,13 +1,18 @@
-"""Channel pruning of RIFE's IFNet: L1 importance, naive-global and architecture-aware plans, masks or removal.
+"""Channel pruning of RIFE's IFNet: importance criteria, plans (naive global, architecture-aware, per-group ratios
+through torch-pruning, the lite width cut), masks or removal, save and reload.
 
 The pieces, in the order a study uses them:
 
     groups = channel_groups(model.net)                   # coupled output channels, from torch-pruning's graph
     imp = channel_importance(model.net)                  # per-output-channel L1 of every conv (a DataFrame)
     plan = plan_architecture_aware(model.net, 0.25)      # or plan_naive_global(model.net, 0.25)
+    plan = plan_from_ratios(model.net, {"block3.*": 0.5}, importance="group_norm")   # torch-pruning's pruner
+    plan = plan_lite(model.net)                          # uniform width cut 192/128/96/64 -> 144/96/72/48
     small = prune_model(model, plan, mode="physical")    # channels removed: smaller, faster
     masked = prune_model(model, plan, mode="mask")       # weights zeroed: same shapes, same speed
-    save_pruned(small, "pruned.pt"); again, plan = load_pruned("pruned.pt")
+    save_pruned(small, "pruned.pt"); again = load_pruned("pruned.pt")   # again.interpolate(img0, img1, t, scale)
+
+Plans from measured sensitivity and latency live in `rifelab.sensitivity`; fine-tuning in `rifelab.distill`.
 
 Channel groups. Output channels that a residual ties together (v4.0: `conv0.1`, `convblock.7` and the
 input of `lastconv`) form one group and are pruned as one; every other conv's outputs are a group of
@@ -42,48 +47,24 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+import torch_pruning as tp
+from torch.nn.utils import prune as torch_prune
 
-from .models import IFBlock, IFNet, RIFE
+from .data import Triplet, clip_triplets, load_clip
+from .scenes import decide_pair
+from .models import IFBlock, IFNet, RIFE, load_rife, padding_multiple
+from .profiling import count_flops, resolve_device
+from .results import atomic_path
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PruningError",
-    "ChannelGroup",
-    "ChannelPlan",
-    "METHODS",
-    "MODES",
-    "DEFAULT_PROTECTED",
-    "conv_layers",
-    "channel_groups",
-    "channel_importance",
-    "importance_table",
-    "plot_importance_heatmap",
-    "plan_naive_global",
-    "plan_architecture_aware",
-    "make_plan",
-    "apply_masks",
-    "apply_physical",
-    "prune_model",
-    "layer_out_channels",
-    "save_pruned",
-    "load_pruned",
-    "model_gmac",
-    "measure_latency",
-    "evaluate_quality",
-    "nonzero_parameters",
-    "exclude_scene_cuts",
-    "clip_range_triplets",
-    "check_disjoint_ranges",
-    "SweepResult",
-    "config_key",
-    "sweep",
-    "mask_trap",
-    "plot_psnr_vs_sparsity",
-    "plot_pareto",
-    "best_point",
-    "report001_comparison",
-    "add_prune_parser",
+    "PruningError", "ChannelGroup", "ChannelPlan", "PruningInfo", "METHODS", "MODES", "IMPORTANCES", "DEFAULT_PROTECTED",
+    "LITE_RATIO", "conv_layers", "channel_groups", "layer_out_channels", "channel_importance", "importance_table",
+    "importance_scores", "plan_naive_global", "plan_architecture_aware", "make_plan", "plan_from_ratios", "plan_lite",
+    "apply_masks", "apply_physical", "prune_model", "save_pruned", "load_pruned", "read_pruned_meta", "model_gmac",
+    "nonzero_parameters", "exclude_scene_cuts", "clip_range_triplets", "check_disjoint_ranges",
+    "add_prune_parser", "cmd_prune_model",
 ]
 
 METHODS = ("naive_global", "architecture_aware")
@@ -156,8 +137,6 @@ def _unwrapped_parameters(block: IFBlock) -> list[tuple[nn.Parameter, int]]:
 
 def _block_graph(net: IFNet, index: int):
     """torch-pruning dependency graph of one IFBlock traced alone (the warp stays out)."""
-    import torch_pruning as tp
-
     block = net.blocks[index]
     was_training = block.training
     block.eval()
@@ -256,29 +235,6 @@ def importance_table(importance: pd.DataFrame, sparsity: float | None = None) ->
             lambda s: float((s < thr).mean())
         )
     return agg.reset_index()
-
-
-def plot_importance_heatmap(importance: pd.DataFrame, value: str = "l1", ax: Any = None) -> Any:
-    """Heatmap: one row per conv layer, channels sorted by importance (left = most), log10 colour scale."""
-    import matplotlib.pyplot as plt
-
-    layers = list(dict.fromkeys(importance["layer"]))
-    width = int(importance.groupby("layer")["channel"].size().max())
-    grid = np.full((len(layers), width), np.nan)
-    for i, layer in enumerate(layers):
-        v = np.sort(importance.loc[importance["layer"] == layer, value].to_numpy())[::-1]
-        grid[i, : len(v)] = np.log10(np.maximum(v, 1e-12))
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(10, max(4, 0.16 * len(layers))))
-    else:
-        fig = ax.figure
-    im = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis")
-    ax.set_yticks(range(len(layers)))
-    ax.set_yticklabels(layers, fontsize=6)
-    ax.set_xlabel("output channel, sorted by importance (blank: layer has fewer channels)")
-    ax.set_title(f"Per-channel {value} of every conv (log10)")
-    fig.colorbar(im, ax=ax, label=f"log10 {value}")
-    return fig
 
 
 # ----------------------------------------------------------------------------- plans
@@ -512,6 +468,158 @@ def make_plan(net: IFNet, method: str, sparsity: float, **kwargs: Any) -> Channe
     raise PruningError(f"unknown pruning method {method!r}; expected one of {METHODS}")
 
 
+# ----------------------------------------------------------------------------- importance criteria and
+# ----------------------------------------------------------------------------- torch-pruning's high-level pruner
+#
+# What torch-pruning does here and what stays hand-written:
+# - `plan_from_ratios` hands per-group ratios to torch-pruning's `BasePruner` (`pruning_ratio_dict`, `round_to`,
+#   `ignored_layers`, `importance`): it picks the channels and rounds the counts. Its pruning history becomes our
+#   serialisable `ChannelPlan`, so a saved model is still a plan plus a state_dict, replayed on a fresh network.
+# - `plan_naive_global` stays hand-written: one threshold over the *whole* network needs one graph, but the graph
+#   is traced per IFBlock (tracing all of IFNet would pull `grid_sample` and the flow slicing between blocks into
+#   the graph), and `global_pruning=True` only ranks within one pruner.
+# - `plan_architecture_aware` stays hand-written for its `min_channels` floor (torch-pruning has only a maximum
+#   ratio) and its round-to-nearest rule, which the published sweep used; `plan_from_ratios` with one ratio for every
+#   group is the torch-pruning twin (kept counts rounded down, as torch-pruning does).
+# - The channel groups and the physical removal already come from torch-pruning's dependency graph.
+
+IMPORTANCES = ("l1", "group_norm", "taylor")
+
+
+def importance_scores(net: IFNet, criterion: str = "l1") -> dict[str, np.ndarray]:
+    """Per-channel importance of every channel group under one criterion (higher = keep).
+
+    - ``l1``: mean over the group's convs of each output filter's L1 norm (the rule of report 001).
+    - ``group_norm``: torch-pruning's `GroupMagnitudeImportance(p=2)`: squared L2 over *every* parameter the
+      channel touches (output filters, biases, PReLU slopes and the consumers' input slices), averaged.
+    - ``taylor``: torch-pruning's `GroupTaylorImportance`: |w * dL/dw| summed over the group; the parameters must
+      carry gradients of a loss first (`rifelab.distill.loss_gradients`).
+    """
+    if criterion not in IMPORTANCES:
+        raise PruningError(f"unknown importance criterion {criterion!r}; expected one of {IMPORTANCES}")
+    groups = channel_groups(net)
+    if criterion == "l1":
+        return _group_scores(net, groups)
+    if criterion == "taylor" and any(p.grad is None for p in net.parameters()):
+        raise PruningError("Taylor importance needs gradients on the network's parameters; "
+                           "run rifelab.distill.loss_gradients(model, data) first")
+    imp = tp.importance.GroupMagnitudeImportance(p=2) if criterion == "group_norm" else tp.importance.GroupTaylorImportance()
+    layers = conv_layers(net)
+    out: dict[str, np.ndarray] = {}
+    for bi in range(len(net.blocks)):
+        dg = _block_graph(net, bi)
+        for g in groups:
+            if g.block != bi:
+                continue
+            group = dg.get_pruning_group(layers[g.name], tp.prune_conv_out_channels, idxs=list(range(g.width)))
+            scores = imp(group)
+            if scores is None:
+                raise PruningError(f"torch-pruning gave no {criterion} importance for group {g.name!r}")
+            out[g.name] = scores.detach().float().cpu().numpy().astype(np.float64)
+    return out
+
+
+def _resolve_ratios(ratios: Mapping[str, float], groups: Sequence[ChannelGroup]) -> dict[str, float]:
+    """Group name -> ratio from a mapping of group names or fnmatch patterns (the first match wins)."""
+    hits = _match_patterns(ratios.keys(), groups, "ratio pattern")
+    out: dict[str, float] = {}
+    for pat, r in ratios.items():
+        if isinstance(r, bool) or not isinstance(r, (int, float, np.floating)) or not (0.0 <= float(r) < 1.0):
+            raise PruningError(f"ratio for {pat!r} must be a number in [0, 1), got {r!r}")
+        for g in groups:
+            if g.name in hits[pat] and g.name not in out:
+                out[g.name] = float(r)
+    return out
+
+
+def plan_from_ratios(
+    net: IFNet,
+    ratios: Mapping[str, float],
+    importance: str | Mapping[str, np.ndarray] = "l1",
+    protected: Sequence[str] = (),
+    round_to: int = 8,
+    method: str = "custom",
+    sparsity: float | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> ChannelPlan:
+    """Per-group pruning ratios -> a `ChannelPlan`, with torch-pruning's high-level pruner picking the channels.
+
+    `ratios` maps group names (or fnmatch patterns over group/layer names) to the share of channels removed;
+    unlisted groups keep all channels. For each IFBlock a copy of the block is pruned by `tp.pruner.BasePruner`
+    with `pruning_ratio_dict` (those ratios), `round_to` (kept counts rounded down to a multiple),
+    `ignored_layers` (heads and `protected` layers) and `importance` (a criterion of `IMPORTANCES`, or
+    precomputed scores per group from `importance_scores`); the copy's pruning history gives the removed indices.
+    A protected layer keeps its whole weight: the group feeding its inputs stays whole too.
+    """
+    round_to = _check_int("round_to", round_to, 1)
+    if isinstance(protected, str):
+        protected = [protected]
+    groups = channel_groups(net)
+    by_name = {g.name: g for g in groups}
+    prot = set().union(*_match_patterns(protected, groups, "protected layer", with_inputs=True).values()) if protected else set()
+    prot |= {g.name for g in groups if not g.prunable}
+    wanted = {n: r for n, r in _resolve_ratios(ratios, groups).items() if n not in prot and r > 0}
+    scores = importance_scores(net, importance) if isinstance(importance, str) else dict(importance)
+    missing = [n for n in wanted if n not in scores or len(scores[n]) != by_name[n].width]
+    if missing:
+        raise PruningError(f"importance scores missing or of the wrong length for groups {missing}")
+    group_of_layer = {layer: g.name for g in groups for layer in g.layers}
+    removed: dict[str, list[int]] = {}
+    for bi, block in enumerate(net.blocks):
+        todo = {n: r for n, r in wanted.items() if by_name[n].block == bi}
+        if not todo:
+            continue
+        work = copy.deepcopy(block).eval()
+        mods = {f"block{bi}.{n}": m for n, m in work.named_modules() if _is_conv(m)}
+        name_of = {id(m): n for n, m in mods.items()}
+
+        def imp(group: Any, name_of: dict[int, str] = name_of) -> torch.Tensor:
+            return torch.as_tensor(scores[group_of_layer[name_of[id(group[0][0].target.module)]]], dtype=torch.float32)
+
+        ignored = [mods[layer] for n in prot if by_name[n].block == bi for layer in by_name[n].layers]
+        with torch.enable_grad():
+            pruner = tp.pruner.BasePruner(
+                work, _block_example_inputs(net, bi), importance=imp, pruning_ratio=0.0,
+                pruning_ratio_dict={mods[layer]: r for n, r in todo.items() for layer in by_name[n].layers},
+                ignored_layers=ignored, round_to=round_to, root_module_types=[nn.Conv2d, nn.ConvTranspose2d],
+                unwrapped_parameters=_unwrapped_parameters(work) or None,
+            )
+            pruner.step()
+        for module_name, is_out, idxs in pruner.pruning_history():
+            layer = f"block{bi}.{module_name}"
+            if is_out and layer in group_of_layer:
+                removed.setdefault(group_of_layer[layer], []).extend(int(i) for i in idxs)
+    keep = {g.name: [c for c in range(g.width) if c not in set(removed.get(g.name, ()))] for g in groups}
+    stray = sorted(n for n in removed if n not in wanted)
+    if stray:
+        raise PruningError(f"torch-pruning removed channels of groups that were not asked for: {stray}")
+    total = sum(g.width for g in groups if g.prunable)
+    s = sparsity if sparsity is not None else sum(g.width - len(keep[g.name]) for g in groups if g.prunable) / total
+    plan = ChannelPlan(
+        net.variant, method, float(s), by_name, keep, protected=sorted(prot),
+        settings={"importance": importance if isinstance(importance, str) else "precomputed",
+                  "protected_patterns": list(protected), "round_to": round_to, "group_ratios": wanted,
+                  "planner": "torch_pruning.BasePruner", **dict(settings or {})},
+    )
+    plan.validate()
+    return plan
+
+
+LITE_RATIO = 0.25  # RIFE 4.0 widths 192/128/96/64 -> 144/96/72/48
+
+
+def plan_lite(net: IFNet, ratio: float = LITE_RATIO, round_to: int = 8, importance: str = "l1") -> ChannelPlan:
+    """The "lite" baseline: one uniform width cut of every block (192/128/96/64 -> 144/96/72/48 at 0.25).
+
+    Every group loses `ratio` of its channels, the first conv's outputs included (only heads and image inputs
+    stay), as a hand-designed narrower RIFE would; the kept channels are the most important ones, so the
+    cut starts from the trained weights rather than from scratch.
+    """
+    s = _check_sparsity(ratio)
+    return plan_from_ratios(net, {"*": s}, importance=importance, protected=(), round_to=round_to, method="lite",
+                            sparsity=s, settings={"uniform_ratio": s})
+
+
 # ----------------------------------------------------------------------------- applying a plan
 
 
@@ -537,8 +645,6 @@ def apply_masks(net: IFNet, plan: ChannelPlan, mask_bias: bool = False) -> IFNet
     With `mask_bias=False` (report 001's soft pruning) the biases stay and a masked channel still emits
     PReLU(bias); `mask_bias=True` zeroes them as well, so the result equals the physically pruned network.
     """
-    from torch.nn.utils import prune
-
     _check_plan_fits(net, plan)
     layers = conv_layers(net)
     for name, g in plan.groups.items():
@@ -550,11 +656,11 @@ def apply_masks(net: IFNet, plan: ChannelPlan, mask_bias: bool = False) -> IFNet
             mask = torch.ones_like(m.weight)
             idx = torch.tensor(gone, device=m.weight.device)
             mask.index_fill_(_out_dim(m), idx, 0.0)
-            prune.custom_from_mask(m, "weight", mask)
+            torch_prune.custom_from_mask(m, "weight", mask)
             if mask_bias and m.bias is not None:
                 bmask = torch.ones_like(m.bias)
                 bmask[idx] = 0.0
-                prune.custom_from_mask(m, "bias", bmask)
+                torch_prune.custom_from_mask(m, "bias", bmask)
     return net
 
 
@@ -565,8 +671,6 @@ def apply_physical(net: IFNet, plan: ChannelPlan) -> IFNet:
     first conv, and torch-pruning carries the cut to every coupled conv, PReLU and consumer input.
     Afterwards every conv's output channels are checked against the plan.
     """
-    import torch_pruning as tp
-
     _check_plan_fits(net, plan)
     layers = conv_layers(net)
     for bi in range(len(net.blocks)):
@@ -617,13 +721,12 @@ def prune_model(model: RIFE, plan: ChannelPlan, mode: str = "physical", mask_bia
 # ----------------------------------------------------------------------------- save / load
 
 
-def save_pruned(model: RIFE, path: str | os.PathLike) -> Path:
+def save_pruned(model: RIFE, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
     """Save a pruned model as its channel plan plus a state_dict (no pickled module), atomically.
 
-    Mask models are stored with their masks folded into the weights.
+    Mask models are stored with their masks folded into the weights. `meta` (plain values: numbers, strings,
+    lists, dicts) is stored beside them, e.g. how the model was fine-tuned; `read_pruned_meta` reads it back.
     """
-    from .results import atomic_path
-
     info: PruningInfo | None = getattr(model, "pruning_info", None)
     if info is None:
         raise PruningError("model has no pruning plan attached; prune it with rifelab.pruning.prune_model first")
@@ -638,19 +741,14 @@ def save_pruned(model: RIFE, path: str | os.PathLike) -> Path:
         else:
             state[k] = v.detach().cpu().clone()
     payload = {"format": FORMAT, "mode": info.mode, "mask_bias": info.mask_bias, "plan": info.plan.to_dict(),
-               "state_dict": state}
+               "state_dict": state, "meta": dict(meta or {})}
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
 
 
-def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32) -> tuple[RIFE, ChannelPlan]:
-    """Rebuild a model saved by `save_pruned`: fresh network, same plan applied, weights loaded strictly."""
-    from .profiling import resolve_device
-
-    path = Path(path)
+def _read_payload(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PruningError(f"pruned model file not found: {path}")
     try:
@@ -659,6 +757,22 @@ def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise PruningError(f"cannot read pruned model {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PruningError(f"{path} is not a pruned model saved by rifelab.pruning.save_pruned (format {FORMAT})")
+    return payload
+
+
+def read_pruned_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The `meta` a pruned model file was saved with (empty if none), without building the model."""
+    return dict(_read_payload(Path(path)).get("meta") or {})
+
+
+def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> RIFE:
+    """Rebuild a model saved by `save_pruned`: fresh network, same plan applied, weights loaded strictly.
+
+    The result is a `RIFE` like `load_rife()` gives (`interpolate(img0, img1, timestep, scale)`), with
+    `pruning_info` (plan, mode) attached.
+    """
+    payload = _read_payload(Path(path))
     plan = ChannelPlan.from_dict(payload["plan"])
     net = IFNet(plan.variant)
     if payload["mode"] == "physical":
@@ -669,15 +783,13 @@ def load_pruned(path: str | os.PathLike, device: str | torch.device = "cpu",
         apply_masks(net, plan, mask_bias=bool(payload["mask_bias"]))
     model = RIFE(net).eval().to(device=resolve_device(device), dtype=dtype)
     model.pruning_info = PruningInfo(plan, payload["mode"], bool(payload["mask_bias"]))
-    return model, plan
+    return model
 
 
 # ----------------------------------------------------------------------------- measuring
 
 
 def _padded_inputs(model: RIFE, h: int, w: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
-    from .models import padding_multiple
-
     m = padding_multiple(scale)
     hp, wp = -(-h // m) * m, -(-w // m) * m
     z = torch.zeros(1, 3, hp, wp, device=model.device, dtype=model.dtype)
@@ -689,74 +801,10 @@ def model_gmac(model: RIFE, height: int, width: int) -> tuple[float, int]:
 
     Masked weights still count: masks change no shape, so they change no MAC count.
     """
-    from .profiling import count_flops
-
     inputs = _padded_inputs(model, height, width)
     with torch.no_grad():
         macs, params = count_flops(model.net, lambda _shape: dict(inputs), (1,))
     return macs / 1e9, sum(p.numel() for p in model.net.parameters())
-
-
-def measure_latency(
-    models: Mapping[str, RIFE],
-    img0: torch.Tensor,
-    img1: torch.Tensor,
-    device: str | torch.device = "cpu",
-    warmup: int = 1,
-    repeats: int = 1,
-    rounds: int = 5,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Latency of `interpolate` for several models, measured side by side.
-
-    Every model first gets `warmup` unrecorded calls; then `rounds` interleaved passes over all models
-    time `repeats` calls each, so a change of load hits every model alike. Returns name -> Timing
-    (median, p10/p90, bootstrap interval) over all `rounds * repeats` samples.
-    """
-    from tqdm.auto import tqdm
-
-    from .profiling import Timing, time_callable
-
-    if rounds < 1 or repeats < 1 or warmup < 0:
-        raise PruningError(f"need rounds >= 1, repeats >= 1, warmup >= 0; got {rounds}, {repeats}, {warmup}")
-    inputs = {k: (img0.to(m.device, m.dtype), img1.to(m.device, m.dtype)) for k, m in models.items()}
-    calls = {k: (lambda m=m, ab=inputs[k]: m.interpolate(*ab)) for k, m in models.items()}
-    for k in models:
-        if warmup:
-            time_callable(calls[k], device, warmup=warmup - 1, repeats=1)
-    samples: dict[str, list[float]] = {k: [] for k in models}
-    steps = [(r, name) for r in range(rounds) for name in models]
-    for _, name in tqdm(steps, desc="latency", disable=not progress):
-        samples[name].extend(time_callable(calls[name], device, warmup=0, repeats=repeats).samples)
-    return {k: Timing.from_samples(v, warmup=warmup) for k, v in samples.items()}
-
-
-def evaluate_quality(
-    model: RIFE,
-    triplets: Sequence[Any],
-    reference: Sequence[torch.Tensor] | None = None,
-    progress: bool = False,
-) -> dict[str, np.ndarray]:
-    """PSNR/SSIM against the true middle frames (rifelab.metrics protocol) and, given `reference`
-    (the unpruned model's outputs), PSNR against those; per triplet arrays, plus the outputs."""
-    from tqdm.auto import tqdm
-
-    from .data import to_tensor
-    from .metrics import psnr, ssim
-
-    out: dict[str, list] = {"psnr": [], "ssim": [], "psnr_vs_reference": [], "outputs": []}
-    for i, tr in enumerate(tqdm(triplets, desc="evaluate", disable=not progress)):
-        a, b = to_tensor(tr.frame0[None]), to_tensor(tr.frame2[None])
-        pred = model.interpolate(a, b).float().cpu()
-        gt = tr.gt[None]
-        out["psnr"].append(float(psnr(pred, gt)[0]))
-        out["ssim"].append(float(ssim(pred, gt)[0]))
-        if reference is not None:
-            out["psnr_vs_reference"].append(float(psnr(pred, reference[i])[0]))
-        out["outputs"].append(pred)
-    res: dict[str, Any] = {k: np.asarray(v) for k, v in out.items() if k != "outputs"}
-    res["outputs"] = out["outputs"]
-    return res
 
 
 # ----------------------------------------------------------------------------- study helpers
@@ -772,17 +820,15 @@ def nonzero_parameters(net: nn.Module) -> int:
     return total
 
 
-def exclude_scene_cuts(triplets: Sequence[Any], threshold: float = 40.0) -> list[Any]:
-    """Drop triplets that straddle a scene cut: mean |difference| of a frame to the middle one above
-    `threshold` (0-255 units). Interpolation across a cut has no right answer."""
+def exclude_scene_cuts(triplets: Sequence[Any]) -> list[Any]:
+    """Drop triplets that straddle a scene cut (`rifelab.scenes.decide_pair` on either half):
+    interpolation across a cut has no right answer."""
     kept = []
     for tr in triplets:
-        d0 = np.abs(tr.frame0.astype(np.float32) - tr.gt.astype(np.float32)).mean()
-        d2 = np.abs(tr.frame2.astype(np.float32) - tr.gt.astype(np.float32)).mean()
-        if max(d0, d2) <= threshold:
-            kept.append(tr)
+        if "cut" in (decide_pair(tr.frame0, tr.gt).kind, decide_pair(tr.gt, tr.frame2).kind):
+            log.info("triplet %s straddles a scene cut; skipped", getattr(tr, "name", "?"))
         else:
-            log.info("triplet %s straddles a scene cut (mean abs diff %.1f); skipped", getattr(tr, "name", "?"), max(d0, d2))
+            kept.append(tr)
     return kept
 
 
@@ -793,8 +839,6 @@ def clip_range_triplets(
 
     Triplet names are '<clip>:<first frame>'. `ranges` maps a clip name to (start, stop).
     """
-    from .data import Triplet, clip_triplets, load_clip
-
     loader = loader or load_clip
     if not isinstance(count, int) or count < 1:
         raise PruningError(f"triplet count must be an integer >= 1, got {count!r}")
@@ -828,327 +872,46 @@ def check_disjoint_ranges(train: Mapping[str, Sequence[int]], held_out: Mapping[
                 )
 
 
-@dataclass
-class SweepResult:
-    """Everything a sweep measured: the table, the models and their timings."""
-
-    table: pd.DataFrame
-    models: dict[str, RIFE]
-    plans: dict[str, ChannelPlan]
-    timings: dict[str, Any]
-    distill: dict[str, Any]
-    baseline: dict[str, Any]
-
-
-def config_key(method: str, mode: str, sparsity: float, finetuned: bool = False) -> str:
-    """Short name of one swept configuration, e.g. 'architecture_aware/physical/0.25+ft'."""
-    return f"{method}/{mode}/{sparsity:g}" + ("+ft" if finetuned else "")
-
-
-def sweep(
-    model: RIFE,
-    sparsities: Sequence[float],
-    eval_triplets: Sequence[Any],
-    timing_pair: tuple[torch.Tensor, torch.Tensor],
-    methods: Sequence[str] = METHODS,
-    modes: Sequence[str] = MODES,
-    aware: Mapping[str, Any] | None = None,
-    finetune: Sequence[tuple[str, float]] = (),
-    distill_data: Any = None,
-    distill_kwargs: Mapping[str, Any] | None = None,
-    timing: Mapping[str, int] | None = None,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> SweepResult:
-    """Prune at every (method, sparsity, mode), fine-tune the `finetune` (method, sparsity) physical
-    models by distillation, and measure params, GMAC, latency (side by side, interleaved) and quality.
-
-    Latency is measured for the unpruned model, every physical model and one mask model per method
-    (masks change no shape; all sparsities of a mask model share its cost); a fine-tuned model has
-    the architecture of its un-fine-tuned twin and shares its latency.
-    """
-    from tqdm.auto import tqdm
-
-    from .distill import distill
-
-    for s in sparsities:
-        _check_sparsity(s)
-    for m_ in methods:
-        if m_ not in METHODS:
-            raise PruningError(f"unknown pruning method {m_!r}; expected some of {METHODS}")
-    for m_ in modes:
-        if m_ not in MODES:
-            raise PruningError(f"unknown pruning mode {m_!r}; expected some of {MODES}")
-    for meth, s in finetune:
-        if meth not in methods or float(s) not in [float(x) for x in sparsities]:
-            raise PruningError(f"fine-tune configuration ({meth}, {s}) is not in the sweep's methods/sparsities")
-    if finetune and "physical" not in modes:
-        raise PruningError("fine-tuning applies to physical models; add 'physical' to modes")
-    if finetune and distill_data is None:
-        raise PruningError("fine-tuning requested but no distill_data given (rifelab.distill.distillation_targets)")
-    aware = dict(aware or {})
-    h, w = timing_pair[0].shape[-2:]
-
-    base = evaluate_quality(model, eval_triplets)
-    ref = base["outputs"]
-    models: dict[str, RIFE] = {"unpruned": model}
-    plans: dict[str, ChannelPlan] = {}
-    quality: dict[str, dict[str, np.ndarray]] = {"unpruned": base}
-    time_as: dict[str, str] = {"unpruned": "unpruned"}
-    jobs = [(meth, s, mode) for meth in methods for s in sparsities for mode in modes]
-    for meth, s, mode in tqdm(jobs, desc="prune + evaluate", disable=not progress):
-        plan = plans.get(f"{meth}/{s:g}") or make_plan(model.net, meth, s, **(aware if meth == "architecture_aware" else {}))
-        plans[f"{meth}/{s:g}"] = plan
-        key = config_key(meth, mode, s)
-        pm = prune_model(model, plan, mode=mode)
-        models[key] = pm
-        quality[key] = evaluate_quality(pm, eval_triplets, reference=ref)
-        first_mask = next((k for k, v in time_as.items() if k.startswith(f"{meth}/mask/")), None)
-        time_as[key] = key if mode == "physical" or first_mask is None else time_as[first_mask]
-    distilled: dict[str, Any] = {}
-    for meth, s in finetune:
-        twin = config_key(meth, "physical", float(s))
-        key = config_key(meth, "physical", float(s), finetuned=True)
-        student = copy.deepcopy(models[twin])
-        distilled[key] = distill(student, distill_data, progress=progress, **dict(distill_kwargs or {}))
-        models[key] = student
-        quality[key] = evaluate_quality(student, eval_triplets, reference=ref)
-        time_as[key] = twin
-    timed = {k: models[k] for k in dict.fromkeys(time_as.values())}
-    timings = measure_latency(timed, timing_pair[0], timing_pair[1], device=device, progress=progress,
-                              **dict(timing or {}))
-    base_t = timings["unpruned"]
-    base_gmac, base_params = model_gmac(model, h, w)
-    rows = []
-    for key, pm in models.items():
-        info = getattr(pm, "pruning_info", None)
-        q = quality[key]
-        t = timings[time_as[key]]
-        gmac, params = model_gmac(pm, h, w)
-        nonzero = nonzero_parameters(pm.net)
-        rows.append(
-            {
-                "config": key,
-                "method": info.plan.method if info else "unpruned",
-                "mode": info.mode if info else "none",
-                "sparsity": info.plan.sparsity if info else 0.0,
-                "finetuned": key.endswith("+ft"),
-                "channels_removed": info.plan.removed_fraction if info else 0.0,
-                "params_m": params / 1e6,
-                "nonzero_params_m": nonzero / 1e6,
-                "gmac": gmac,
-                "gmac_ratio": gmac / base_gmac,
-                "latency_ms": t.median * 1e3,
-                "latency_p10_ms": t.p10 * 1e3,
-                "latency_p90_ms": t.p90 * 1e3,
-                "latency_timed_as": time_as[key],
-                "speedup": base_t.median / t.median,
-                "speedup_ci_low": base_t.median / t.ci95_high,
-                "speedup_ci_high": base_t.median / t.ci95_low,
-                "psnr": float(q["psnr"].mean()),
-                "ssim": float(q["ssim"].mean()),
-                "dpsnr": float((q["psnr"] - base["psnr"]).mean()),
-                "dpsnr_min": float((q["psnr"] - base["psnr"]).min()),
-                "dssim": float((q["ssim"] - base["ssim"]).mean()),
-                "psnr_vs_unpruned": float(np.mean(q["psnr_vs_reference"])) if key != "unpruned" else float("inf"),
-            }
-        )
-    table = pd.DataFrame(rows)
-    return SweepResult(table, models, plans, timings, distilled, base)
-
-
-def mask_trap(model: RIFE, plan: ChannelPlan, triplets: Sequence[Any]) -> pd.DataFrame:
-    """Same channels, three ways: masked weights (bias kept), masked weights and biases, removed.
-
-    Returns PSNR against the true frames and the largest output difference to the physical model.
-    """
-    from .data import to_tensor
-    from .metrics import psnr
-
-    variants = {
-        "mask (weights only, as report 001)": prune_model(model, plan, "mask", mask_bias=False),
-        "mask (weights and biases)": prune_model(model, plan, "mask", mask_bias=True),
-        "physical (channels removed)": prune_model(model, plan, "physical"),
-    }
-    outs = {k: [] for k in variants}
-    for tr in triplets:
-        a, b = to_tensor(tr.frame0[None]), to_tensor(tr.frame2[None])
-        for k, m in variants.items():
-            outs[k].append(m.interpolate(a, b).float())
-    phys = outs["physical (channels removed)"]
-    rows = []
-    for k, o in outs.items():
-        rows.append({
-            "variant": k,
-            "psnr": float(np.mean([psnr(x, tr.gt[None])[0] for x, tr in zip(o, triplets)])),
-            "max_abs_diff_to_physical": float(max((x - p).abs().max() for x, p in zip(o, phys))),
-        })
-    return pd.DataFrame(rows)
-
-
-def _label(row: Any) -> str:
-    name = {"naive_global": "naive global", "architecture_aware": "architecture-aware"}.get(row["method"], row["method"])
-    return f"{name}, {row['mode']}" + (" + fine-tuning" if row["finetuned"] else "")
-
-
-def plot_psnr_vs_sparsity(table: pd.DataFrame, ax: Any = None) -> Any:
-    """Mean held-out PSNR against sparsity, one line per method/mode (fine-tuned points as markers)."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-    else:
-        fig = ax.figure
-    base = table[table["method"] == "unpruned"]
-    rest = table[table["method"] != "unpruned"].copy()
-    rest["label"] = rest.apply(_label, axis=1)
-    for label, g in rest.groupby("label", sort=False):
-        g = g.sort_values("sparsity")
-        ft = bool(g["finetuned"].iloc[0])
-        ax.plot(g["sparsity"], g["psnr"], marker="*" if ft else "o", markersize=12 if ft else 5,
-                linestyle="none" if ft and len(g) == 1 else "-", label=label)
-    if len(base):
-        ax.axhline(float(base["psnr"].iloc[0]), color="k", linestyle="--", linewidth=1, label="unpruned")
-    ax.set_xlabel("sparsity (share of prunable channels the plan removes)")
-    ax.set_ylabel("PSNR on held-out triplets (dB)")
-    ax.set_title("Quality against sparsity")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def plot_pareto(table: pd.DataFrame, target_speedup: float | None = None, max_loss_db: float | None = None,
-                ax: Any = None) -> Any:
-    """Held-out PSNR against measured speedup (same run); the Pareto front dashed; the target box shaded."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-    else:
-        fig = ax.figure
-    t = table.copy()
-    t["label"] = t.apply(lambda r: "unpruned" if r["method"] == "unpruned" else _label(r), axis=1)
-    for label, g in t.groupby("label", sort=False):
-        ax.errorbar(g["speedup"], g["psnr"],
-                    xerr=[g["speedup"] - g["speedup_ci_low"], g["speedup_ci_high"] - g["speedup"]],
-                    fmt="*" if "fine" in label else ("s" if label == "unpruned" else "o"),
-                    markersize=11 if "fine" in label else 6, capsize=2, label=label)
-        for _, r in g.iterrows():
-            if r["method"] != "unpruned":
-                ax.annotate(f"{r['sparsity']:g}", (r["speedup"], r["psnr"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-    front = t.sort_values("speedup", ascending=False)
-    best, pts = -np.inf, []
-    for _, r in front.iterrows():
-        if r["psnr"] > best:
-            best = r["psnr"]
-            pts.append((r["speedup"], r["psnr"]))
-    if pts:
-        xs, ys = zip(*sorted(pts))
-        ax.plot(xs, ys, "k--", linewidth=0.8, label="Pareto front")
-    base = t[t["method"] == "unpruned"]
-    if target_speedup is not None and max_loss_db is not None and len(base):
-        b = float(base["psnr"].iloc[0])
-        ax.axvspan(target_speedup, max(ax.get_xlim()[1], target_speedup * 1.1), ymin=0, ymax=1, alpha=0.06, color="g")
-        ax.axhline(b - max_loss_db, color="g", linewidth=0.8, linestyle=":",
-                   label=f"target: >= {target_speedup:g}x at <= {max_loss_db:g} dB loss")
-    ax.set_xlabel("measured speedup over the unpruned model (median ratio, 95% CI)")
-    ax.set_ylabel("PSNR on held-out triplets (dB)")
-    ax.set_title("Quality against measured speed (labels: sparsity)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def best_point(table: pd.DataFrame, target_speedup: float, max_loss_db: float) -> dict[str, Any]:
-    """The target check: fastest configuration within the PSNR-loss budget, and whether it is fast enough;
-    if none is, also the best physical+fine-tuned point (highest PSNR)."""
-    cand = table[(table["method"] != "unpruned") & (table["dpsnr"] >= -max_loss_db)]
-    met = cand[cand["speedup"] >= target_speedup]
-    target_rows = table[(table["method"] == "architecture_aware") & (table["mode"] == "physical") & table["finetuned"]]
-    target_met = target_rows[(target_rows["speedup"] >= target_speedup) & (target_rows["dpsnr"] >= -max_loss_db)]
-    out: dict[str, Any] = {
-        "target_met": bool(len(target_met) > 0),
-        "target_config": target_met.sort_values("speedup").iloc[-1]["config"] if len(target_met) else None,
-        "fastest_within_loss_budget": cand.sort_values("speedup").iloc[-1]["config"] if len(cand) else None,
-        "any_config_meets_target": bool(len(met) > 0),
-    }
-    if len(target_rows):
-        r = target_rows.sort_values("psnr").iloc[-1]
-        out.update({"best_aware_physical_ft": r["config"], "best_aware_physical_ft_speedup": float(r["speedup"]),
-                    "best_aware_physical_ft_dpsnr": float(r["dpsnr"])})
-    return out
-
-
-def report001_comparison(table: pd.DataFrame) -> pd.DataFrame:
-    """Report 001's claims (quoted, not measured here) beside what this run measured."""
-
-    def pick(method: str, mode: str, ft: bool = False) -> pd.DataFrame:
-        return table[(table["method"] == method) & (table["mode"] == mode) & (table["finetuned"] == ft)].sort_values("sparsity")
-
-    def fmt(rows: pd.DataFrame, col: str, unit: str) -> str:
-        if not len(rows):
-            return "not run"
-        return "; ".join(f"{r['sparsity']:g}: {r[col]:+.2f}{unit}" if unit == " dB" else f"{r['sparsity']:g}: {r[col]:.2f}{unit}"
-                         for _, r in rows.iterrows())
-
-    rows = [
-        ("Naive global pruning: severe quality degradation (early/critical layers over-pruned)",
-         "naive global, mask: dPSNR per sparsity", fmt(pick("naive_global", "mask"), "dpsnr", " dB")),
-        ("", "naive global, physical: dPSNR per sparsity", fmt(pick("naive_global", "physical"), "dpsnr", " dB")),
-        ("Architecture-aware pruning (mask-based soft pruning): ~40% inference speedup",
-         "architecture-aware, mask: measured speedup", fmt(pick("architecture_aware", "mask"), "speedup", "x")),
-        ("", "architecture-aware, physical: measured speedup", fmt(pick("architecture_aware", "physical"), "speedup", "x")),
-        ("Architecture-aware pruning: only modest PSNR degradation at higher sparsity",
-         "architecture-aware, mask: dPSNR per sparsity", fmt(pick("architecture_aware", "mask"), "dpsnr", " dB")),
-        ("", "architecture-aware, physical: dPSNR per sparsity", fmt(pick("architecture_aware", "physical"), "dpsnr", " dB")),
-        ("", "architecture-aware, physical + fine-tuning: dPSNR", fmt(pick("architecture_aware", "physical", True), "dpsnr", " dB")),
-    ]
-    return pd.DataFrame(rows, columns=["report 001 claim (not measured here)", "our measurement", "this run (sparsity: value)"])
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
 def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """`rifelab prune`: prune the RIFE flow network and save it as plan + state_dict."""
-    p = subparsers.add_parser(
-        "prune", help="prune RIFE channels (naive global or architecture-aware, masks or physical) and save it",
-        description="Prune the RIFE flow network by per-channel L1 importance and save it as a state_dict plus "
-        "its channel plan (reload with rifelab.pruning.load_pruned).",
-    )
-    p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0)")
-    p.add_argument("--method", choices=METHODS, default="architecture_aware")
-    p.add_argument("--mode", choices=MODES, default="physical")
+    """`rifelab prune`: prune the RIFE flow network once and save it as plan + state_dict."""
+    p = subparsers.add_parser("prune", help="prune RIFE's flow network once and save it (plan + state_dict)",
+                              description="Channel pruning of RIFE 4.x: plan (naive global, architecture-aware or "
+                              "lite), prune, save; reload with rifelab.pruning.load_pruned(path), whose "
+                              "interpolate(img0, img1, timestep, scale) is the unpruned model's. The pruning study's "
+                              "fine-tuning stage is `python -m rifelab.studies.pruning --profile PROFILE`.")
+    p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: the bundled RIFE 4.0 weights)")
+    p.add_argument("--method", choices=METHODS + ("lite",), default="architecture_aware",
+                   help="naive_global: one L1 threshold over all channels; architecture_aware: every unprotected "
+                   "group loses --sparsity of its channels; lite: uniform width cut of every group (default: %(default)s)")
+    p.add_argument("--mode", choices=MODES, default="physical",
+                   help="physical: channels removed (smaller, faster); mask: weights zeroed (same shapes, same speed)")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of prunable channels to remove, in [0, 1)")
-    p.add_argument("--protect", nargs="*", default=list(DEFAULT_PROTECTED),
-                   help="layers kept whole (fnmatch patterns over conv names, e.g. 'block*.conv0.0.0')")
-    p.add_argument("--min-channels", type=int, default=16)
-    p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--finetune-steps", type=int, default=0,
-                   help="distillation steps after pruning on carphone/bikes triplets (0: none)")
-    p.add_argument("--finetune-lr", type=float, default=3e-4)
-    p.add_argument("--output", "-o", required=True, help="output file (.pt)")
-    p.set_defaults(func=_cmd_prune)
+    p.add_argument("--importance", choices=("l1", "group_norm"), default="l1",
+                   help="channel importance for the lite cut (architecture_aware and naive_global use L1)")
+    p.add_argument("--protect", nargs="*", default=list(DEFAULT_PROTECTED), metavar="PATTERN",
+                   help="architecture_aware: layers kept whole (fnmatch patterns over conv names; default: %(default)s)")
+    p.add_argument("--min-channels", type=int, default=16, help="architecture_aware: fewest channels a group keeps")
+    p.add_argument("--round-to", type=int, default=8, help="kept channel counts are multiples of this (default: 8)")
+    p.add_argument("--output", "-o", required=True, help="output file (.pt); reload with rifelab.pruning.load_pruned")
+    p.set_defaults(func=cmd_prune_model)
     return p
 
 
-def _cmd_prune(args: argparse.Namespace) -> int:
-    from .models import load_rife
-
+def cmd_prune_model(args: argparse.Namespace) -> int:
+    """Run `rifelab prune`: load, plan, prune, save (nothing is written when the request is refused)."""
     model = load_rife(args.checkpoint)
-    kwargs = {}
-    if args.method == "architecture_aware":
-        kwargs = {"protected": args.protect, "min_channels": args.min_channels, "round_to": args.round_to}
-    plan = make_plan(model.net, args.method, args.sparsity, **kwargs)
+    if args.method == "lite":
+        plan = plan_lite(model.net, args.sparsity, round_to=args.round_to, importance=args.importance)
+    elif args.method == "architecture_aware":
+        plan = make_plan(model.net, args.method, args.sparsity, protected=args.protect,
+                         min_channels=args.min_channels, round_to=args.round_to)
+    else:
+        plan = make_plan(model.net, args.method, args.sparsity)
     pruned = prune_model(model, plan, mode=args.mode)
-    if args.finetune_steps > 0:
-        from .distill import distill, distillation_targets
-
-        train = clip_range_triplets({"carphone": [0, 80], "bikes": [0, 120]}, 12)
-        data = distillation_targets(model, train, progress=True)
-        distill(pruned, data, steps=args.finetune_steps, lr=args.finetune_lr, progress=True)
-    save_pruned(pruned, args.output)
+    save_pruned(pruned, args.output, meta={"command": "rifelab prune", "method": args.method})
     print(f"saved {args.mode} {args.method} model at sparsity {args.sparsity} "
           f"({plan.removed_fraction:.1%} of prunable channels removed) to {args.output}")
     return 0

@@ -15,12 +15,11 @@ from rifelab.interpolate import (
     MANIFEST_NAME,
     ArraySource,
     InterpolateConfig,
-    SceneThresholds,
-    decide_pair,
     interpolate_sequence,
     make_schedule,
     output_frame_name,
 )
+from rifelab.scenes import SceneThresholds, decide_pair
 from rifelab.models import load_rife
 
 T = 6  # carphone frames used (176x144: small and fast)

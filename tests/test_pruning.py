@@ -1,21 +1,39 @@
-"""Pruning: channel groups, L1 importance, plans, masks vs physical removal, save/load, distillation, notebook 03.
+"""Pruning: channel groups, importance, plans (hand-written and torch-pruning's), sensitivity plans within a budget,
+masks vs removal, save/load, resumable distillation, the finetune stage and notebook 03.
 
-All on the real RIFE 4.0 weights and real carphone/bikes frames.
+All on the real RIFE 4.0 weights and real carphone/bikes frames; nothing here is timed.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import itertools
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from rifelab import pruning as P
-from rifelab.data import to_tensor
+from rifelab import sensitivity as S
+from rifelab.data import clip_triplets, to_tensor
+from rifelab.distill import distill, distillation_targets, loss_gradients, task_data
+from rifelab.metrics import psnr
+from rifelab.notebooks import run_notebook
+from rifelab.studies import pruning as study
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(
+    sparsities=[0.5], sensitivity_ratios=[0.5], sensitivity_ranges={"carphone": [80, 86]}, sensitivity_triplets=1,
+    budgets_db=[2.0], finetune=["lite", "sensitivity@2"], finetune_steps=2, finetune_batch=1, finetune_save_every=1,
+    train_ranges={"carphone": [0, 6]}, train_triplets=1, eval_ranges={"carphone": [100, 106]}, eval_triplets=1,
+    timing_clip="carphone", timing_warmup=0, timing_rounds=2, latency_rounds=1, trap_sparsity=0.5, middlebury_limit=1,
+    compare_importance=["group_norm"], modes=["mask", "physical"], device="cpu", threads=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +181,13 @@ def test_mask_pruning_keeps_shapes_and_shows_the_bias_trap(rife, aware_plan, phy
 def test_save_and_load_reproduce_outputs(rife, physical, aware_plan, pair, tmp_path):
     path = P.save_pruned(physical, tmp_path / "phys.pt")
     payload = torch.load(path, weights_only=True)  # plain tensors and plan, no pickled module
-    assert set(payload) == {"format", "mode", "mask_bias", "plan", "state_dict"}
-    again, plan = P.load_pruned(path)
-    assert plan.keep == aware_plan.keep
+    assert set(payload) == {"format", "mode", "mask_bias", "plan", "state_dict", "meta"}
+    again = P.load_pruned(path)
+    assert again.pruning_info.plan.keep == aware_plan.keep
     assert torch.equal(again.interpolate(*pair), physical.interpolate(*pair))
+    assert torch.equal(again.interpolate(*pair, 0.25, 0.5), physical.interpolate(*pair, 0.25, 0.5))  # same API
     mask = P.prune_model(rife, aware_plan, mode="mask")
-    again_m, _ = P.load_pruned(P.save_pruned(mask, tmp_path / "mask.pt"))
+    again_m = P.load_pruned(P.save_pruned(mask, tmp_path / "mask.pt"))
     assert torch.equal(again_m.interpolate(*pair), mask.interpolate(*pair))
     assert again_m.net.block3.convblock[2][0].weight.shape == (64, 64, 3, 3)
 
@@ -219,10 +238,6 @@ def test_scene_cuts_are_skipped():
 
 
 def test_distillation_moves_the_student_towards_the_teacher(rife, carphone):
-    from rifelab.data import clip_triplets
-    from rifelab.distill import distill, distillation_targets
-    from rifelab.metrics import psnr
-
     plan = P.plan_architecture_aware(rife.net, 0.5)
     student = P.prune_model(rife, plan)
     data = distillation_targets(rife, list(clip_triplets(carphone[:5], count=2)), progress=False)
@@ -242,55 +257,246 @@ def test_distillation_moves_the_student_towards_the_teacher(rife, carphone):
         distill(student, data, steps=1, lr=-1.0)
 
 
-# ---------------------------------------------------------------- notebook
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.notebook
-def test_notebook_runs_with_tiny_parameters(tmp_path):
-    from rifelab.notebooks import run_notebook
+def test_finetuning_resumes_where_it_stopped(rife, carphone, tmp_path):
+    plan = P.plan_architecture_aware(rife.net, 0.5)
+    data = distillation_targets(rife, list(clip_triplets(carphone[:5], count=2)), progress=False)
+    kw = dict(steps=6, lr=3e-4, batch_size=1, crop=64, progress=False)
+    straight = P.prune_model(rife, plan)
+    whole = distill(straight, data, **kw)
 
-    root = Path(__file__).resolve().parent.parent
-    params = dict(
-        sparsities=[0.5], finetune=["architecture_aware@0.5"], finetune_steps=2, finetune_batch=1,
-        train_ranges={"carphone": [0, 6]}, train_triplets=1, eval_ranges={"carphone": [100, 106]}, eval_triplets=1,
-        timing_clip="carphone", timing_warmup=0, timing_repeats=1, timing_rounds=1, trap_sparsity=0.5,
-        device="cpu", results_root=str(tmp_path),
-    )
-    run_notebook(root / "notebooks" / "03_pruning.ipynb", tmp_path / "out.ipynb", parameters=params, cwd=root)
-    dirs = list((tmp_path / "pruning").iterdir())
-    assert len(dirs) == 1 and dirs[0].name.startswith("cpu-")
-    out = dirs[0]
-    for name in ("sweep.csv", "sweep.md", "importance_per_layer.csv", "channel_groups.csv", "mask_trap.csv",
-                 "report001_claims_vs_ours.md", "importance_heatmap.png", "psnr_vs_sparsity_and_pareto.png"):
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step: int, loss: float) -> None:
+        if step == 3:
+            raise Stop
+
+    state = tmp_path / "run.state.pt"
+    student = P.prune_model(rife, plan)
+    with pytest.raises(Stop):
+        distill(student, data, state_path=state, save_every=100, callback=stop_at_3, **kw)
+    saved = torch.load(state, weights_only=True)
+    assert saved["step"] == 3 and not saved["finished"]  # the interruption itself saved the state
+    fresh = P.prune_model(rife, plan)  # a new process: nothing in memory but the state file
+    resumed = distill(fresh, data, state_path=state, **kw)
+    assert resumed.resumed_at == 3 and len(resumed.losses) == 6
+    np.testing.assert_allclose(resumed.losses, whole.losses, rtol=1e-5)
+    a, b = _params(fresh.net), _params(straight.net)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    again = distill(P.prune_model(rife, plan), data, state_path=state, **kw)  # finished: returns at once
+    assert again.resumed_at == 6 and again.losses == resumed.losses
+    # other settings do not resume a foreign state: they start over
+    other = distill(P.prune_model(rife, plan), data, state_path=state, **{**kw, "steps": 2})
+    assert other.resumed_at == 0 and len(other.losses) == 2
+
+
+# ---------------------------------------------------------------- torch-pruning's planner, lite, importance
+
+
+def test_plan_from_ratios_uses_torch_pruning_rules(rife, pair):
+    plan = P.plan_from_ratios(rife.net, {"block3.convblock.*": 0.5, "block1.conv0.1.0": 0.3},
+                              protected=["block3.convblock.4.0"])
+    ch = plan.channels()
+    assert ch["block3.convblock.1.0"] == 32
+    assert ch["block1.conv0.1.0"] == 88  # int(128 * 0.7) = 89, rounded down to a multiple of 8
+    assert ch["block3.convblock.4.0"] == ch["block3.convblock.3.0"] == 64  # protected, and the group feeding it
+    assert ch["block2.convblock.1.0"] == 96 and ch["block3.lastconv"] == 5
+    l1 = P.importance_scores(rife.net, "l1")["block3.convblock.2.0"]
+    kept, gone = plan.keep["block3.convblock.2.0"], plan.removed("block3.convblock.2.0")
+    assert l1[kept].min() >= l1[gone].max()  # torch-pruning kept the most important channels
+    small = P.prune_model(rife, plan)
+    assert small.interpolate(*pair).shape == pair[0].shape
+    assert P.layer_out_channels(small.net)["block1.convblock.7.0"] == 88  # the trunk is one coupled group
+
+
+def test_lite_plan_is_the_uniform_width_cut(rife, pair):
+    plan = P.plan_lite(rife.net)
+    trunks = [len(plan.keep[f"block{b}.conv0.1.0"]) for b in range(4)]
+    assert trunks == [144, 96, 72, 48]
+    assert all(len(plan.keep[f"block{b}.convblock.3.0"]) == t for b, t in enumerate(trunks))
+    assert len(plan.keep["block0.conv0.0.0"]) == 72  # the first conv is cut too (a narrower network)
+    assert P.prune_model(rife, plan).interpolate(*pair).shape == pair[0].shape
+
+
+def test_importance_criteria_differ_and_taylor_needs_gradients(rife, carphone):
+    l1 = P.importance_scores(rife.net, "l1")
+    gn = P.importance_scores(rife.net, "group_norm")
+    assert set(gn) == set(l1) and all(len(gn[k]) == len(l1[k]) for k in l1)
+    w = rife.net.block2.convblock[4][0].weight.detach()
+    # group norm sees the consumer's input weights too: not a monotone function of the filter's own L1
+    assert not np.array_equal(np.argsort(gn["block2.convblock.4.0"]), np.argsort(w.abs().sum((1, 2, 3)).numpy()))
+    work = copy.deepcopy(rife)
+    with pytest.raises(P.PruningError, match="gradients"):
+        P.importance_scores(work.net, "taylor")
+    loss = loss_gradients(work, task_data(list(clip_triplets(carphone[:5], count=2))), batches=1, crop=64)
+    assert loss > 0
+    tay = P.importance_scores(work.net, "taylor")
+    assert all(np.isfinite(v).all() and (v >= 0).all() for v in tay.values())
+    a = P.plan_from_ratios(rife.net, {"block2.convblock.4.0": 0.5}, importance="l1")
+    b = P.plan_from_ratios(rife.net, {"block2.convblock.4.0": 0.5}, importance=tay)
+    assert a.channels() == b.channels() and a.keep["block2.convblock.4.0"] != b.keep["block2.convblock.4.0"]
+
+
+# ---------------------------------------------------------------- sensitivity, latency, allocation
+
+
+def test_sensitivity_measures_the_drop_of_one_group(rife, carphone):
+    tris = list(clip_triplets(carphone[:9], count=1))
+    # everything protected but block3.convblock.6.0: one group, two ratios
+    prot = ["block0.*", "block1.*", "block2.*", "block3.conv0.*", "block3.convblock.[0-5].0"]
+    sens = S.group_sensitivity(rife, tris, ratios=(0.25, 0.75), protected=prot)
+    assert list(sens["group"]) == ["block3.convblock.6.0"] * 2
+    assert list(sens["kept"]) == [48, 16]
+    assert sens["dpsnr"].iloc[1] < 0  # three quarters of a trunk conv's channels gone: worse than unpruned
+
+
+def test_latency_profile_covers_every_conv_and_macs_sit_in_block3(rife):
+    prof = S.layer_latency_profile(rife, 96, 128, rounds=1)
+    assert set(prof["layer"]) == set(P.conv_layers(rife.net)) | {"other"}
+    assert prof["share"].sum() == pytest.approx(1.0) and (prof["ms"] >= 0).all()
+    by_block = prof[prof["block"] >= 0].groupby("block")["mac_share"].sum()
+    assert by_block.idxmax() == 3 and by_block.sum() == pytest.approx(1.0)
+    shares = S.group_latency_share(prof)
+    assert len(shares) == 4 * 10 + 1
+    assert S.kept_channels(192, 0.25) == 144 and S.kept_channels(48, 0.25) == 32 and S.kept_channels(16, 0.9) == 8
+
+
+def test_latency_savings_table_follows_the_kept_channel_rule(rife):
+    prot = ["block0.*", "block1.*", "block2.*", "block3.conv0.*", "block3.convblock.[0-5].0"]
+    save = S.group_latency_savings(rife, (0.25, 0.75), 64, 64, protected=prot, warmup=0, rounds=2)
+    assert list(save["group"]) == ["block3.convblock.6.0"] * 2 and list(save["kept"]) == [48, 16]
+    assert {"full_ms", "cut_ms", "saving_ms", "saving_p25_ms", "saving_p75_ms"} <= set(save.columns)
+    assert (save["saving_p25_ms"] <= save["saving_ms"]).all() and (save["saving_ms"] <= save["saving_p75_ms"]).all()
+
+
+def _synthetic(groups: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(3)
+    sens, save = [], []
+    for g in groups:
+        for r in (0.25, 0.5):
+            sens.append({"group": g, "ratio": r, "dpsnr": -float(rng.uniform(0, 1.5)) * r * 2 + 0.05})
+            save.append({"group": g, "ratio": r, "saving_ms": float(rng.uniform(0, 3)) * r})
+    return pd.DataFrame(sens), pd.DataFrame(save)
+
+
+def test_allocation_is_the_best_plan_within_the_budget():
+    groups = ["a", "b", "c", "d"]
+    sens, save = _synthetic(groups)
+    loss = {(r.group, r.ratio): max(0.0, -r.dpsnr) for r in sens.itertuples()}
+    gain = {(r.group, r.ratio): r.saving_ms for r in save.itertuples()}
+    for budget in (0.0, 0.5, 1.0, 2.5):
+        alloc = S.allocate(sens, save, budget, resolution_db=0.001)
+        assert alloc.predicted_loss_db <= budget + 1e-9
+        assert sum(loss[(g, r)] for g, r in alloc.ratios.items()) == pytest.approx(alloc.predicted_loss_db)
+        best = 0.0  # brute force over every combination
+        for combo in itertools.product((0.0, 0.25, 0.5), repeat=len(groups)):
+            chosen = [(g, r) for g, r in zip(groups, combo) if r > 0]
+            if sum(loss[c] for c in chosen) <= budget + 1e-9:
+                best = max(best, sum(gain[c] for c in chosen))
+        assert alloc.predicted_saving_ms == pytest.approx(best, abs=1e-9)
+    assert "b" not in S.allocate(sens, save, 10.0, protected_groups=["b"]).ratios
+    with pytest.raises(P.PruningError, match="budget"):
+        S.allocate(sens, save, -1.0)
+
+
+def test_plan_from_sensitivity_respects_budget_and_protected_layers(rife):
+    protected = ["block*.conv0.0.0", "block3.convblock.7.0"]
+    groups = [g.name for g in S.prunable_groups(rife.net, protected)]
+    assert "block3.conv0.1.0" not in groups and "block3.convblock.6.0" not in groups  # trunk and its feeder
+    assert "block2.conv0.1.0" in groups
+    sens, save = _synthetic(groups)
+    alloc = S.allocate(sens, save, 3.0)
+    plan = S.plan_from_allocation(rife.net, alloc, protected=protected)
+    drops = sens.set_index(["group", "ratio"])["dpsnr"]
+    assert sum(max(0.0, -drops[(g, r)]) for g, r in alloc.ratios.items()) <= 3.0
+    ch = plan.channels()
+    for g, r in alloc.ratios.items():
+        assert ch[g] == S.kept_channels(plan.groups[g].width, r)
+    for g in plan.groups:
+        if g not in alloc.ratios:
+            assert ch[g] == plan.groups[g].width, g
+    small = P.prune_model(rife, plan)
+    for name in ("block0.conv0.0.0", "block3.conv0.0.0", "block3.convblock.7.0", "block3.conv0.1.0"):
+        assert torch.equal(P.conv_layers(small.net)[name].weight, P.conv_layers(rife.net)[name].weight), name
+
+
+# ---------------------------------------------------------------- the finetune stage and the study
+
+
+def test_finetune_stage_is_cached_and_the_study_notebook_runs(tmp_path):
+    first = study.finetune("cpu", TINY, tmp_path)
+    assert set(first["status"]) == {"trained"}
+    folder = study.finetune_dir("cpu", tmp_path)
+    assert {p.name for p in folder.glob("*.pt")} == {"lite.pt", "sensitivity-2.pt"}  # no resume states left
+    meta = P.read_pruned_meta(folder / "lite.pt")
+    assert meta["finished"] and meta["steps"] == 2 and len(meta["losses"]) == 2
+    assert set(study.finetune("cpu", TINY, tmp_path)["status"]) == {"up to date"}  # forced rerun: nothing trained
+    changed = study.finetune("cpu", {**TINY, "finetune_lr": 1e-4}, tmp_path)
+    assert set(changed["status"]) == {"trained"}
+    run_notebook(ROOT / "notebooks" / "03_pruning.ipynb", tmp_path / "03.ipynb", cwd=ROOT, parameters={
+        "overrides": {**TINY, "finetune_lr": 1e-4}, "results_root": str(tmp_path)})
+    (out,) = (tmp_path / "cpu" / "pruning").iterdir()
+    for name in ("sweep.csv", "sensitivity.csv", "latency_share.png", "sensitivity.png", "pareto.png", "best.pt",
+                 "mask_trap.md", "published_claims.md", "finetuning_loss.png", "importance_comparison.csv"):
         assert (out / name).exists(), name
-    assert [p.name for p in out.glob("*.json")] == ["metrics.json"]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["environment"]["device"] == "cpu"
+    configs = metrics["configs"]
+    assert {"unpruned", "lite/physical/0.25", "lite/physical/0.25+ft", "sensitivity/physical/2dB+ft",
+            "architecture_aware/physical/0.5", "naive_global/mask/0.5"} <= set(configs)
+    assert {"speedup", "dpsnr", "psnr"} <= set(configs["lite/physical/0.25+ft"])
+    assert configs["architecture_aware/mask/0.5"]["gmac"] == configs["unpruned"]["gmac"]
     assert metrics["reload_max_abs_diff"] == 0
     assert metrics["mask_trap_max_abs_diff_with_bias"] < 1e-3 < metrics["mask_trap_max_abs_diff_weights_only"]
-    configs = metrics["configs"]
-    assert set(configs) == {"unpruned", "naive_global/mask/0.5", "naive_global/physical/0.5", "architecture_aware/mask/0.5",
-                            "architecture_aware/physical/0.5", "architecture_aware/physical/0.5+ft"}
-    assert configs["architecture_aware/physical/0.5"]["gmac"] < 0.5 * configs["unpruned"]["gmac"]
-    assert configs["architecture_aware/mask/0.5"]["gmac"] == configs["unpruned"]["gmac"]
-    assert (tmp_path / "metrics" / "pruning.json").exists()
+    best = P.load_pruned(out / "best.pt")
+    assert best.pruning_info.mode == "physical"
+    assert (tmp_path / "cpu" / "metrics" / "pruning.json").exists()
+    with pytest.raises(Exception, match="finetune"):  # checkpoints of other settings are refused, not used
+        study.run("cpu", {**TINY, "finetune_steps": 3}, tmp_path)
 
 
 # ---------------------------------------------------------------- CLI
 
 
 def test_prune_subcommand_saves_a_loadable_model(tmp_path, pair):
-    import argparse
-
     parser = argparse.ArgumentParser()
     P.add_prune_parser(parser.add_subparsers())
-    out = tmp_path / "aware.pt"
-    args = parser.parse_args(["prune", "--sparsity", "0.25", "--output", str(out)])
+    out = tmp_path / "lite.pt"
+    args = parser.parse_args(["prune", "--method", "lite", "--sparsity", "0.25", "--output", str(out)])
     assert args.func(args) == 0
-    model, plan = P.load_pruned(out)
-    assert plan.method == "architecture_aware" and model.pruning_info.mode == "physical"
+    model = P.load_pruned(out)
+    assert model.pruning_info.plan.method == "lite" and model.pruning_info.mode == "physical"
     assert model.interpolate(*pair).shape == pair[0].shape
     with pytest.raises(P.PruningError, match=r"\[0, 1\)"):
         args = parser.parse_args(["prune", "--sparsity", "1", "--output", str(tmp_path / "x.pt")])
         args.func(args)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_finetune_stage_command_explains_its_options(capsys):
+    with pytest.raises(SystemExit):
+        study.main(["--help"])
+    text = capsys.readouterr().out
+    assert all(opt in text for opt in ("--profile", "--set", "--results-root"))
+
+
+def test_taylor_plans_in_the_finetune_stage(tmp_path):
+    opts = {**TINY, "importance": "taylor", "finetune": ["sensitivity@2"]}
+    assert set(study.finetune("cpu", opts, tmp_path)["status"]) == {"trained"}
+    model = P.load_pruned(study.finetune_dir("cpu", tmp_path) / "sensitivity-2.pt")
+    assert model.pruning_info.plan.settings["importance"] == "precomputed"  # Taylor scores from the task loss
+    assert set(study.finetune("cpu", opts, tmp_path)["status"]) == {"up to date"}
+
+
+def test_paired_speedup_interval_ignores_load_drift():
+    from rifelab.profiling import Timing, speedup_ci
+
+    load = np.array([1.0, 3.0, 1.5, 6.0, 2.0, 1.2, 4.0, 1.1])  # the machine's load changes from round to round
+    base, fast = Timing.from_samples(list(0.2 * load)), Timing.from_samples(list(0.1 * load))
+    ratio, lo, hi = speedup_ci(base, fast, paired=True)
+    assert ratio == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+    _, lo_u, hi_u = speedup_ci(base, fast)  # unpaired: the drift widens the interval
+    assert hi_u - lo_u > 1.0

@@ -14,12 +14,12 @@ from rifelab.data import DataError, list_frames, load_clip, read_image, read_ima
 from rifelab.interpolate import (
     ArraySource,
     InterpolateConfig,
-    SceneThresholds,
     interpolate_sequence,
     parse_ratio,
     retime_count,
     retime_positions,
 )
+from rifelab.scenes import SceneThresholds
 from rifelab.models import load_rife, pad_to_multiple, warp
 
 OFF = SceneThresholds(None, None, None)  # every pair interpolated, so each frame is checked against the model
