@@ -13,6 +13,8 @@ import logging
 import os
 import shlex
 import signal
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -302,8 +304,24 @@ def test_stale_video_temporary_is_removed_and_reported(model, frame_folder, tmp_
     assert "removed 1 temporary file left by an interrupted run" in caplog.text
 
 
+def in_fresh_process(test: str) -> bool:
+    """Run one test of this file in a new interpreter and say so; False when already in it.
+
+    These tests signal their own process. A pytest process that earlier tests left holding ONNX Runtime,
+    OpenVINO or Ray (native thread pools) crashed with SIGSEGV on such a signal, which says nothing about rifelab.
+    """
+    if os.environ.get("RIFELAB_TEST_FRESH_PROCESS"):
+        return False
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test}"],
+                         env={**os.environ, "RIFELAB_TEST_FRESH_PROCESS": "1"}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return True
+
+
 def test_sigterm_during_video_output_leaves_no_temporary(frame_folder, tmp_path, capsys, monkeypatch):
     """SIGTERM is turned into an interrupt: the encoder is closed and its temporary removed."""
+    if in_fresh_process("test_sigterm_during_video_output_leaves_no_temporary"):
+        return
     real_write = interp._VideoSink.write
     count = {"n": 0}
 
@@ -329,6 +347,8 @@ def test_sigterm_during_video_output_leaves_no_temporary(frame_folder, tmp_path,
 
 
 def test_sigint_is_one_line_with_the_resume_command(frame_folder, full_run, tmp_path, capsys, monkeypatch):
+    if in_fresh_process("test_sigint_is_one_line_with_the_resume_command"):
+        return
     real_write = interp._FolderSink.write
     count = {"n": 0}
 
@@ -394,12 +414,12 @@ def test_read_only_output_is_one_line(frame_folder, tmp_path, capsys, monkeypatc
 
 
 def test_other_commands_end_in_one_line_too(capsys, monkeypatch):
-    import rifelab.assets
+    import rifelab.cli
 
     def interrupted(name, force=False):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rifelab.assets, "fetch", interrupted)
+    monkeypatch.setattr(rifelab.cli, "fetch", interrupted)
     assert main(["fetch", "rife40"]) == 130
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("rifelab fetch: stopped by Ctrl-C")
