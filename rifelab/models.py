@@ -71,8 +71,12 @@ def _axis(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 def base_grid(n: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Identity sampling grid in [-1, 1], shape (n, 2, h, w), cached per shape/device/dtype (not while tracing)."""
-    tracing = torch.jit.is_tracing()
+    """Identity sampling grid in [-1, 1], shape (n, 2, h, w), cached per shape/device/dtype.
+
+    Not cached while traced or compiled (torch.jit, torch.compile, torch.export): the grid would be a symbolic or
+    fake tensor, and a later eager call would find it in the cache.
+    """
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
     key = (n, h, w, str(device), dtype)
     grid = None if tracing else _GRID_CACHE.get(key)
     if grid is None:
