@@ -410,7 +410,9 @@ class OpenVinoModel(ExportedModel):
     The FP32 graph pins the f32 precision hint: on CPUs with native bf16 OpenVINO would otherwise run
     bf16 by default. INT8 quantises the convolutions once, calibrated on real
     frames (`calibration`, or `calibration_count` pairs of CALIBRATION_RANGES at the first input size). Only the
-    convolutions are quantised: the op types in INT8_FP32_OPS (flow arithmetic, warps, resizes) stay in fp32.
+    convolutions are quantised: the op types in INT8_FP32_OPS (flow arithmetic, warps, resizes) stay in fp32, and
+    so do all convolutions of the IFNet blocks in `int8_fp32_blocks` (block 3, at full resolution, carries the
+    finest flow detail and most of INT8's loss).
     """
 
     backend = "openvino"
@@ -418,8 +420,13 @@ class OpenVinoModel(ExportedModel):
     def __init__(self, model: RIFE, device: str | torch.device = "cpu", precision: str = "fp32",
                  name: str | None = None, threads: int | None = None,
                  calibration: tuple[torch.Tensor, torch.Tensor] | None = None, calibration_count: int = 8,
-                 calibration_ranges: Mapping[str, Sequence[int]] | None = None):
+                 calibration_ranges: Mapping[str, Sequence[int]] | None = None,
+                 int8_fp32_blocks: Sequence[int] = ()):
         super().__init__(model, device, precision, name, threads)
+        bad = [b for b in int8_fp32_blocks if b not in range(4)]
+        if bad:
+            raise ValueError(f"int8_fp32_blocks {bad}: IFNet has blocks 0-3")
+        self.int8_fp32_blocks = tuple(int8_fp32_blocks)
         self.calibration = calibration
         self.calibration_count = int(calibration_count)
         self.calibration_ranges = dict(calibration_ranges or CALIBRATION_RANGES)
@@ -458,11 +465,15 @@ class OpenVinoModel(ExportedModel):
         nncf.set_log_level(logging.WARNING)  # its INFO lines and progress bars would land in saved notebooks
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             q = nncf.quantize(m, nncf.Dataset(items), subset_size=len(items), fast_bias_correction=True,
-                              ignored_scope=nncf.IgnoredScope(types=list(INT8_FP32_OPS), validate=False))
+                              ignored_scope=nncf.IgnoredScope(
+                                  types=list(INT8_FP32_OPS), validate=False,
+                                  patterns=[rf".*/net/block{b}/.*" for b in self.int8_fp32_blocks]))
         self.calibration_s = time.perf_counter() - t0
         self.applied["int8"] = (f"NNCF post-training INT8 of the convolutions only, calibrated on "
                                 f"{len(items)} real pairs ({src}) at {a.shape[-1]}x{a.shape[-2]} in "
-                                f"{self.calibration_s:.1f} s; warps, resizes and elementwise ops stay in fp32")
+                                f"{self.calibration_s:.1f} s; warps, resizes and elementwise ops stay in fp32"
+                                + (f", and so do the convolutions of block(s) {list(self.int8_fp32_blocks)}"
+                                   if self.int8_fp32_blocks else ""))
         return q
 
     def _build(self, n: int, h: int, w: int, scale: float, ensemble: bool):

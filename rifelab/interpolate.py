@@ -921,15 +921,21 @@ class _Pipeline:
                 group = []
         if group:
             yield from self._group(group, bar)
-        if last is None:
-            return
+        if last is not None:
+            yield from self._closing_frame(last)
+
+    def _closing_frame(self, last: _Pair) -> Iterator[_Out]:
+        """The last input frame as the last output frame; sets the output frame count."""
         final = (last.index + 1) * self.stride
         self.summary.output_frames = final + 1
-        if self.has(final):
+        yield from self._original(final, last)
+
+    def _original(self, index: int, last: _Pair) -> Iterator[_Out]:
+        if self.has(index):
             self.summary.kept_frames += 1
         else:
             self.summary.original_frames += 1
-            yield _Out(final, last.frame1, "original")
+            yield _Out(index, last.frame1, "original")
 
     def _group(self, group: list[_Pair], bar: Any) -> Iterator[_Out]:
         s = self.summary
@@ -1177,27 +1183,11 @@ class _RetimePipeline(_Pipeline):
             g1 = min(g1, self.pair_count)
         return [k for p in range(g0, g1) for k, _ in self.slots(p)]
 
-    def outputs(self, pairs: Iterable[_Pair], bar: Any = None) -> Iterator[_Out]:
-        group: list[_Pair] = []
-        last: _Pair | None = None
-        for pr in pairs:
-            group.append(pr)
-            last = pr
-            if (pr.index + 1) % self.group_size == 0:
-                yield from self._group(group, bar)
-                group = []
-        if group:
-            yield from self._group(group, bar)
-        if last is None:
-            return
+    def _closing_frame(self, last: _Pair) -> Iterator[_Out]:
         end = (last.index + 1) * self.ratio
         self.summary.output_frames = int(end) + 1
         if end.denominator == 1:  # the last output frame falls on the last input frame
-            if self.has(int(end)):
-                self.summary.kept_frames += 1
-            else:
-                self.summary.original_frames += 1
-                yield _Out(int(end), last.frame1, "original")
+            yield from self._original(int(end), last)
 
     def _group(self, group: list[_Pair], bar: Any) -> Iterator[_Out]:
         s = self.summary

@@ -137,6 +137,22 @@ def test_openvino_int8_calibrates_on_held_out_frames(model, pair, reference):
     assert "calibrated on 2 real pairs" in m.applied["int8"] and m.calibration_s is not None
 
 
+def test_int8_fp32_blocks_keep_those_convolutions_unquantised(model, pair):
+    pytest.importorskip("nncf")
+    a, b = pair
+    m = bk.load_backend("openvino", model, "cpu", "int8",
+                        options={"calibration_count": 1, "int8_fp32_blocks": [3]})
+    m.interpolate(a, b)
+    (q,) = m._ov_models.values()
+    quantised = {op.get_friendly_name() for op in q.get_ops() if op.get_type_name() == "Convolution"
+                 and any(i.get_source_output().get_node().get_type_name() in ("FakeQuantize", "Convert", "Multiply")
+                         for i in op.inputs()[1:])}
+    assert quantised and not [n for n in quantised if "/block3/" in n]
+    assert "block(s) [3]" in m.applied["int8"]
+    with pytest.raises(ValueError, match="blocks 0-3"):
+        bk.load_backend("openvino", model, "cpu", "int8", options={"int8_fp32_blocks": [4]})
+
+
 def test_calibration_pairs_come_from_the_calibration_ranges():
     a, b = bk.calibration_pairs(3, 96, 64, {"bikes": (100, 110)})
     assert a.shape == b.shape == (3, 3, 64, 96)
