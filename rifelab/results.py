@@ -19,7 +19,7 @@ import pandas as pd
 
 from .profiling import environment_record
 
-__all__ = ["publish", "find_project_root", "atomic_path", "atomic_write_text", "temp_path_beside", "study_dir", "save_table", "save_figure", "save_json", "to_markdown"]
+__all__ = ["find_project_root", "atomic_path", "atomic_write_text", "temp_path_beside", "save_table", "save_figure", "save_json", "to_markdown"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,19 +87,6 @@ def find_project_root(start: str | os.PathLike | None = None) -> Path:
     return here
 
 
-def study_dir(study: str, root: str | os.PathLike | None = None, device_key: str | None = None) -> Path:
-    """`<root>/<study>/` (or `<root>/<study>/<device_key>/` for device-keyed results), created.
-
-    `root` defaults to `results/` of the project root (see `find_project_root`).
-    """
-    base = Path(root) if root is not None else find_project_root() / "results"
-    out = base / study
-    if device_key:
-        out = out / device_key
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     """Markdown table of a DataFrame (index dropped unless named)."""
     keep_index = df.index.name is not None or any(n is not None for n in (df.index.names or []))
@@ -150,27 +137,3 @@ def save_json(
     if with_environment and "environment" not in payload:
         payload["environment"] = environment_record(device or "cpu")
     return atomic_write_text(path, json.dumps(_jsonable(payload), indent=2, sort_keys=False) + "\n")
-
-
-def publish(
-    study: str,
-    metrics: dict[str, Any] | None = None,
-    plots: dict[str, pd.DataFrame] | None = None,
-    root: str | os.PathLike | None = None,
-    device: str | None = None,
-) -> list[Path]:
-    """Latest-run files at fixed paths for DVC: `<root>/metrics/<study>.json` and `<root>/plots/<study>/<name>.csv`.
-
-    Device-keyed folders keep every device's full results; these fixed paths are what `dvc metrics show`,
-    `dvc plots show` and `dvc exp show` compare between runs (the environment record says which device).
-    """
-    base = Path(root) if root is not None else find_project_root() / "results"
-    written: list[Path] = []
-    if metrics is not None:
-        written.append(save_json(metrics, base / "metrics" / f"{study}.json", device=device))
-    for name, df in (plots or {}).items():
-        path = base / "plots" / study / f"{name}.csv"
-        with atomic_path(path) as tmp:
-            df.to_csv(tmp, index=False)
-        written.append(path)
-    return written

@@ -175,7 +175,7 @@ TINY = {"clips": ["bikes"], "n_triplets": 1, "resolutions": ["160x96"], "repeats
 
 
 def test_baseline_study_writes_its_profile_folder_and_short_headline(tmp_path):
-    res = _study("baseline").run("cpu", {**TINY, "n_triplets": 500}, tmp_path)
+    res = _study("baseline").run("cpu", TINY, tmp_path)
     base = tmp_path / "cpu"
     assert res.folder.parent == base / "baseline" and res.folder.name == res.env["device_key"]
     for name in ("quality_summary.csv", "quality_summary.md", "efficiency.csv", "triplet_grid.png",
@@ -185,10 +185,16 @@ def test_baseline_study_writes_its_profile_folder_and_short_headline(tmp_path):
     assert set(headline) == {"psnr_bikes", "ms_160x96", "environment"}
     assert headline["environment"]["profile"] == "cpu"
     assert res.metrics["quality"]["bikes"]["psnr_gain_vs_average"] > 3  # RIFE beats blending on real motion
-    assert any("room for 124" in n for n in res.metrics["notes"])  # 500 asked, the clip is shorter: said so
-    assert res.metrics["quality"]["bikes"]["n"] == 124
+    assert res.metrics["quality"]["bikes"]["n"] == 1 and res.metrics["notes"] == []
     assert_plots_readable("baseline", base)
     assert [p.name for p in (base / "baseline").iterdir()] == [res.folder.name]  # no partial folder left
+
+
+def test_more_triplets_than_a_clip_holds_are_capped_and_said():
+    notes: list[str] = []
+    assert _study("baseline")._clip_triplet_count("bikes", 500, 1, notes) == 124  # 250 frames, stride 1
+    assert notes == ["bikes: 500 triplets asked for, the clip has room for 124 at stride 1; used 124"]
+    assert _study("baseline")._clip_triplet_count("bikes", 3, 2, notes) == 3 and len(notes) == 1
 
 
 def test_failed_study_run_keeps_the_previous_results(tmp_path, monkeypatch):
