@@ -937,7 +937,8 @@ class _Pipeline:
             self.summary.original_frames += 1
             yield _Out(index, last.frame1, "original")
 
-    def _group(self, group: list[_Pair], bar: Any) -> Iterator[_Out]:
+    def _count_pairs(self, group: list[_Pair], inserts: bool) -> None:
+        """Add a group's pairs to the summary; `inserts`: whether an interpolated pair makes new frames."""
         s = self.summary
         for pr in group:
             s.pairs += 1
@@ -945,7 +946,11 @@ class _Pipeline:
             s.static_pairs += kind == "static"
             s.cut_pairs += kind == "cut"
             s.kept_pairs += kind == "done"
-            s.interpolated_pairs += kind == "interpolate" and self.config.multi > 2
+            s.interpolated_pairs += kind == "interpolate" and inserts
+
+    def _group(self, group: list[_Pair], bar: Any) -> Iterator[_Out]:
+        s = self.summary
+        self._count_pairs(group, self.config.multi > 2)
         indices = [pr.index * self.stride + k for pr in group for k in range(self.stride)]
         if all(pr.decision.kind == "done" for pr in group):
             s.kept_frames += len(indices)
@@ -1191,13 +1196,7 @@ class _RetimePipeline(_Pipeline):
 
     def _group(self, group: list[_Pair], bar: Any) -> Iterator[_Out]:
         s = self.summary
-        for pr in group:
-            s.pairs += 1
-            kind = pr.decision.kind
-            s.static_pairs += kind == "static"
-            s.cut_pairs += kind == "cut"
-            s.kept_pairs += kind == "done"
-            s.interpolated_pairs += kind == "interpolate"
+        self._count_pairs(group, True)
         if all(pr.decision.kind == "done" for pr in group):
             s.kept_frames += sum(len(self.slots(pr.index)) for pr in group)
             if bar is not None:
