@@ -347,6 +347,11 @@ def _as_frame_tensor(img: Any, name: str) -> torch.Tensor:
     )
 
 
+def _output_dtype(img0: Any) -> torch.dtype:
+    """The dtype of interpolated frames: that of float input frames; float32 for uint8 tensors or arrays."""
+    return img0.dtype if isinstance(img0, torch.Tensor) and img0.is_floating_point() else torch.float32
+
+
 def check_pair(img0: Any, img1: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a frame pair and return it as float tensors (N,3,H,W) in [0, 1] of one shape.
 
@@ -432,8 +437,7 @@ class RIFE(nn.Module):
         scale: float = 1.0,
         ensemble: bool = False,
     ) -> torch.Tensor:
-        float_in = isinstance(img0, torch.Tensor) and img0.is_floating_point()
-        in_dtype = img0.dtype if float_in else torch.float32  # uint8 frames give float32 frames in [0, 1]
+        in_dtype = _output_dtype(img0)
         p0, p1, t, scale_list, (h, w) = self.prepare(img0, img1, timestep, scale)
         out = self.net(p0, p1, t, scale_list, ensemble)
         return out[:, :, :h, :w].to(in_dtype)
@@ -471,7 +475,7 @@ class RIFE(nn.Module):
         (weight of warped img0 = sigmoid(mask)). `extra0`/`extra1` (N,C,H,W), e.g. alpha, are padded as the
         frames, warped with the same flow and blended with the same mask (`blend_warped`).
         """
-        in_dtype = img0.dtype
+        in_dtype = _output_dtype(img0)
         p0, p1, t, scale_list, (h, w) = self.prepare(img0, img1, timestep, scale)
         frame, flow, mask = self.net.forward_all(p0, p1, t, scale_list, ensemble)
         extra = None

@@ -210,5 +210,8 @@ def test_interpolate_flow_matches_interpolate_bit_for_bit(model, frames):
     frame, flow, mask, extra = model.interpolate_flow(a, b, t, 1.0)
     assert torch.equal(frame, model.interpolate(a, b, t, 1.0)) and extra is None
     assert flow.shape == (2, 4, 144, 176) and mask.shape == (2, 1, 144, 176)
+    u0, u1 = (a * 255).round().to(torch.uint8), (b * 255).round().to(torch.uint8)
+    frame8 = model.interpolate_flow(u0, u1, t, 1.0)[0]  # uint8 frames in, float32 [0, 1] out, as interpolate
+    assert frame8.dtype == torch.float32 and torch.equal(frame8, model.interpolate(u0, u1, t, 1.0))
     with pytest.raises(ValueError, match="RGBA"):
         model.interpolate_rgba(a, b)
