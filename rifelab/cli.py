@@ -16,18 +16,18 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import torch
 
-from .assets import ASSETS, AssetError, fetch
-from .backends import add_backend_options, model_from_args
-from .batch import add_batch_parser
-from .bench import bench_row
-from .export import add_export_parser
-from .interpolate import add_interpolate_parser
-from .models import load_rife
-from .notebooks import parse_set, run_notebook
-from .profiling import environment_record, resolve_device
-from .pruning import add_prune_parser
-from .report import build_report
-from .results import find_project_root, save_json, to_markdown
+from rifelab.frames.assets import ASSETS, AssetError, fetch
+from rifelab.engines.backends import add_backend_options, model_from_args
+from rifelab.interpolate.batch import add_batch_parser
+from rifelab.measure.benchmark import bench_row
+from rifelab.engines.export import add_export_parser
+from rifelab.interpolate.cli import add_interpolate_parser
+from rifelab.rife.checkpoints import load_rife
+from rifelab.publish.notebooks import parse_set, run_notebook
+from rifelab.measure.profiling import environment_record, resolve_device
+from rifelab.pruning.prune import add_prune_parser
+from rifelab.publish.report import build_report
+from rifelab.publish.results import find_project_root, save_json, to_markdown
 
 log = logging.getLogger("rifelab")
 

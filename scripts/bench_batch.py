@@ -18,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from rifelab.batch import collect_inputs, plan_items, run_batch
-from rifelab.data import load_clip, write_image
-from rifelab.interpolate import InterpolateConfig
-from rifelab.results import atomic_write_text, to_markdown
+from rifelab.interpolate.batch import collect_inputs, plan_items, run_batch
+from rifelab.frames.clips import load_clip
+from rifelab.frames.images import write_image
+from rifelab.interpolate.schedule import InterpolateConfig
+from rifelab.publish.results import atomic_write_text, to_markdown
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,21 +21,21 @@ os.environ.setdefault("RIFELAB_CELL_TIMEOUT", "600")
 
 @pytest.fixture(scope="session")
 def rife():
-    from rifelab.models import load_rife
+    from rifelab.rife.checkpoints import load_rife
 
     return load_rife()
 
 
 @pytest.fixture(scope="session")
 def carphone() -> np.ndarray:
-    from rifelab.data import load_clip
+    from rifelab.frames.clips import load_clip
 
     return load_clip("carphone", max_frames=12)
 
 
 @pytest.fixture(scope="session")
 def bikes() -> np.ndarray:
-    from rifelab.data import load_clip
+    from rifelab.frames.clips import load_clip
 
     return load_clip("bikes", max_frames=21)
 

@@ -63,3 +63,36 @@ def closure(module: str) -> set[Path]:
                 seen.add(f)
                 todo.extend(direct_imports(f))
     return seen
+
+
+RUNNER = ("rifelab/__init__.py", "rifelab/cli.py", "rifelab/publish/__init__.py", "rifelab/publish/notebooks.py")
+
+
+def stage_code(stage: str) -> list[str]:
+    """The rifelab files a dvc.yaml stage depends on: its study's import closure (+ the notebook runner)."""
+    study = "pruning" if stage == "finetune" else stage
+    files = {str(p.relative_to(ROOT)) for p in closure(f"rifelab.studies.{study}")}
+    return sorted(files if stage == "finetune" else files | set(RUNNER))
+
+
+def write_dvc_deps(path: Path = ROOT / "dvc.yaml") -> None:
+    """Rewrite every study stage's `rifelab/` deps in dvc.yaml from the import closure (comments kept)."""
+    lines = path.read_text().splitlines(keepends=True)
+    out: list[str] = []
+    stage = None
+    for line in lines:
+        stripped = line.strip()
+        if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
+            stage = stripped[:-1]
+        if stripped.startswith("- rifelab/") and stage not in (None, "assets", "report"):
+            indent = line[: len(line) - len(line.lstrip())]
+            if out and out[-1].strip().startswith("- rifelab/"):
+                continue
+            out.extend(f"{indent}- {f}\n" for f in stage_code(stage))
+            continue
+        out.append(line)
+    path.write_text("".join(out))
+
+
+if __name__ == "__main__":  # python tests/import_closure.py: refresh dvc.yaml's code deps after moving modules
+    write_dvc_deps()

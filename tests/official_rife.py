@@ -15,7 +15,7 @@ import types
 import zipfile
 from pathlib import Path
 
-from rifelab.assets import download_wheel
+from rifelab.frames.assets import download_wheel
 
 
 def official_ifnet_module():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rifelab import assets
-from rifelab.assets import ASSETS, AssetError, fetch, sha256_file
+from rifelab.frames import assets
+from rifelab.frames.assets import ASSETS, AssetError, fetch, sha256_file
 
 
 def test_registry_matches_spec():

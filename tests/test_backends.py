@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from rifelab import backends as bk
-from rifelab import models as models_mod
-from rifelab.bench import agreement, real_frame_pair
-from rifelab.export import ExportError, FlowGraph, check_onnx_dtypes, export_onnx, padded_size, verify_onnx
-from rifelab.models import base_grid, load_rife
+from rifelab.engines import backends as bk
+from rifelab.rife import network as models_mod
+from rifelab.measure.benchmark import agreement, real_frame_pair
+from rifelab.engines.export import ExportError, FlowGraph, check_onnx_dtypes, export_onnx, padded_size, verify_onnx
+from rifelab.rife.network import base_grid
+from rifelab.rife.checkpoints import load_rife
 
 FP32_MAX_ABS = 1e-4
 INT8_MIN_PSNR = 30.0
@@ -156,7 +157,8 @@ def test_int8_fp32_blocks_keep_those_convolutions_unquantised(model, pair):
 def test_calibration_pairs_come_from_the_calibration_ranges():
     a, b = bk.calibration_pairs(3, 96, 64, {"bikes": (100, 110)})
     assert a.shape == b.shape == (3, 3, 64, 96)
-    from rifelab.data import load_clip, to_tensor
+    from rifelab.frames.clips import load_clip
+    from rifelab.frames.images import to_tensor
 
     frames = to_tensor(load_clip("bikes", start=100, max_frames=10))
     first = torch.nn.functional.interpolate(frames[:1], size=(64, 96), mode="bicubic", align_corners=False).clamp(0, 1)
@@ -246,7 +248,8 @@ def test_cli_bench_json_rows_and_unavailable_backend(tmp_path, capsys):
 
 
 def test_interpolate_cli_takes_the_backend():
-    from rifelab.interpolate import add_interpolate_parser, load_interpolation_model
+    from rifelab.interpolate.cli import add_interpolate_parser
+    from rifelab.interpolate.run import load_interpolation_model
 
     parser = argparse.ArgumentParser()
     add_interpolate_parser(parser.add_subparsers())

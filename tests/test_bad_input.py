@@ -23,18 +23,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import rifelab.interpolate as interp
+import rifelab.interpolate.sinks as sinks
 from rifelab.cli import main
-from rifelab.data import DataError, load_clip, read_video, write_image
-from rifelab.interpolate import (
-    JOURNAL_NAME,
-    MANIFEST_NAME,
-    InterpolateConfig,
-    interpolate_sequence,
-    output_frame_name,
-    read_manifest,
-)
-from rifelab.models import load_rife
+from rifelab.frames.images import DataError, write_image
+from rifelab.frames.clips import load_clip
+from rifelab.frames.video import read_video
+from rifelab.interpolate.schedule import JOURNAL_NAME, MANIFEST_NAME, InterpolateConfig
+from rifelab.interpolate.run import interpolate_sequence
+from rifelab.interpolate.sinks import output_frame_name, read_manifest
+from rifelab.rife.checkpoints import load_rife
 
 T = 6  # carphone frames (176x144)
 
@@ -322,7 +319,7 @@ def test_sigterm_during_video_output_leaves_no_temporary(frame_folder, tmp_path,
     """SIGTERM is turned into an interrupt: the encoder is closed and its temporary removed."""
     if in_fresh_process("test_sigterm_during_video_output_leaves_no_temporary"):
         return
-    real_write = interp._VideoSink.write
+    real_write = sinks._VideoSink.write
     count = {"n": 0}
 
     def write_then_term(self, index, frame):
@@ -331,7 +328,7 @@ def test_sigterm_during_video_output_leaves_no_temporary(frame_folder, tmp_path,
         if count["n"] == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(interp._VideoSink, "write", write_then_term)
+    monkeypatch.setattr(sinks._VideoSink, "write", write_then_term)
     previous = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "x.mp4"
     rc = main(["interpolate", str(frame_folder), str(out), "--multi", "2", "--serial", "--no-progress",
@@ -349,7 +346,7 @@ def test_sigterm_during_video_output_leaves_no_temporary(frame_folder, tmp_path,
 def test_sigint_is_one_line_with_the_resume_command(frame_folder, full_run, tmp_path, capsys, monkeypatch):
     if in_fresh_process("test_sigint_is_one_line_with_the_resume_command"):
         return
-    real_write = interp._FolderSink.write
+    real_write = sinks._FolderSink.write
     count = {"n": 0}
 
     def write_then_int(self, index, frame):
@@ -358,14 +355,14 @@ def test_sigint_is_one_line_with_the_resume_command(frame_folder, full_run, tmp_
         if count["n"] == 4:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(interp._FolderSink, "write", write_then_int)
+    monkeypatch.setattr(sinks._FolderSink, "write", write_then_int)
     out = tmp_path / "out"
     argv = ["interpolate", str(frame_folder), str(out), "--no-progress", "--device", "cpu", "--serial"]
     assert main(argv) == 130  # was an 89-line traceback
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
     assert f"stopped by Ctrl-C; 4 complete frames kept in {out}; once fixed, continue with: rifelab interpolate" in err
-    monkeypatch.setattr(interp._FolderSink, "write", real_write)
+    monkeypatch.setattr(sinks._FolderSink, "write", real_write)
     resume = shlex.split(err.split("continue with: ")[1])
     assert resume[0] == "rifelab" and resume[-1] == "--resume"
     assert main(resume[1:]) == 0
@@ -373,7 +370,7 @@ def test_sigint_is_one_line_with_the_resume_command(frame_folder, full_run, tmp_
 
 
 def test_full_disk_is_one_line_and_resumable(frame_folder, full_run, tmp_path, capsys, monkeypatch):
-    real_encode = interp.encode_image
+    real_encode = sinks.encode_image
     count = {"n": 0}
 
     def encode_until_full(frame, ext="png"):
@@ -382,14 +379,14 @@ def test_full_disk_is_one_line_and_resumable(frame_folder, full_run, tmp_path, c
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_encode(frame, ext)
 
-    monkeypatch.setattr(interp, "encode_image", encode_until_full)
+    monkeypatch.setattr(sinks, "encode_image", encode_until_full)
     out = tmp_path / "out"
     argv = ["interpolate", str(frame_folder), str(out), "--no-progress", "--device", "cpu"]
     assert main(argv) == 1  # was an OSError: [Errno 28] traceback
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "No space left on device; 5 complete frames kept in" in err
     assert err.endswith("--resume") and not [f for f in out.iterdir() if ".tmp." in f.name]
-    monkeypatch.setattr(interp, "encode_image", real_encode)
+    monkeypatch.setattr(sinks, "encode_image", real_encode)
     assert main(argv + ["--resume"]) == 0
     assert _visible(out) == _visible(full_run)
 
@@ -401,7 +398,7 @@ def test_read_only_output_is_one_line(frame_folder, tmp_path, capsys, monkeypatc
         def refuse(path, text):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
-        monkeypatch.setattr(interp, "atomic_write_text", refuse)
+        monkeypatch.setattr(sinks, "atomic_write_text", refuse)
     else:
         out.chmod(0o555)
     try:

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rifelab import batch as batch_mod
-from rifelab.batch import collect_inputs, plan_items, results_table, run_batch
+from rifelab.interpolate import batch as batch_mod
+from rifelab.interpolate.batch import collect_inputs, plan_items, results_table, run_batch
 from rifelab.cli import main
-from rifelab.data import DataError, load_clip, write_image
-from rifelab.interpolate import InterpolateConfig
+from rifelab.frames.images import DataError, write_image
+from rifelab.frames.clips import load_clip
+from rifelab.interpolate.schedule import InterpolateConfig
 
 REPO = Path(__file__).resolve().parent.parent
 OPTS = ["--multi", "3", "--batch-size", "2", "--device", "cpu", "--threads", "1", "--no-progress"]
@@ -140,7 +141,7 @@ def test_kill_mid_run_then_rerun_gives_identical_outputs(inputs, reference, tmp_
 
 def test_without_ray_runs_in_process_and_says_so(inputs, reference, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(batch_mod, "_ray", lambda: None)
-    from rifelab.models import load_rife
+    from rifelab.rife.checkpoints import load_rife
 
     items = plan_items(collect_inputs([str(inputs / "shot")]), tmp_path / "out")
     cfg = InterpolateConfig(multi=3, batch_size=2, progress=False)
@@ -165,7 +166,7 @@ def test_without_ray_runs_in_process_and_says_so(inputs, reference, tmp_path, mo
         if len(seen) == 4:
             raise Stop
 
-    from rifelab.batch import run_item
+    from rifelab.interpolate.batch import run_item
 
     r = run_item(items2[0], load_rife(), cfg, info, on_frames=stop_after_4)
     assert r.status == "failed" and "Stop" in r.error and len(list(partial.glob("0*.png"))) == 4
@@ -194,7 +195,7 @@ def test_without_ray_runs_in_process_and_says_so(inputs, reference, tmp_path, mo
 
 def test_video_items_are_skipped_on_rerun_and_stale_temporaries_removed(inputs, tmp_path, monkeypatch):
     monkeypatch.setattr(batch_mod, "_ray", lambda: None)
-    from rifelab.models import load_rife
+    from rifelab.rife.checkpoints import load_rife
 
     model = load_rife()
     out = tmp_path / "out"

@@ -11,12 +11,22 @@ import pytest
 import torch
 
 from dvc_checks import assert_plots_readable
-from rifelab import coalign as C
+from rifelab.depth.coalign import AlignConfig, align, coalign_loss, coalign_loss_dense, identity_alignment, loss_step, merge, prepare
+from rifelab.depth.lsq import solve_lsq
+from rifelab.depth.metrics import affine_fit, agreement_metrics, depth_metrics
+from rifelab.depth.snippets import SnippetSet, effective_dilation, max_dilation, snippet_frames
+from rifelab.depth.stopping import LossPlateau, RelativeTolerance, replay_stopping, stopping_rule
 from rifelab.studies.base import ParamError
-from rifelab.synthdepth import load_snippets_npz, make_snippets, render_room_depth, save_snippets_npz, synthetic_video
+from rifelab.depth.synthetic import (
+    load_snippets_npz,
+    make_snippets,
+    render_room_depth,
+    save_snippets_npz,
+    synthetic_video,
+)
 
 SMALL = dict(frames=24, height=24, width=32, dilations=(1, 3, 7))
-CFG = C.AlignConfig(factor=2)
+CFG = AlignConfig(factor=2)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,10 +52,10 @@ def clean():
 
 
 def test_dilation_cap_and_counts():
-    assert C.max_dilation(100, 3) == 32
-    assert C.effective_dilation(25, 100) == 25
-    assert C.effective_dilation(25, 40) == 12  # int(40/3) - 1
-    assert C.snippet_frames(4, 3, 2).tolist()[1] == [1, 3, 5]
+    assert max_dilation(100, 3) == 32
+    assert effective_dilation(25, 100) == 25
+    assert effective_dilation(25, 40) == 12  # int(40/3) - 1
+    assert snippet_frames(4, 3, 2).tolist()[1] == [1, 3, 5]
 
 
 def test_generator_is_consistent_with_truth(clean):
@@ -53,7 +63,7 @@ def test_generator_is_consistent_with_truth(clean):
     assert v.depth.shape == (24, 24, 32) and np.isfinite(v.depth).all() and (v.depth > 0).all()
     assert v.snippets.requested == (1, 3, 7) and v.snippets.counts == (22, 18, 10)
     for d, arr, de in zip(v.snippets.requested, v.snippets.arrays, v.snippets.dilations):
-        idx = C.snippet_frames(arr.shape[0], 3, de).numpy()
+        idx = snippet_frames(arr.shape[0], 3, de).numpy()
         pred = v.true_scale[d][:, None, None, None] * v.inverse_depth[idx] + v.true_shift[d][:, None, None, None]
         np.testing.assert_allclose(arr.numpy(), pred, rtol=1e-4, atol=1e-5)
     # the scene moves: consecutive frames differ
@@ -64,16 +74,16 @@ def test_generator_is_consistent_with_truth(clean):
 
 
 def test_scatter_loss_equals_dense_reference(noisy):
-    problem = C.prepare(noisy.snippets, CFG)
+    problem = prepare(noisy.snippets, CFG)
     K = problem.num_snippets
     g = torch.Generator().manual_seed(0)
     scale = (1 + 0.3 * torch.randn(K, generator=g)).requires_grad_()
     shift = (0.2 * torch.randn(K, generator=g)).requires_grad_()
     with torch.no_grad():  # push some values below the depth clip to exercise it
         shift[:3] -= 3.0
-    v1 = C.coalign_loss(problem, scale, shift, CFG)
+    v1 = coalign_loss(problem, scale, shift, CFG)
     g1 = torch.autograd.grad(v1, [scale, shift])
-    v2 = C.coalign_loss_dense(problem, scale, shift, CFG)
+    v2 = coalign_loss_dense(problem, scale, shift, CFG)
     g2 = torch.autograd.grad(v2, [scale, shift])
     assert v1.item() == pytest.approx(v2.item(), rel=1e-5)
     for a, b in zip(g1, g2):
@@ -81,9 +91,9 @@ def test_scatter_loss_equals_dense_reference(noisy):
 
 
 def test_dense_and_scatter_trajectories_match(noisy):
-    cfg = C.AlignConfig(factor=2, iterations=40)
-    a = C.align(noisy.snippets, cfg, loss="vectorised")
-    b = C.align(noisy.snippets, cfg, loss="dense")
+    cfg = AlignConfig(factor=2, iterations=40)
+    a = align(noisy.snippets, cfg, loss="vectorised")
+    b = align(noisy.snippets, cfg, loss="dense")
     np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-4)
     torch.testing.assert_close(a.scale, b.scale, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a.shift, b.shift, rtol=1e-4, atol=1e-5)
@@ -104,17 +114,17 @@ def _affine_consistency(v, result):
 
 
 def test_lsq_recovers_noise_free_truth(clean):
-    res = C.solve_lsq(clean.snippets, CFG)
+    res = solve_lsq(clean.snippets, CFG)
     gain_spread, bias_spread = _affine_consistency(clean, res)
     assert gain_spread < 1e-4 and bias_spread < 1e-4
-    m = C.depth_metrics(C.merge(clean.snippets, res), clean.depth)
+    m = depth_metrics(merge(clean.snippets, res), clean.depth)
     assert m["abs_rel"] < 1e-4 and m["delta1"] == 1.0
 
 
 def test_adam_recovers_noise_free_truth_without_shift_penalty(clean):
-    res = C.align(clean.snippets, C.AlignConfig(factor=2, lambda_shift=0.0))
-    m = C.depth_metrics(C.merge(clean.snippets, res), clean.depth)
-    naive = C.depth_metrics(C.merge(clean.snippets, C.identity_alignment(clean.snippets)), clean.depth)
+    res = align(clean.snippets, AlignConfig(factor=2, lambda_shift=0.0))
+    m = depth_metrics(merge(clean.snippets, res), clean.depth)
+    naive = depth_metrics(merge(clean.snippets, identity_alignment(clean.snippets)), clean.depth)
     assert m["abs_rel"] < 5e-3 < naive["abs_rel"]
     gain_spread, _ = _affine_consistency(clean, res)
     assert gain_spread < 2e-2
@@ -126,38 +136,38 @@ def test_adam_recovers_noise_free_truth_without_shift_penalty(clean):
 def test_plateau_rule_stops_exactly_where_it_says():
     losses = [1.0, 0.5, 0.25] + [0.25 - 1e-5 * k for k in range(1, 40)]
     # deltas: 0.5, 0.25, then 1e-5 from step 4 on; the 5th small delta is at step 3 + 5 = 8
-    assert C.replay_stopping({"rule": "plateau", "tol": 1e-4, "patience": 5}, losses) == 8
-    assert C.replay_stopping(C.LossPlateau(1e-6, 5), losses) is None
-    assert C.replay_stopping("none", losses) is None
+    assert replay_stopping({"rule": "plateau", "tol": 1e-4, "patience": 5}, losses) == 8
+    assert replay_stopping(LossPlateau(1e-6, 5), losses) is None
+    assert replay_stopping("none", losses) is None
     # a big jump resets the streak
     bumpy = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
-    assert C.replay_stopping(C.LossPlateau(1e-3, 3), bumpy) == 7
+    assert replay_stopping(LossPlateau(1e-3, 3), bumpy) == 7
 
 
 def test_relative_rule():
     losses = [100.0 * 0.999**k for k in range(50)]  # relative change 1e-3 every step
-    assert C.replay_stopping(C.RelativeTolerance(2e-3, 4), losses) == 5
-    assert C.replay_stopping(C.RelativeTolerance(5e-4, 4), losses) is None
+    assert replay_stopping(RelativeTolerance(2e-3, 4), losses) == 5
+    assert replay_stopping(RelativeTolerance(5e-4, 4), losses) is None
     with pytest.raises(ValueError, match="patience"):
-        C.stopping_rule({"rule": "plateau", "tol": 1e-4, "patience": 0})
+        stopping_rule({"rule": "plateau", "tol": 1e-4, "patience": 0})
     with pytest.raises(ValueError, match="unknown stopping rule"):
-        C.stopping_rule({"rule": "sometimes"})
+        stopping_rule({"rule": "sometimes"})
 
 
 def test_aligner_stops_where_its_rule_says(noisy):
-    full = C.align(noisy.snippets, C.AlignConfig(factor=2, iterations=600))
-    rule = C.LossPlateau(1e-4, 20)
-    expected = C.replay_stopping(rule, full.loss_history)
+    full = align(noisy.snippets, AlignConfig(factor=2, iterations=600))
+    rule = LossPlateau(1e-4, 20)
+    expected = replay_stopping(rule, full.loss_history)
     assert expected is not None and expected < 600
     seen = []
-    res = C.align(noisy.snippets, C.AlignConfig(factor=2, iterations=600), stopping=rule, callback=lambda i, v: seen.append(i))
+    res = align(noisy.snippets, AlignConfig(factor=2, iterations=600), stopping=rule, callback=lambda i, v: seen.append(i))
     assert res.iterations == res.stop_iteration == expected == len(res.loss_history)
     assert seen == list(range(1, expected + 1))
     deltas = np.abs(np.diff(res.loss_history))
     assert (deltas[-20:] < 1e-4).all() and not (deltas[-21] < 1e-4)
     np.testing.assert_allclose(res.loss_history, full.loss_history[:expected], rtol=1e-5)
     # batched checks (as on a GPU): same firing point, up to check_every - 1 extra steps run
-    batched = C.align(noisy.snippets, C.AlignConfig(factor=2, iterations=600), stopping=rule, check_every=16)
+    batched = align(noisy.snippets, AlignConfig(factor=2, iterations=600), stopping=rule, check_every=16)
     assert batched.stop_iteration == expected and expected <= batched.iterations < expected + 16
 
 
@@ -168,22 +178,22 @@ def test_mismatched_sizes_are_rejected():
     a = np.zeros((18, 3, 8, 8), np.float32)
     b = np.zeros((14, 3, 8, 6), np.float32)
     with pytest.raises(ValueError, match="mismatched sizes"):
-        C.SnippetSet.from_arrays({1: a, 3: b})
+        SnippetSet.from_arrays({1: a, 3: b})
     with pytest.raises(ValueError, match=r"\(S_d, L, H, W\)"):
-        C.SnippetSet.from_arrays({1: np.zeros((18, 8, 8))})
+        SnippetSet.from_arrays({1: np.zeros((18, 8, 8))})
 
 
 def test_dilation_that_does_not_fit_is_rejected():
     rng = np.random.default_rng(0)
     a = rng.random((18, 3, 8, 8)).astype(np.float32)  # T = 20
     with pytest.raises(ValueError, match="does not fit a video of 20 frames"):
-        C.SnippetSet.from_arrays({1: a, 3: rng.random((10, 3, 8, 8))}, num_frames=20)  # needs 14
+        SnippetSet.from_arrays({1: a, 3: rng.random((10, 3, 8, 8))}, num_frames=20)  # needs 14
     with pytest.raises(ValueError, match="fit no single video length"):
-        C.SnippetSet.from_arrays({1: a, 3: rng.random((17, 3, 8, 8))})
+        SnippetSet.from_arrays({1: a, 3: rng.random((17, 3, 8, 8))})
     with pytest.raises(ValueError, match="too short"):
-        C.SnippetSet.from_arrays({1: rng.random((3, 3, 8, 8))})
+        SnippetSet.from_arrays({1: rng.random((3, 3, 8, 8))})
     # a dilation above the cap is capped, as the reference does
-    s = C.SnippetSet.from_arrays({1: a, 25: rng.random((20 - 2 * 5, 3, 8, 8))})
+    s = SnippetSet.from_arrays({1: a, 25: rng.random((20 - 2 * 5, 3, 8, 8))})
     assert s.dilations == (1, 5) and s.num_frames == 20
 
 
@@ -191,16 +201,16 @@ def test_nans_are_rejected():
     a = np.random.default_rng(0).random((18, 3, 8, 8)).astype(np.float32)
     a[4, 1, 2, 2] = np.nan
     with pytest.raises(ValueError, match=r"NaN/inf values in snippets \[4\]"):
-        C.SnippetSet.from_arrays({1: a})
+        SnippetSet.from_arrays({1: a})
 
 
 def test_bad_config_and_tiny_frames(noisy):
     with pytest.raises(ValueError, match="lr"):
-        C.AlignConfig(lr=0)
+        AlignConfig(lr=0)
     with pytest.raises(ValueError, match="border"):
-        C.prepare(noisy.snippets, C.AlignConfig(border=20))
+        prepare(noisy.snippets, AlignConfig(border=20))
     with pytest.raises(ValueError, match="loss must be"):
-        C.align(noisy.snippets, loss="sparse")
+        align(noisy.snippets, loss="sparse")
 
 
 # ---------------------------------------------------------------- npz layout
@@ -228,12 +238,12 @@ def test_npz_roundtrip_and_layout(tmp_path, noisy):
 def test_metrics_sanity():
     depth = render_room_depth(6, 16, 20)
     inv = 1.0 / depth
-    m = C.depth_metrics(3.0 * inv - 0.5, depth)
+    m = depth_metrics(3.0 * inv - 0.5, depth)
     assert m["abs_rel"] < 1e-6 and m["delta1"] == 1.0 and m["temporal_ratio_gt"] == pytest.approx(1.0)
-    assert C.depth_metrics(inv + 0.3 * np.random.default_rng(0).random(inv.shape), depth)["abs_rel"] > 0.01
-    a = C.agreement_metrics(inv, 2 * inv + 1)  # same after min-max normalisation
+    assert depth_metrics(inv + 0.3 * np.random.default_rng(0).random(inv.shape), depth)["abs_rel"] > 0.01
+    a = agreement_metrics(inv, 2 * inv + 1)  # same after min-max normalisation
     assert a["mae"] < 1e-6 and a["p90"] < 1e-6 and a["temporal_ratio"] == pytest.approx(1.0)
-    assert C.affine_fit([0, 1, 2], [1, 3, 5]) == pytest.approx((2.0, 1.0))
+    assert affine_fit([0, 1, 2], [1, 3, 5]) == pytest.approx((2.0, 1.0))
 
 
 def test_make_snippets_validates():
@@ -245,13 +255,13 @@ def test_make_snippets_validates():
 
 
 def test_loss_step_advances_like_align(noisy):
-    cfg = C.AlignConfig(factor=2, iterations=3)
-    problem = C.prepare(noisy.snippets, cfg)
-    step = C.loss_step(problem, cfg, "dense")
+    cfg = AlignConfig(factor=2, iterations=3)
+    problem = prepare(noisy.snippets, cfg)
+    step = loss_step(problem, cfg, "dense")
     for _ in range(3):
         step()
     with pytest.raises(ValueError, match="impl"):
-        C.loss_step(problem, cfg, "sparse")
+        loss_step(problem, cfg, "sparse")
 
 
 # ---------------------------------------------------------------- the study (rifelab.studies.coalign)
@@ -351,7 +361,7 @@ def test_invalid_params_fail_before_any_file(tmp_path, bad, match):
 
 @pytest.mark.notebook
 def test_notebook_runs_with_tiny_parameters(tmp_path):
-    from rifelab.notebooks import run_notebook
+    from rifelab.publish.notebooks import run_notebook
 
     root = Path(__file__).resolve().parent.parent
     nb = json.loads((root / "notebooks" / "04_coalign.ipynb").read_text())
@@ -370,28 +380,28 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
 
 
 def test_constant_snippets_are_refused_instead_of_nan(noisy):
-    const = C.SnippetSet.from_arrays({1: np.full((18, 3, 8, 8), 0.5, np.float32)})  # gave NaN scales and shifts
+    const = SnippetSet.from_arrays({1: np.full((18, 3, 8, 8), 0.5, np.float32)})  # gave NaN scales and shifts
     with pytest.raises(ValueError, match="every snippet is constant .*0.5.*scales and shifts are undefined"):
-        C.align(const, C.AlignConfig(iterations=5, factor=1, border=0))
+        align(const, AlignConfig(iterations=5, factor=1, border=0))
     # real snippets with two frames blanked to the minimum in every snippet that covers them
     arrays = {d: a.clone() for d, a in zip(noisy.snippets.requested, noisy.snippets.arrays)}
     lo = float(min(a.min() for a in arrays.values()))
     for d, a in arrays.items():
-        de = C.effective_dilation(d, noisy.snippets.num_frames)
-        idx = C.snippet_frames(a.shape[0], 3, de)
+        de = effective_dilation(d, noisy.snippets.num_frames)
+        idx = snippet_frames(a.shape[0], 3, de)
         a[(idx == 5) | (idx == 6)] = lo
-    blanked = C.SnippetSet.from_arrays(arrays, num_frames=noisy.snippets.num_frames)
+    blanked = SnippetSet.from_arrays(arrays, num_frames=noisy.snippets.num_frames)
     with pytest.raises(ValueError, match=r"frames 5, 6 are constant at the global minimum"):
-        C.align(blanked, CFG)
+        align(blanked, CFG)
 
 
 @pytest.mark.parametrize("field", ["lambda_scale", "lambda_shift", "lr", "depth_clip", "depth_loss_weight"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_config_is_refused(field, value):
     with pytest.raises(ValueError, match=rf"AlignConfig needs finite numbers, got {field}={value}"):
-        C.AlignConfig(**{field: value})  # lambda_scale=NaN gave NaN scales and shifts
+        AlignConfig(**{field: value})  # lambda_scale=NaN gave NaN scales and shifts
 
 
 def test_divergence_is_refused_not_returned(noisy):
     with pytest.raises(ValueError, match="co-alignment diverged: non-finite scales/shifts"):
-        C.align(noisy.snippets, C.AlignConfig(iterations=3, factor=2, lr=1e30))
+        align(noisy.snippets, AlignConfig(iterations=3, factor=2, lr=1e30))

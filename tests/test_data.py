@@ -6,18 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rifelab.data import (
-    DataError,
-    check_same_size,
-    clip_info,
-    clip_triplets,
-    detect_layout,
-    list_frames,
-    load_clip,
-    read_image,
-    read_triplet_dataset,
-    write_image,
-)
+from rifelab.frames.images import DataError, check_same_size, list_frames, read_image, write_image
+from rifelab.frames.clips import clip_info, clip_triplets, detect_layout, load_clip, read_triplet_dataset
 
 
 def test_load_clip_shapes(carphone):

@@ -13,11 +13,19 @@ import argparse
 import pytest
 import torch
 
-from rifelab import engine as engine_mod
-from rifelab.engine import Engine, EngineConfig, add_bench_options, engine_from_args, parse_config, parse_options
-from rifelab.metrics import psnr
-from rifelab.models import RIFE, load_rife
-from rifelab.bench import real_frame_pair
+from rifelab.engines import torch_engine as engine_mod
+from rifelab.engines.torch_engine import (
+    Engine,
+    EngineConfig,
+    add_bench_options,
+    engine_from_args,
+    parse_config,
+    parse_options,
+)
+from rifelab.measure.metrics import psnr
+from rifelab.rife.model import RIFE
+from rifelab.rife.checkpoints import load_rife
+from rifelab.measure.benchmark import real_frame_pair
 
 LOW_PRECISION_MIN_PSNR = 40.0
 LOW_PRECISION_MAX_ABS = 0.05

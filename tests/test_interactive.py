@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from dvc_checks import assert_plots_readable
-from rifelab.data import to_tensor, to_uint8
-from rifelab.interactive import TimestepViewer, relative_cost
-from rifelab.models import load_rife
+from rifelab.frames.images import to_tensor, to_uint8
+from rifelab.interpolate.viewer import TimestepViewer, relative_cost
+from rifelab.rife.checkpoints import load_rife
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"clip": "carphone", "max_frames": 5, "triplet_stride": 1, "triplet": 1, "timestep": 0.25,

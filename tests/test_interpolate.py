@@ -10,17 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from rifelab.data import DataError, clip_info, list_frames, load_clip, read_image, to_tensor, to_uint8, write_image
-from rifelab.interpolate import (
-    MANIFEST_NAME,
-    ArraySource,
-    InterpolateConfig,
-    interpolate_sequence,
-    make_schedule,
-    output_frame_name,
-)
-from rifelab.scenes import SceneThresholds, decide_pair
-from rifelab.models import load_rife
+from rifelab.frames.images import DataError, list_frames, read_image, to_tensor, to_uint8, write_image
+from rifelab.frames.clips import clip_info, load_clip
+from rifelab.interpolate.schedule import MANIFEST_NAME, InterpolateConfig, make_schedule
+from rifelab.interpolate.sources import ArraySource
+from rifelab.interpolate.run import interpolate_sequence
+from rifelab.interpolate.sinks import output_frame_name
+from rifelab.frames.scenes import SceneThresholds, decide_pair
+from rifelab.rife.checkpoints import load_rife
 
 T = 6  # carphone frames used (176x144: small and fast)
 
@@ -224,7 +221,7 @@ def test_video_round_trip(model, frames, frame_folder, tmp_path):
     # default lossy H.264 output: same frame count, close to the lossless frames
     lossy = tmp_path / "out.mp4"
     interpolate_sequence(video_in, lossy, model, _cfg(multi=3))
-    from rifelab.metrics import psnr
+    from rifelab.measure.metrics import psnr
 
     assert load_clip(str(lossy)).shape == back.shape
     assert psnr(load_clip(str(lossy)), back).min() > 30
@@ -392,10 +389,11 @@ def test_cli_runs_and_reports_bad_options(frame_folder, tmp_path, capsys):
 
 def test_optimised_engine_passthrough(model, frames, tmp_path):
     """`--dtype` and the other switches of rifelab.engine reach the model the CLI builds; fp32 output unchanged."""
-    engine = pytest.importorskip("rifelab.engine")
+    engine = pytest.importorskip("rifelab.engines.torch_engine")
     import argparse
 
-    from rifelab.interpolate import add_interpolate_parser, load_interpolation_model
+    from rifelab.interpolate.cli import add_interpolate_parser
+    from rifelab.interpolate.run import load_interpolation_model
 
     parser = argparse.ArgumentParser()
     add_interpolate_parser(parser.add_subparsers())

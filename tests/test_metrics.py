@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rifelab.metrics import error_stats, interpolation_error, mean_ci95, psnr, ssim, ssim_skimage
+from rifelab.measure.metrics import error_stats, interpolation_error, mean_ci95, psnr, ssim, ssim_skimage
 
 
 def test_psnr_by_hand(carphone):

@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from rifelab.data import clip_triplets, read_triplet_dataset, to_tensor, to_uint8
-from rifelab.metrics import psnr
-from rifelab.models import (
-    CheckpointError,
-    IFNet,
-    RIFE,
-    load_rife,
-    load_state_dict,
-    pad_to_multiple,
-    padding_multiple,
-    timestep_plane,
-    warp,
-)
+from rifelab.frames.clips import clip_triplets, read_triplet_dataset
+from rifelab.frames.images import to_tensor, to_uint8
+from rifelab.measure.metrics import psnr
+from rifelab.rife.checkpoints import CheckpointError, load_rife, load_state_dict
+from rifelab.rife.network import IFNet, pad_to_multiple, padding_multiple, timestep_plane, warp
+from rifelab.rife.model import RIFE
 
 
 def test_warp_zero_flow_is_identity():
@@ -284,7 +277,7 @@ def test_pickled_module_checkpoint_gives_whole_message(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_rife(tmp_path / "model.pth")
     msg = str(err.value)  # was torch's message cut at 200 characters, mid-sentence
-    assert "model.pth holds a whole pickled network object (rifelab.models.IFNet)" in msg
+    assert "model.pth holds a whole pickled network object (rifelab.rife.network.IFNet)" in msg
     assert "torch.save(model.state_dict())" in msg and msg.endswith("else download the official file")
 
 

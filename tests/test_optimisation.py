@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dvc_checks import assert_plots_readable
-from rifelab.backends import calibration_frames, overlapping_frames
-from rifelab.notebooks import run_notebook
+from rifelab.engines.backends import calibration_frames, overlapping_frames
+from rifelab.publish.notebooks import run_notebook
 from rifelab.studies import baseline as baseline_study
 from rifelab.studies import optimisation as opt
 from rifelab.studies.base import PROFILES, ParamError, load_study_params

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rifelab.profiling import PeakMemory, Timing, environment_record, resolve_device, time_callable
+from rifelab.measure.profiling import PeakMemory, Timing, environment_record, resolve_device, time_callable
 
 
 def test_timing_statistics():

@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 import torch
 
-from rifelab import pruning as P
-from rifelab import sensitivity as S
-from rifelab.data import clip_triplets, to_tensor
-from rifelab.distill import distill, distillation_targets, loss_gradients, task_data
-from rifelab.metrics import psnr
-from rifelab.notebooks import run_notebook
+from rifelab.pruning import prune as P
+from rifelab.pruning import sensitivity as S
+from rifelab.frames.clips import clip_triplets
+from rifelab.frames.images import to_tensor
+from rifelab.pruning.distill import distill, distillation_targets, loss_gradients, task_data
+from rifelab.measure.metrics import psnr
+from rifelab.publish.notebooks import run_notebook
 from rifelab.studies import pruning as study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -492,7 +493,7 @@ def test_taylor_plans_in_the_finetune_stage(tmp_path):
 
 
 def test_paired_speedup_interval_ignores_load_drift():
-    from rifelab.profiling import Timing, speedup_ci
+    from rifelab.measure.profiling import Timing, speedup_ci
 
     load = np.array([1.0, 3.0, 1.5, 6.0, 2.0, 1.2, 4.0, 1.1])  # the machine's load changes from round to round
     base, fast = Timing.from_samples(list(0.2 * load)), Timing.from_samples(list(0.1 * load))

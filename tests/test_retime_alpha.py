@@ -10,17 +10,22 @@ import pytest
 import torch
 
 from rifelab.cli import main
-from rifelab.data import DataError, list_frames, load_clip, read_image, read_image_rgba, to_tensor, to_uint8, write_image
-from rifelab.interpolate import (
-    ArraySource,
-    InterpolateConfig,
-    interpolate_sequence,
-    parse_ratio,
-    retime_count,
-    retime_positions,
+from rifelab.frames.images import (
+    DataError,
+    list_frames,
+    read_image,
+    read_image_rgba,
+    to_tensor,
+    to_uint8,
+    write_image,
 )
-from rifelab.scenes import SceneThresholds
-from rifelab.models import load_rife, pad_to_multiple, warp
+from rifelab.frames.clips import load_clip
+from rifelab.interpolate.sources import ArraySource
+from rifelab.interpolate.schedule import InterpolateConfig, parse_ratio, retime_count, retime_positions
+from rifelab.interpolate.run import interpolate_sequence
+from rifelab.frames.scenes import SceneThresholds
+from rifelab.rife.checkpoints import load_rife
+from rifelab.rife.network import pad_to_multiple, warp
 
 OFF = SceneThresholds(None, None, None)  # every pair interpolated, so each frame is checked against the model
 

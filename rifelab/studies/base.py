@@ -24,10 +24,11 @@ import pandas as pd
 import torch
 import yaml
 
-from ..bench import parse_resolution
-from ..models import RIFE, load_rife
-from ..profiling import environment_record, resolve_device
-from ..results import atomic_path, find_project_root, save_figure, save_json, save_table
+from rifelab.measure.benchmark import parse_resolution
+from rifelab.rife.model import RIFE
+from rifelab.rife.checkpoints import load_rife
+from rifelab.measure.profiling import environment_record, resolve_device
+from rifelab.publish.results import atomic_path, find_project_root, save_figure, save_json, save_table
 
 log = logging.getLogger(__name__)
 

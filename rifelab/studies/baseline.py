@@ -14,13 +14,13 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from .. import claims, plots
-from ..assets import CLIPS
-from ..bench import bench_row
-from ..data import clip_info, clip_triplets, detect_layout, load_clip, read_triplet_dataset
-from ..evaluation import evaluate_triplets, summarise
-from ..models import VALID_SCALES
-from .base import Param, StudyResult, StudyRun
+from rifelab.publish import claims, plots
+from rifelab.frames.assets import CLIPS
+from rifelab.measure.benchmark import bench_row
+from rifelab.frames.clips import clip_info, clip_triplets, detect_layout, load_clip, read_triplet_dataset
+from rifelab.measure.evaluation import evaluate_triplets, summarise
+from rifelab.rife.network import VALID_SCALES
+from rifelab.studies.base import Param, StudyResult, StudyRun
 
 log = logging.getLogger(__name__)
 

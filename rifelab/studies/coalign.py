@@ -25,29 +25,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import claims
-from ..bench import parse_resolution
-from ..coalign import (
+from rifelab.publish import claims
+from rifelab.measure.benchmark import parse_resolution
+from rifelab.depth.coalign import (
     AlignConfig,
     AlignResult,
-    SnippetSet,
-    agreement_metrics,
     align,
-    depth_metrics,
     evaluate_loss,
     identity_alignment,
     loss_memory_estimate,
     loss_step,
     merge,
-    normalise_video,
     oracle_alignment,
     prepare,
-    solve_lsq,
-    stopping_rule,
 )
-from ..profiling import PeakMemory, Timing, speedup_ci, time_interleaved
-from ..synthdepth import load_snippets_npz, synthetic_video
-from .base import Param, ParamError, StudyResult, StudyRun, load_study_params
+from rifelab.depth.snippets import SnippetSet
+from rifelab.depth.metrics import agreement_metrics, depth_metrics, normalise_video
+from rifelab.depth.lsq import solve_lsq
+from rifelab.depth.stopping import stopping_rule
+from rifelab.measure.profiling import PeakMemory, Timing, speedup_ci, time_interleaved
+from rifelab.depth.synthetic import load_snippets_npz, synthetic_video
+from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun, load_study_params
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..assets import CLIPS
-from ..data import load_clip
-from ..interactive import TimestepViewer
-from ..interpolate import benchmark_pipeline
-from ..metrics import psnr, ssim
-from ..models import VALID_SCALES
-from .base import Param, StudyResult, StudyRun
+from rifelab.frames.assets import CLIPS
+from rifelab.frames.clips import load_clip
+from rifelab.interpolate.viewer import TimestepViewer
+from rifelab.interpolate.bench import benchmark_pipeline
+from rifelab.measure.metrics import psnr, ssim
+from rifelab.rife.network import VALID_SCALES
+from rifelab.studies.base import Param, StudyResult, StudyRun
 
 log = logging.getLogger(__name__)
 

@@ -25,17 +25,29 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .. import claims
-from ..assets import CLIPS
-from ..backends import (BACKENDS, PRECISIONS, BackendUnavailable, backend_problem, calibration_frames, calibration_pairs,
-                        capabilities, load_backend, missing_requirements, overlapping_frames)
-from ..bench import agreement, real_frame_pair
-from ..data import clip_triplets, load_clip, to_tensor, to_uint8
-from ..engine import EngineConfig, parse_config
-from ..evaluation import evaluate_triplets
-from ..models import VALID_SCALES, RIFE
-from ..profiling import PeakMemory, time_interleaved
-from .base import Param, ParamError, StudyResult, StudyRun
+from rifelab.publish import claims
+from rifelab.frames.assets import CLIPS
+from rifelab.engines.backends import (
+    BACKENDS,
+    PRECISIONS,
+    BackendUnavailable,
+    backend_problem,
+    calibration_frames,
+    calibration_pairs,
+    capabilities,
+    load_backend,
+    missing_requirements,
+    overlapping_frames,
+)
+from rifelab.measure.benchmark import agreement, real_frame_pair
+from rifelab.frames.clips import clip_triplets, load_clip
+from rifelab.frames.images import to_tensor, to_uint8
+from rifelab.engines.torch_engine import EngineConfig, parse_config
+from rifelab.measure.evaluation import evaluate_triplets
+from rifelab.rife.network import VALID_SCALES
+from rifelab.rife.model import RIFE
+from rifelab.measure.profiling import PeakMemory, time_interleaved
+from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun
 
 log = logging.getLogger(__name__)
 

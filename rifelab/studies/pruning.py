@@ -32,17 +32,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import claims
-from ..data import Triplet, read_triplet_dataset, to_tensor
-from ..distill import distill, distillation_targets, loss_gradients, task_data
-from ..evaluation import evaluate_triplets
-from ..models import RIFE, load_rife
-from ..notebooks import parse_set
-from ..profiling import resolve_device, speedup_ci, time_interleaved
-from ..results import atomic_path, find_project_root
-from .. import pruning as P
-from .. import sensitivity as S
-from .base import Param, ParamError, StudyResult, StudyRun, load_study_params
+from rifelab.publish import claims
+from rifelab.frames.clips import Triplet, read_triplet_dataset
+from rifelab.frames.images import to_tensor
+from rifelab.pruning.distill import distill, distillation_targets, loss_gradients, task_data
+from rifelab.measure.evaluation import evaluate_triplets
+from rifelab.rife.model import RIFE
+from rifelab.rife.checkpoints import load_rife
+from rifelab.publish.notebooks import parse_set
+from rifelab.measure.profiling import resolve_device, speedup_ci, time_interleaved
+from rifelab.publish.results import atomic_path, find_project_root
+from rifelab.pruning import prune as P
+from rifelab.pruning import sensitivity as S
+from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun, load_study_params
 
 log = logging.getLogger(__name__)
 

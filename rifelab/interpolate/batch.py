@@ -40,21 +40,19 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .data import DataError
-from .interpolate import (
+from rifelab.frames.images import DataError
+from rifelab.interpolate.cli import add_interpolate_parser, config_from_args
+from rifelab.interpolate.pipeline import _model_device
+from rifelab.interpolate.run import interpolate_sequence, load_interpolation_model
+from rifelab.interpolate.schedule import (
     JOURNAL_NAME,
     MANIFEST_NAME,
     InterpolateConfig,
-    _model_device,
-    add_interpolate_parser,
-    config_from_args,
-    interpolate_sequence,
-    load_interpolation_model,
-    open_source,
-    read_manifest,
     retime_count,
 )
-from .results import atomic_write_text, to_markdown
+from rifelab.interpolate.sinks import read_manifest
+from rifelab.interpolate.sources import open_source
+from rifelab.publish.results import atomic_write_text, to_markdown
 
 log = logging.getLogger(__name__)
 

@@ -50,11 +50,13 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch.nn.utils import prune as torch_prune
 
-from .data import Triplet, clip_triplets, load_clip
-from .scenes import decide_pair
-from .models import IFBlock, IFNet, RIFE, load_rife, padding_multiple
-from .profiling import count_flops, resolve_device
-from .results import atomic_path
+from rifelab.frames.clips import Triplet, clip_triplets, load_clip
+from rifelab.frames.scenes import decide_pair
+from rifelab.measure.profiling import count_flops, resolve_device
+from rifelab.publish.results import atomic_path
+from rifelab.rife.checkpoints import load_rife
+from rifelab.rife.model import RIFE
+from rifelab.rife.network import IFBlock, IFNet, padding_multiple
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import nbformat
 import yaml
 
-from .results import atomic_path, find_project_root
+from rifelab.publish.results import atomic_path, find_project_root
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .coalign import SnippetSet, effective_dilation, snippet_frames
-from .results import atomic_path
+from rifelab.depth.snippets import SnippetSet, effective_dilation, snippet_frames
+from rifelab.publish.results import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import load_clip, to_tensor
-from .metrics import error_stats, psnr, ssim
-from .profiling import PeakMemory, Timing, count_flops, count_parameters, time_callable
+from rifelab.frames.clips import load_clip
+from rifelab.frames.images import to_tensor
+from rifelab.measure.metrics import error_stats, psnr, ssim
+from rifelab.measure.profiling import (
+    PeakMemory,
+    Timing,
+    count_flops,
+    count_parameters,
+    time_callable,
+)
 
 log = logging.getLogger(__name__)
 

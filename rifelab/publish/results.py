@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from .profiling import environment_record
+from rifelab.measure.profiling import environment_record
 
 __all__ = ["find_project_root", "atomic_path", "atomic_write_text", "temp_path_beside", "save_table", "save_figure", "save_json", "to_markdown"]
 

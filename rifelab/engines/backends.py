@@ -39,11 +39,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import load_clip, to_tensor
-from .engine import DTYPES, Engine, add_bench_options, engine_from_args
-from .export import INPUT_NAMES, FlowGraph, export_onnx
-from .models import RIFE, check_pair, check_scale, load_rife
-from .profiling import resolve_device
+from rifelab.engines.export import INPUT_NAMES, FlowGraph, export_onnx
+from rifelab.engines.torch_engine import (
+    DTYPES,
+    Engine,
+    add_bench_options,
+    engine_from_args,
+)
+from rifelab.frames.clips import load_clip
+from rifelab.frames.images import to_tensor
+from rifelab.measure.profiling import resolve_device
+from rifelab.rife.checkpoints import load_rife
+from rifelab.rife.model import RIFE, check_pair
+from rifelab.rife.network import check_scale
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .data import Triplet, clip_triplets, load_clip, to_tensor, to_uint8
-from .metrics import psnr
-from .models import VALID_SCALES, check_scale
+from rifelab.frames.clips import Triplet, clip_triplets, load_clip
+from rifelab.frames.images import to_tensor, to_uint8
+from rifelab.measure.metrics import psnr
+from rifelab.rife.network import VALID_SCALES, check_scale
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import to_tensor
-from .metrics import ssim_skimage
+from rifelab.frames.images import to_tensor
+from rifelab.measure.metrics import ssim_skimage
 
 __all__ = ["SceneThresholds", "PairDecision", "histogram_distance", "pair_similarity", "decide_pair"]
 

@@ -40,11 +40,10 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .evaluation import evaluate_triplets
-from .models import RIFE, padding_multiple
-from .profiling import count_flops, synchronize, time_interleaved
-from . import pruning as P
-from .pruning import (
+from rifelab.measure.evaluation import evaluate_triplets
+from rifelab.measure.profiling import count_flops, synchronize, time_interleaved
+from rifelab.pruning import prune as P
+from rifelab.pruning.prune import (
     DEFAULT_PROTECTED,
     ChannelGroup,
     ChannelPlan,
@@ -56,6 +55,8 @@ from .pruning import (
     plan_from_ratios,
     prune_model,
 )
+from rifelab.rife.model import RIFE
+from rifelab.rife.network import padding_multiple
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import to_tensor
-from .models import RIFE, pad_to_multiple, padding_multiple
-from .results import atomic_path
+from rifelab.frames.images import to_tensor
+from rifelab.publish.results import atomic_path
+from rifelab.rife.model import RIFE
+from rifelab.rife.network import pad_to_multiple, padding_multiple
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import Triplet, to_tensor, to_uint8
-from .metrics import interpolation_error, mean_ci95, psnr, ssim
+from rifelab.frames.clips import Triplet
+from rifelab.frames.images import to_tensor, to_uint8
+from rifelab.measure.metrics import interpolation_error, mean_ci95, psnr, ssim
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .bench import parse_resolution, real_frame_pair
-from .metrics import error_stats
-from .models import RIFE, check_scale, load_rife, padding_multiple
-from .results import atomic_path
+from rifelab.measure.benchmark import parse_resolution, real_frame_pair
+from rifelab.measure.metrics import error_stats
+from rifelab.publish.results import atomic_path
+from rifelab.rife.checkpoints import load_rife
+from rifelab.rife.model import RIFE
+from rifelab.rife.network import check_scale, padding_multiple
 
 log = logging.getLogger(__name__)
 

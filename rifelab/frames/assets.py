@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import atomic_path, find_project_root
+from rifelab.publish.results import atomic_path, find_project_root
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import RIFE, IFNet, base_grid, check_pair, check_scale, grid_normaliser, load_rife, padding_multiple, warp
-from .profiling import resolve_device
+from rifelab.measure.profiling import resolve_device
+from rifelab.rife.checkpoints import load_rife
+from rifelab.rife.model import RIFE, check_pair
+from rifelab.rife.network import (
+    IFNet,
+    base_grid,
+    check_scale,
+    grid_normaliser,
+    padding_multiple,
+    warp,
+)
 
 log = logging.getLogger(__name__)
 

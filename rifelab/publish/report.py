@@ -13,7 +13,7 @@ from typing import Sequence
 import nbformat
 from nbconvert import HTMLExporter
 
-from .results import atomic_write_text
+from rifelab.publish.results import atomic_write_text
 
 __all__ = ["build_report", "reader_cells"]
 

@@ -1,0 +1,1 @@
+"""RollingDepth's depth co-alignment (snippets, loss, optimisation, stopping rules) and synthetic depth."""

@@ -1,0 +1,223 @@
+"""`rifelab interpolate`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rifelab.engines.backends import add_backend_options
+from rifelab.frames.images import (
+    DataError,
+)
+from rifelab.frames.scenes import SceneThresholds
+from rifelab.interpolate.bench import benchmark_pipeline
+from rifelab.interpolate.run import interpolate_sequence, load_interpolation_model
+from rifelab.interpolate.schedule import (
+    DEFAULT_INPUT_FPS,
+    OUTPUT_IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    InterpolateConfig,
+    _count,
+)
+from rifelab.interpolate.sinks import read_manifest
+from rifelab.interpolate.sources import _is_video_path, open_source
+from rifelab.publish.results import (
+    to_markdown,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _threshold(text: str) -> float | None:
+    if str(text).lower() in ("off", "none", "no"):
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'off', got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'off', got {text!r}")
+    return v
+
+
+RECURSIVE_HELP = (
+    "bisection mode: build the inserted frames level by level from their two nearest already-made frames "
+    "(the middle frame from the originals, then the quarter frames from it, ...), instead of each from the "
+    "two originals. When N-1 is a power of two (--multi 3, 5, 9, 17) every frame is made at t=0.5. Otherwise "
+    "an interval spanning n steps is split at step n//2 with local timestep (n//2)/n, so some frames are "
+    "made at t other than 0.5 (--multi 4: the frame at 1/3 from the originals at t=1/3, then the frame at 2/3 "
+    "at t=1/2); output times stay evenly spaced at i/(N-1) either way"
+)
+
+
+def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `interpolate` subcommand to `rifelab`'s subparsers; returns its parser."""
+    p = subparsers.add_parser(
+        "interpolate",
+        help="insert frames between every pair of an image folder or a video",
+        description=(
+            "Insert N-2 frames between every pair of consecutive frames of INPUT (a folder of numbered frames, "
+            "sorted numerically, or a video file) and write OUTPUT (a folder of numbered frames 00000000.png, ... "
+            "or a video file when OUTPUT ends in " + ", ".join(VIDEO_EXTENSIONS) + "). T input frames give "
+            "(N-1)(T-1)+1 output frames; originals are written unchanged. A reader thread, the model and a "
+            "writer thread run concurrently. Static pairs and scene cuts are duplicated instead of interpolated."
+        ),
+        epilog="example: rifelab interpolate frames/ out/ --multi 4   |   rifelab interpolate clip.mp4 clip_x2.mp4",
+    )
+    p.add_argument("input", help="folder of numbered frames (png/jpg/tif/bmp/webp) or a video file")
+    p.add_argument("output", nargs="?", default=None,
+                   help="output folder (frames) or video file (.mp4, .mkv, .mov, .avi, .webm); not needed with --benchmark")
+    g = p.add_argument_group("interpolation")
+    g.add_argument("--multi", type=int, default=3, metavar="N",
+                   help="frames per input pair including both originals: 2 only copies, 3 (default) inserts 1 "
+                   "(doubles the frame rate), N inserts N-2 at t = 1/(N-1), ..., (N-2)/(N-1)")
+    g.add_argument("--recursive", action="store_true", help=RECURSIVE_HELP)
+    g.add_argument("--scale", type=float, default=None, metavar="S",
+                   help="flow scale, one of 0.25, 0.5, 1, 2, 4 (default 1; 0.5 with --uhd): smaller is faster and "
+                   "suits large motion in high-resolution frames")
+    g.add_argument("--uhd", action="store_true", help="4K input: sets --scale 0.5 unless --scale is given")
+    g.add_argument("--ensemble", action="store_true",
+                   help="average the flow with that of the swapped pair (slower, slightly smoother)")
+    g = p.add_argument_group("static frames and scene cuts (duplicated instead of interpolated)")
+    g.add_argument("--static-ssim", type=_threshold, default=0.996, metavar="X",
+                   help="a pair with SSIM >= X is static: its inserted frames repeat the nearest original "
+                   "(default 0.996; 'off' to always interpolate)")
+    g.add_argument("--cut-ssim", type=_threshold, default=0.2, metavar="X",
+                   help="a pair with SSIM < X is a scene cut: inserted frames repeat the nearest original instead of "
+                   "morphing across the cut (default 0.2; 'off' disables)")
+    g.add_argument("--cut-hist", type=_threshold, default=0.4, metavar="X",
+                   help="a pair whose colour histograms differ by more than X (total variation distance 0..1) is a "
+                   "scene cut too (default 0.4; 'off' disables)")
+    g = p.add_argument_group("frame-rate retiming (instead of --multi)")
+    g.add_argument("--target-fps", type=float, default=None, metavar="F",
+                   help="make output frames at times k/F (e.g. 60 for a 24 fps input): each is interpolated from the "
+                   "two input frames around it at its own t, or copied when it falls on an input frame; "
+                   "floor((T-1) x F / input fps) + 1 frames, none duplicated or dropped. Replaces --multi")
+    g.add_argument("--fps-ratio", default=None, metavar="R",
+                   help="output rate = input rate x R, as a fraction or decimal (5/2 turns 24 fps into 60, 6/5 "
+                   "turns 25 into 30); same frames as --target-fps")
+    g = p.add_argument_group("output")
+    g.add_argument("--ext", default="png", choices=list(OUTPUT_IMAGE_EXTENSIONS),
+                   help="image format of a folder output (default png, lossless; jpg re-encodes originals lossily)")
+    g.add_argument("--fps", type=float, default=None,
+                   help="frame rate of a video output (default: input rate x (N-1), same duration; give the input "
+                   "rate for slow motion)")
+    g.add_argument("--input-fps", type=float, default=None,
+                   help=f"frame rate of a folder input (default {DEFAULT_INPUT_FPS:g}) or override of a video's")
+    g.add_argument("--crf", type=int, default=18, help="video quality, 0 best .. 51 worst (default 18)")
+    g.add_argument("--lossless", action="store_true", help="lossless RGB video (libx264rgb, crf 0): exact frames")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into the same output folder: keep its complete frames, remove "
+                   "stale temporary files, compute the rest (the options must match the first run)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the frames an earlier run recorded in OUTPUT's manifest (a non-empty output is refused "
+                   "otherwise, and so is any file rifelab did not write)")
+    g.add_argument("--allow-damaged-input", action="store_true",
+                   help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
+                   "decode errors and frames missing from the container's count stop the run)")
+    g = p.add_argument_group("model and pipeline")
+    g.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
+    g.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--batch-size", type=int, default=4, help="frames per model call at most (default 4)")
+    g.add_argument("--queue-size", type=int, default=8,
+                   help="pairs buffered between reader and model (default 8); bounds memory on long inputs")
+    g.add_argument("--serial", action="store_true", help="run reader, model and writer in one thread (debugging)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--benchmark", action="store_true",
+                   help="instead of writing OUTPUT, time the model alone vs the whole pipeline on INPUT's frames "
+                   "and print output frames per second of each")
+    g.add_argument("--repeats", type=int, default=3, help="timed repeats of --benchmark (default 3)")
+    add_backend_options(p)  # --backend, --dtype and the PyTorch engine's switches
+    p.set_defaults(func=_cmd_interpolate)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
+    """InterpolateConfig from the parsed `interpolate` options (validated)."""
+    scale = args.scale if args.scale is not None else (0.5 if args.uhd else 1.0)
+    cfg = InterpolateConfig(
+        multi=args.multi, recursive=args.recursive, scale=scale, ensemble=args.ensemble,
+        thresholds=SceneThresholds(args.static_ssim, args.cut_ssim, args.cut_hist),
+        batch_size=args.batch_size, queue_size=args.queue_size, ext=args.ext, input_fps=args.input_fps,
+        fps=args.fps, crf=args.crf, lossless=args.lossless, resume=args.resume, overwrite=args.overwrite,
+        threaded=not args.serial, progress=not args.no_progress, allow_damaged_input=args.allow_damaged_input,
+    )
+    cfg.target_fps, cfg.fps_ratio = getattr(args, "target_fps", None), getattr(args, "fps_ratio", None)
+    cfg.validate()
+    return cfg
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.benchmark:
+        if args.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+        src = open_source(args.input, cfg.input_fps)
+        frames = np.stack(list(src))
+        model = load_interpolation_model(args)
+        df = benchmark_pipeline(model, frames, multi=cfg.multi, batch_size=cfg.batch_size, scale=cfg.scale,
+                                repeats=args.repeats, thresholds=cfg.thresholds)
+
+        print(to_markdown(df, floatfmt=".3f"))
+        return 0
+    if args.output is None:
+        raise ValueError("give an OUTPUT folder or video file (or --benchmark)")
+    try:
+        model = load_interpolation_model(args)
+        info = {"checkpoint": str(args.checkpoint) if args.checkpoint else "bundled rife40",
+                "dtype": getattr(args, "dtype", "fp32")}
+        summary = interpolate_sequence(args.input, args.output, model, cfg, model_info=info)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rifelab.cli turns it into KeyboardInterrupt('SIGTERM'))
+        if getattr(args, "verbose", 0) >= 2:
+            raise
+        print(stopped_message(args, f"stopped by {exc.args[0] if exc.args else 'Ctrl-C'}"), file=sys.stderr)
+        return 130
+    except OSError as exc:  # full disk, read-only folder, no permission...
+        if getattr(args, "verbose", 0) >= 2 or exc.errno is None or isinstance(exc, FileNotFoundError):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(stopped_message(args, f"{os.strerror(exc.errno)}{where}"), file=sys.stderr)
+        return 1
+    print(summary.describe())
+    return 0
+
+
+def stopped_message(args: argparse.Namespace, what: str) -> str:
+    """One line for a run that stopped early: what happened, what was kept, the command that continues it."""
+    out = Path(args.output)
+    argv = [a for a in getattr(args, "argv", None) or _rebuild_argv(args) if not _is_flag(a, "--resume")]
+    if _is_video_path(out):
+        kept = f"the unfinished video was removed ({out} is as it was before)"
+        again = shlex.join(["rifelab", *argv])
+        return f"rifelab interpolate: {what}; {kept}; once fixed, run again: {again}"
+    argv = [a for a in argv if not _is_flag(a, "--overwrite")]
+    try:
+        manifest = read_manifest(out)
+    except DataError:
+        manifest = None
+    done = sum((out / n).is_file() for n in manifest["frames"]) if manifest else 0
+    kept = f"{_count(done, 'complete frame')} kept in {out}" if done else f"no frames written to {out}"
+    again = shlex.join(["rifelab", *argv, "--resume"])
+    return f"rifelab interpolate: {what}; {kept}; once fixed, continue with: {again}"
+
+
+def _is_flag(arg: str, flag: str) -> bool:
+    """Whether a command-line word is `flag` or an abbreviation argparse accepts for it."""
+    return len(arg) > 3 and flag.startswith(arg)
+
+
+def _rebuild_argv(args: argparse.Namespace) -> list[str]:
+    """The essential arguments of an `interpolate` call when the original command line is not known."""
+    argv = ["interpolate", str(args.input), str(args.output), "--multi", str(args.multi)]
+    return argv + (["--recursive"] if args.recursive else [])

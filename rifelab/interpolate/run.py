@@ -1,0 +1,130 @@
+"""`interpolate_sequence`: one interpolation run from a source to a sink."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rifelab.engines.backends import model_from_args
+from rifelab.frames.images import (
+    DataError,
+)
+from rifelab.interpolate.pipeline import (
+    _check_alpha_output,
+    _extra_settings,
+    _Out,
+    _Pipeline,
+    _progress,
+    _RetimePipeline,
+    _run_stages,
+    _to_frame,
+)
+from rifelab.interpolate.schedule import (
+    LARGE_OUTPUT_FRAMES,
+    InterpolateConfig,
+    InterpolationSummary,
+    _as_fraction,
+    retime_count,
+)
+from rifelab.interpolate.sinks import _FolderSink, _VideoSink
+from rifelab.interpolate.sources import (
+    FrameSource,
+    _frame_size,
+    _is_video_path,
+    open_source,
+)
+from rifelab.measure.profiling import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def _warn_if_large(src: FrameSource, frames: int | None, out: Path) -> None:
+    """Log the output's frame count and raw size before starting; a warning above LARGE_OUTPUT_FRAMES."""
+    if frames is None:
+        return
+    size = _frame_size(src)
+    raw = f" of {size[0]}x{size[1]} ({frames * size[0] * size[1] * 3 / 1e9:.2f} GB as raw RGB)" if size else ""
+    if frames > LARGE_OUTPUT_FRAMES:
+        log.warning("this run writes %d frames%s to %s; stop it (Ctrl-C) if that is not what you meant", frames,
+                    raw, out)
+    else:
+        log.info("writing %d frames%s to %s", frames, raw, out)
+
+
+def interpolate_sequence(
+    source: str | os.PathLike | FrameSource | np.ndarray,
+    output: str | os.PathLike,
+    model: Any,
+    config: InterpolateConfig | None = None,
+    on_frame: Callable[[int, str], None] | None = None,
+    model_info: dict[str, Any] | None = None,
+) -> InterpolationSummary:
+    """Interpolate a folder of frames, a video or an array into a folder of frames or a video (by `output`'s suffix).
+
+    `model` is anything with `.interpolate(img0, img1, timestep, scale, ensemble)`. `on_frame(index, kind)`
+    is called after each frame is written (kind: original, model, static, cut). `model_info` (checkpoint,
+    dtype...) joins the settings a resumed run must match. Returns the counts of the run.
+    """
+    config = config or InterpolateConfig()
+    config.validate()
+    src = open_source(source, config.input_fps, allow_damaged=config.allow_damaged_input)
+    out = Path(output)
+    if src.path is not None and out.resolve() == src.path.resolve():
+        raise DataError(f"the output {out} is the input; choose another folder or file")
+    summary = InterpolationSummary(output=str(out))
+    ratio = config.retime_ratio(src.fps)
+    _check_alpha_output(src, out, config)
+    if _is_video_path(out):
+        summary.output_fps = config.fps or src.fps * (config.multi - 1)
+        if ratio is not None:
+            summary.output_fps = config.fps or float(_as_fraction(src.fps) * ratio)
+        sink: Any = _VideoSink(out, summary.output_fps, config)
+    else:
+        manifest = {"input": src.describe(), **config.settings(), "model": model_info or {}}
+        manifest.update(_extra_settings(src, ratio))
+        sink = _FolderSink(out, config, manifest)
+    expected = (src.count - 1) * (config.multi - 1) + 1 if src.count else None
+    if ratio is not None:
+        expected = retime_count(src.count, ratio) if src.count else None
+    _warn_if_large(src, expected, out)
+    sink.prepare()
+    summary.removed_temp_files = len(sink.removed_temps)
+    summary.recomputed_frames = len(getattr(sink, "recomputed", ()))
+    pipe = _Pipeline(model, config, summary, sink.has, (src.count - 1) if src.count else None)
+    if ratio is not None:
+        pipe = _RetimePipeline(model, config, summary, ratio, sink.has, (src.count - 1) if src.count else None)
+    write_bar = _progress(expected, "write", 2, config.progress, "frame")
+
+    def write(item: _Out) -> None:
+        sink.write(item.index, _to_frame(item.data))
+        summary.written_frames += 1
+        write_bar.update(1)
+        if on_frame is not None:
+            on_frame(item.index, item.kind)
+
+    t0 = time.perf_counter()
+    try:
+        _run_stages(pipe, src, write, config)
+        summary.seconds = time.perf_counter() - t0
+        for damage in getattr(src, "damage", ()):
+            summary.damaged_input = damage.describe()
+            summary.lost_input_frames = list(damage.lost)
+        sink.finish(summary)
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        write_bar.close()
+    log.debug("interpolate: %s", summary.describe().replace("\n", "; "))
+    return summary
+
+
+def load_interpolation_model(args: argparse.Namespace) -> Any:
+    """The model the CLI runs: `--backend` (rifelab.backends) with the engine switches, on `--device`."""
+    return model_from_args(args, resolve_device(getattr(args, "device", "auto")))

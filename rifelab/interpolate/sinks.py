@@ -1,0 +1,323 @@
+"""Frame sinks: a folder with its manifest + journal (checksummed, resumable), or a video written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from rifelab.frames.images import (
+    DataError,
+    encode_image,
+)
+from rifelab.interpolate.schedule import (
+    FRAME_DIGITS,
+    JOURNAL_NAME,
+    MANIFEST_NAME,
+    OUTPUT_IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    InterpolateConfig,
+    InterpolationSummary,
+)
+from rifelab.publish.results import (
+    atomic_path,
+    atomic_write_text,
+    temp_path_beside,
+)
+
+log = logging.getLogger(__name__)
+
+
+def output_frame_name(index: int, ext: str = "png") -> str:
+    """File name of output frame `index`: zero-padded to 8 digits, e.g. 00000012.png."""
+    return f"{index:0{FRAME_DIGITS}d}.{ext}"
+
+
+_FRAME_NAME = re.compile(rf"^\d{{{FRAME_DIGITS}}}\.(?:{'|'.join(OUTPUT_IMAGE_EXTENSIONS)})$")
+
+
+def _temp_pattern(final_names: str) -> re.Pattern:
+    """Names `results.temp_path_beside` gives temporaries of files matching the regex `final_names`."""
+    return re.compile(rf"^\.(?:{final_names})\.[a-z0-9_]+\.tmp\.\w+$")
+
+
+def _remove_stale_temps(folder: Path, pattern: re.Pattern) -> list[str]:
+    """Remove the temporary files an interrupted run left in `folder` (names matching `pattern`); returns them."""
+    removed = []
+    if folder.is_dir():
+        for f in sorted(folder.iterdir()):
+            if pattern.match(f.name) and f.is_file():
+                f.unlink()
+                removed.append(f.name)
+    if removed:
+        log.warning("removed %d temporary file%s left by an interrupted run in %s: %s", len(removed),
+                    "s" if len(removed) > 1 else "", folder, ", ".join(removed[:5]))
+    return removed
+
+
+def _sha256_file(path: Path) -> str | None:
+    """sha256 of a file, or None when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a `rifelab interpolate` output folder with every frame it recorded, or None if absent.
+
+    `frames` maps each written file name to its sha256: the manifest's own list plus the lines of its
+    append-only journal (a run records each frame there before renaming it into place, and folds the
+    journal into the manifest when it ends). Raises DataError for a manifest that cannot be read.
+    """
+    d = Path(folder)
+    path = d / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path} ({exc}); move the folder aside and start again") from exc
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} is not a rifelab manifest; move the folder aside and start again")
+    listed = manifest.get("frames")
+    records = list(listed.items()) if isinstance(listed, dict) else []
+    journal = d / JOURNAL_NAME
+    if journal.exists():
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:  # a kill can cut the last line short; its frame was never renamed into place
+                rec = json.loads(line)
+                records.append((rec["name"], rec["sha256"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+    # only frame names rifelab gives: a crafted manifest cannot point --overwrite at other files
+    manifest["frames"] = {str(n): str(h) for n, h in records if _FRAME_NAME.match(str(n))}
+    return manifest
+
+
+class _FolderSink:
+    """Numbered frames in a folder, each written atomically and recorded (name, sha256) in the manifest.
+
+    The manifest is the one record of what rifelab wrote there: --resume keeps a frame only when its
+    checksum matches, --overwrite removes only recorded files, and anything else in the folder is refused.
+    """
+
+    def __init__(self, folder: Path, config: InterpolateConfig, manifest: dict[str, Any]):
+        self.folder = folder
+        self.ext = config.ext
+        self.config = config
+        self.manifest = manifest
+        self.existing: set[int] = set()
+        self.frames: dict[str, str] = {}  # name -> sha256 of every frame of ours in the folder
+        self.recomputed: list[str] = []  # recorded frames whose content no longer matched (resume)
+        self.removed_temps: list[str] = []
+        self._journal: Any = None
+        self._lock = threading.Lock()
+        self._pattern = re.compile(rf"^(\d{{{FRAME_DIGITS}}})\.{re.escape(self.ext)}$")
+        self._temps = _temp_pattern(rf"\d{{{FRAME_DIGITS}}}\.\w+|{re.escape(MANIFEST_NAME)}")
+
+    def prepare(self) -> None:
+        d = self.folder
+        if d.exists() and not d.is_dir():
+            raise DataError(f"output {d} exists and is not a folder; give a folder (or a video file name ending in "
+                            f"{', '.join(VIDEO_EXTENSIONS)})")
+        d.mkdir(parents=True, exist_ok=True)
+        entries = sorted(f.name for f in d.iterdir())
+        if entries:
+            if not (self.config.resume or self.config.overwrite):
+                raise DataError(
+                    f"output folder {d} is not empty ({len(entries)} entries); pass --resume to continue an "
+                    "interrupted run, --overwrite to replace the frames of an earlier run, or choose another folder"
+                )
+            old = read_manifest(d)
+            recorded = old["frames"] if old else {}
+            ours = set(recorded) | {MANIFEST_NAME, JOURNAL_NAME}
+            foreign = [n for n in entries if n not in ours and not self._temps.match(n)]
+            if foreign:
+                flag = "--resume" if self.config.resume else "--overwrite"
+                why = ("it has no rifelab manifest" if old is None else
+                       "its manifest does not list them")
+                raise DataError(
+                    f"output folder {d} holds {len(foreign)} file{'s' if len(foreign) > 1 else ''} rifelab did not "
+                    f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}; {why}); {flag} only "
+                    "touches what an earlier `rifelab interpolate` recorded there. Move those files out or choose "
+                    "another folder"
+                )
+            if self.config.resume:
+                self._check_manifest(old)
+            self.removed_temps = _remove_stale_temps(d, self._temps)
+            if self.config.overwrite:
+                for name in sorted(recorded):
+                    with contextlib.suppress(FileNotFoundError):
+                        (d / name).unlink()
+                log.info("--overwrite: removed the %d frames of the earlier run in %s", len(recorded), d)
+            else:
+                self._verify(recorded)
+        if self.existing:
+            log.info("resume: %d frames already in %s are kept (checksums verified)", len(self.existing), d)
+        self._save_manifest(complete=False)
+        self._journal = open(d / JOURNAL_NAME, "w", encoding="utf-8")  # starts empty: the manifest holds the rest
+
+    def _verify(self, recorded: dict[str, str]) -> None:
+        """Keep the recorded frames whose sha256 still matches; the others are computed again."""
+        for name, digest in sorted(recorded.items()):
+            path = self.folder / name
+            if not path.exists():
+                continue
+            if _sha256_file(path) != digest:
+                self.recomputed.append(name)
+                continue
+            self.frames[name] = digest
+            m = self._pattern.match(name)
+            if m:
+                self.existing.add(int(m.group(1)))
+        if self.recomputed:
+            log.warning(
+                "resume: %d frame%s in %s no longer match what rifelab wrote (truncated, damaged or replaced): %s; "
+                "computed again", len(self.recomputed), "s" if len(self.recomputed) > 1 else "", self.folder,
+                ", ".join(self.recomputed[:5]) + (", ..." if len(self.recomputed) > 5 else ""))
+
+    def _check_manifest(self, old: dict[str, Any] | None) -> None:
+        if old is None:
+            raise DataError(
+                f"--resume: {self.folder} has no {MANIFEST_NAME}, so it was not written by `rifelab interpolate`; "
+                "choose an empty folder"
+            )
+        diffs = [
+            f"{k}: {old.get(k)!r} then, {v!r} now"
+            for k, v in self.manifest.items()
+            if k not in ("complete", "summary", "frames") and old.get(k) != v
+        ]
+        if diffs:
+            raise DataError(
+                f"--resume: the run that wrote {self.folder} used other settings ({'; '.join(diffs)}); rerun with "
+                "the same input and options, or pass --overwrite to start again"
+            )
+
+    def _save_manifest(self, **extra: Any) -> None:
+        data = dict(self.manifest, **extra, frames=dict(sorted(self.frames.items())))
+        atomic_write_text(self.folder / MANIFEST_NAME, json.dumps(data, indent=2, default=str) + "\n")
+
+    def has(self, index: int) -> bool:
+        return index in self.existing
+
+    def write(self, index: int, frame: np.ndarray) -> None:
+        name = output_frame_name(index, self.ext)
+        data = encode_image(frame, self.ext)
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:  # recorded before it is renamed into place: a kill never leaves an unrecorded frame
+            self._journal.write(json.dumps({"name": name, "sha256": digest}) + "\n")
+            self._journal.flush()
+            self.frames[name] = digest
+        with atomic_path(self.folder / name) as tmp:
+            tmp.write_bytes(data)
+
+    def _close(self, **extra: Any) -> None:
+        """Fold the journal into the manifest and remove it."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self._save_manifest(**extra)
+        (self.folder / JOURNAL_NAME).unlink(missing_ok=True)
+
+    def finish(self, summary: InterpolationSummary) -> None:
+        self._close(complete=True, summary=summary.as_dict())
+
+    def abort(self) -> None:
+        """Complete frames stay for --resume (recorded in the manifest; the journal keeps them if that fails)."""
+        with contextlib.suppress(OSError):
+            self._close(complete=False)
+
+
+class _VideoSink:
+    """A video file encoded with PyAV into a temporary file that is renamed when complete."""
+
+    def __init__(self, path: Path, fps: float, config: InterpolateConfig):
+        self.path = path
+        self.fps = fps
+        self.config = config
+        self._container: Any = None
+        self._stream: Any = None
+        self._tmp: Path | None = None
+        self.removed_temps: list[str] = []
+
+    def prepare(self) -> None:
+        if self.config.resume:
+            raise DataError(
+                "--resume works for frame-folder outputs only; write frames to a folder (and encode them with "
+                "`rifelab interpolate FOLDER out.mp4 --multi 2`), or rerun with --overwrite"
+            )
+        if self.path.exists():
+            if self.path.is_dir():
+                raise DataError(f"output {self.path} is a folder, but its name ends like a video file; rename it")
+            if not self.config.overwrite:
+                raise DataError(f"output video {self.path} exists; pass --overwrite to replace it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.removed_temps = _remove_stale_temps(self.path.parent, _temp_pattern(re.escape(self.path.name)))
+
+    def has(self, index: int) -> bool:
+        return False
+
+    def _open(self, frame: np.ndarray) -> None:
+
+        h, w = frame.shape[:2]
+
+        self._tmp = temp_path_beside(self.path)
+        rate = Fraction(self.fps).limit_denominator(100000)
+        self._container = av.open(str(self._tmp), "w")
+        suffix = self.path.suffix.lower()
+        if self.config.lossless:
+            codec, pix_fmt, opts = "libx264rgb", "rgb24", {"crf": "0", "preset": "veryfast"}
+        elif suffix == ".webm":
+            codec, pix_fmt, opts = "libvpx-vp9", "yuv420p", {"crf": str(self.config.crf), "b": "0"}
+        else:
+            codec, opts = "libx264", {"crf": str(self.config.crf), "preset": "medium"}
+            pix_fmt = "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
+        if suffix == ".webm" and (w % 2 or h % 2):
+            pix_fmt = "yuv444p"
+        try:
+            stream = self._container.add_stream(codec, rate=rate)
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise DataError(f"this PyAV/FFmpeg build cannot encode {codec} ({exc}); try an .mp4 or .mkv output") from exc
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        stream.options = opts
+        self._stream = stream
+
+    def write(self, index: int, frame: np.ndarray) -> None:
+
+        if self._container is None:
+            self._open(frame)
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+
+    def finish(self, summary: InterpolationSummary) -> None:
+        if self._container is None:
+            return
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.close()
+            self._container = None
+        if self._tmp is not None and self._tmp.exists():
+            self._tmp.unlink()

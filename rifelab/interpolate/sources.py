@@ -1,0 +1,173 @@
+"""Frame sources of `rifelab interpolate`: a numbered image folder, a video, or arrays in memory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import av
+import numpy as np
+from PIL import Image
+
+from rifelab.frames.clips import clip_info
+from rifelab.frames.images import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    image_has_alpha,
+    list_frames,
+    read_image,
+    read_image_rgba,
+)
+from rifelab.frames.video import VideoDamage, read_video
+from rifelab.interpolate.schedule import DEFAULT_INPUT_FPS, VIDEO_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+
+class FrameSource:
+    """Frames of an input, in order, as uint8 (H, W, 3); `count` may be None when unknown."""
+
+    kind = "frames"
+    alpha = False  # frames are RGBA (H, W, 4)
+    path: Path | None = None
+    fps: float = DEFAULT_INPUT_FPS
+    count: int | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": str(self.path.resolve()) if self.path else None, "frames": self.count}
+
+
+def _size_error(name: str, frame: np.ndarray, first_name: str, first: np.ndarray) -> DataError:
+    return DataError(
+        f"{name} is {frame.shape[1]}x{frame.shape[0]} (WxH) but the first frame {first_name} is "
+        f"{first.shape[1]}x{first.shape[0]}; every frame of a sequence must have the same size (resize or crop "
+        "the odd ones out)"
+    )
+
+
+class FolderSource(FrameSource):
+    """A folder of numbered frames (png/jpg/tif/bmp/webp), sorted numerically (frame2 before frame10)."""
+
+    kind = "folder"
+
+    def __init__(self, folder: str | os.PathLike, fps: float | None = None):
+        self.path = Path(folder)
+        self.paths = list_frames(self.path)
+        self.count = len(self.paths)
+        self.fps = float(fps) if fps else DEFAULT_INPUT_FPS
+        self.alpha = image_has_alpha(self.paths[0])  # RGBA in, RGBA out
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        first: np.ndarray | None = None
+        for p in self.paths:
+            frame = read_image_rgba(p) if self.alpha else read_image(p)
+            if first is None:
+                first = frame
+            elif frame.shape != first.shape:
+                raise _size_error(p.name, frame, self.paths[0].name, first)
+            yield frame
+
+
+class VideoSource(FrameSource):
+    """A video file decoded with PyAV (first video stream)."""
+
+    kind = "video"
+
+    def __init__(self, path: str | os.PathLike, fps: float | None = None, allow_damaged: bool = False):
+
+        self.path = Path(path)
+        self.allow_damaged = allow_damaged
+        self.damage: list[VideoDamage] = []  # filled when a damaged file is read with allow_damaged
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise DataError(f"{self.path} has no video stream")
+                stream = container.streams.video[0]
+                rate = float(stream.average_rate) if stream.average_rate else None
+                self.count = int(stream.frames) or None
+                if container.streams.audio:
+                    log.warning("%s: the audio stream is not copied to the output", self.path)
+        except av.error.FFmpegError as exc:
+            raise DataError(
+                f"cannot open {self.path} as a video ({exc}); pass a video file (mp4, mkv, mov, webm...) or a folder "
+                "of numbered frames"
+            ) from exc
+        self.fps = float(fps) if fps else (rate or DEFAULT_INPUT_FPS)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        yield from read_video(self.path, self.allow_damaged, self.damage)  # damage -> DataError unless allowed
+
+
+class ArraySource(FrameSource):
+    """In-memory uint8 frames (T, H, W, 3)."""
+
+    kind = "array"
+
+    def __init__(self, frames: np.ndarray | Sequence[np.ndarray], fps: float = DEFAULT_INPUT_FPS, name: str = "array"):
+        self.frames = frames
+        self.count = len(frames)
+        self.fps = float(fps)
+        self.name = name
+        self.alpha = len(frames) > 0 and np.asarray(frames[0]).shape[-1] == 4
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        first = None
+        for i, f in enumerate(self.frames):
+            f = np.asarray(f)
+            if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] not in (3, 4):
+                raise DataError(f"frame {i}: expected uint8 (H, W, 3) or RGBA (H, W, 4), got {f.dtype} {f.shape}")
+            if first is None:
+                first = f
+            elif f.shape != first.shape:
+                raise _size_error(f"frame {i}", f, "frame 0", first)
+            yield f
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.name, "frames": self.count}
+
+
+def open_source(
+    path: str | os.PathLike | FrameSource | np.ndarray, input_fps: float | None = None, allow_damaged: bool = False
+) -> FrameSource:
+    """A folder of frames, a video file, an array of frames, or an existing FrameSource.
+
+    `allow_damaged`: a damaged video gives the frames that decode (see `rifelab.data.read_video`).
+    """
+    if isinstance(path, FrameSource):
+        return path
+    if isinstance(path, np.ndarray):
+        return ArraySource(path, fps=input_fps or DEFAULT_INPUT_FPS)
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"input not found: {p}; pass a folder of numbered frames or a video file")
+    if p.is_dir():
+        return FolderSource(p, fps=input_fps)
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        raise DataError(f"{p} is a single image; pass the folder that holds the numbered frames")
+    return VideoSource(p, fps=input_fps, allow_damaged=allow_damaged)
+
+
+def _is_video_path(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _frame_size(src: FrameSource) -> tuple[int, int] | None:
+    """(width, height) of a source's frames from its first frame's header, or None when unknown."""
+    try:
+        if isinstance(src, FolderSource):
+            with Image.open(src.paths[0]) as im:
+                return im.size
+        if isinstance(src, ArraySource) and len(src.frames):
+            h, w = np.asarray(src.frames[0]).shape[:2]
+            return w, h
+        if isinstance(src, VideoSource):
+            info = clip_info(src.path)
+            return int(info["width"]), int(info["height"])
+    except (OSError, ValueError, DataError):
+        pass
+    return None

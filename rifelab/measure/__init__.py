@@ -1,0 +1,1 @@
+"""Measurement: image metrics, timing and memory profiling, model benchmarks, triplet evaluation."""
