@@ -10,24 +10,30 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pandas as pd
 import torch
 
+from rifelab.engines.cli import (
+    add_backend_options,
+    add_device_option,
+    add_export_parser,
+    add_model_options,
+    add_scale_option,
+)
+from rifelab.engines.spec import ModelSpec, load_checkpoint, load_model
 from rifelab.frames.assets import ASSETS, AssetError, fetch
-from rifelab.engines.backends import add_backend_options, model_from_args
-from rifelab.interpolate.batch import add_batch_parser
+from rifelab.interpolate.cli import add_batch_parser, add_interpolate_parser
 from rifelab.measure.benchmark import bench_row
-from rifelab.engines.export import add_export_parser
-from rifelab.interpolate.cli import add_interpolate_parser
-from rifelab.rife.checkpoints import load_rife
-from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.measure.profiling import environment_record, resolve_device
-from rifelab.pruning.prune import add_prune_parser
+from rifelab.pruning.cli import add_prune_parser
+from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.publish.report import build_report
 from rifelab.publish.results import find_project_root, save_json, to_markdown
+from rifelab.studies.base import PROFILE_FILES, PROFILES
 
 log = logging.getLogger("rifelab")
 
@@ -58,9 +64,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    model = model_from_args(args, device)
-    base = load_rife(args.checkpoint, device=device if args.backend == "torch" else "cpu")  # MACs / parameters
+    spec = ModelSpec.from_args(args)
+    device = resolve_device(spec.device)
+    model = load_model(spec)
+    base = load_checkpoint(spec if spec.backend == "torch" else replace(spec, device="cpu"))  # MACs / parameters
     rows = []
     for res in args.resolution:
         row = bench_row(
@@ -129,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print the environment record every result file carries",
                        description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit.")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    add_device_option(p)
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_cmd_info)
 
@@ -139,12 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "bootstrap 95%% interval; peak memory; GMAC and parameters through ptflops.")
     p.add_argument("--resolution", nargs="+", default=["1280x720"], metavar="WxH",
                    help="one or more frame sizes, width x height (default: 1280x720)")
-    p.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
-    p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
-    p.add_argument("--scale", type=float, default=1.0, help="flow scale: 0.25, 0.5, 1 (default), 2 or 4")
+    add_model_options(p)
+    add_scale_option(p)
     p.add_argument("--warmup", type=int, default=3, help="unrecorded warm-up calls (default: 3)")
     p.add_argument("--repeats", type=int, default=10, help="recorded calls (default: 10)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-macs", action="store_true", help="skip the GMAC count (ptflops)")
     p.add_argument("--json", default=None, metavar="PATH", help="also save the rows and environment as JSON here")
     add_backend_options(p)
@@ -153,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("notebook", help="run a study notebook headless with papermill (used by dvc.yaml)",
                        description="Execute NOTEBOOK with papermill from the project root and save the executed "
                        "copy. The notebook's study reads `common` and its own section of the profile's params file "
-                       "(params.yaml for cpu, params-cuda.yaml, params-mps.yaml) and validates them before it runs.")
+                       f"({', '.join(f'{f} for {k}' for k, f in PROFILE_FILES.items())}) and validates them before it runs.")
     p.add_argument("notebook", help="path of the .ipynb to run, e.g. notebooks/01_baseline.ipynb")
-    p.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
+    p.add_argument("--profile", default="cpu", choices=list(PROFILES),
                    help="device profile whose params file and result folder are used (default: cpu)")
     p.add_argument("--output", "-o", default=None,
                    help="where to save the executed notebook (default: results/<profile>/notebooks/<name>.ipynb)")

@@ -70,8 +70,8 @@ RUNNER = ("rifelab/__init__.py", "rifelab/cli.py", "rifelab/publish/__init__.py"
 
 def stage_code(stage: str) -> list[str]:
     """The rifelab files a dvc.yaml stage depends on: its study's import closure (+ the notebook runner)."""
-    study = "pruning" if stage == "finetune" else stage
-    files = {str(p.relative_to(ROOT)) for p in closure(f"rifelab.studies.{study}")}
+    module = "rifelab.studies.cli" if stage == "finetune" else f"rifelab.studies.{stage}"  # finetune: its command
+    files = {str(p.relative_to(ROOT)) for p in closure(module)}
     return sorted(files if stage == "finetune" else files | set(RUNNER))
 
 

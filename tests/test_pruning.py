@@ -25,6 +25,8 @@ from rifelab.frames.images import to_tensor
 from rifelab.pruning.distill import distill, distillation_targets, loss_gradients, task_data
 from rifelab.measure.metrics import psnr
 from rifelab.publish.notebooks import run_notebook
+from rifelab.pruning.cli import add_prune_parser
+from rifelab.studies import cli as study_cli
 from rifelab.studies import pruning as study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -464,7 +466,7 @@ def test_finetune_stage_is_cached_and_the_study_notebook_runs(tmp_path):
 
 def test_prune_subcommand_saves_a_loadable_model(tmp_path, pair):
     parser = argparse.ArgumentParser()
-    P.add_prune_parser(parser.add_subparsers())
+    add_prune_parser(parser.add_subparsers())
     out = tmp_path / "lite.pt"
     args = parser.parse_args(["prune", "--method", "lite", "--sparsity", "0.25", "--output", str(out)])
     assert args.func(args) == 0
@@ -479,7 +481,7 @@ def test_prune_subcommand_saves_a_loadable_model(tmp_path, pair):
 
 def test_finetune_stage_command_explains_its_options(capsys):
     with pytest.raises(SystemExit):
-        study.main(["--help"])
+        study_cli.main(["--help"])
     text = capsys.readouterr().out
     assert all(opt in text for opt in ("--profile", "--set", "--results-root"))
 

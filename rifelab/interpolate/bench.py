@@ -24,12 +24,13 @@ from rifelab.interpolate.schedule import InterpolateConfig, InterpolationSummary
 from rifelab.interpolate.sinks import output_frame_name
 from rifelab.interpolate.sources import ArraySource
 from rifelab.measure.profiling import Timing, synchronize
+from rifelab.rife.contract import Interpolator
 
 log = logging.getLogger(__name__)
 
 
 def benchmark_pipeline(
-    model: Any,
+    model: Interpolator,
     frames: np.ndarray,
     multi: int = 4,
     batch_size: int = 4,

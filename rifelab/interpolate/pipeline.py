@@ -28,6 +28,7 @@ from rifelab.interpolate.schedule import (
     _as_fraction,
 )
 from rifelab.interpolate.sources import FrameSource, _is_video_path
+from rifelab.rife.contract import AlphaUnsupported, Interpolator
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,9 @@ def _drain(q: queue.Queue, stop: threading.Event) -> Iterator[Any]:
         yield item
 
 
-def _model_device(model: Any) -> torch.device:
-    dev = getattr(model, "device", None)
-    if dev is None:
-        try:
-            dev = next(model.parameters()).device
-        except (AttributeError, StopIteration):
-            dev = "cpu"
-    return torch.device(dev)
+def _model_device(model: Interpolator) -> torch.device:
+    """Where `model` computes: the frames are made into tensors there."""
+    return torch.device(model.device)
 
 
 def _progress(total: int | None, desc: str, position: int, enabled: bool, unit: str):
@@ -100,7 +96,7 @@ def _progress(total: int | None, desc: str, position: int, enabled: bool, unit: 
 
 
 class _Pipeline:
-    def __init__(self, model: Any, config: InterpolateConfig, summary: InterpolationSummary,
+    def __init__(self, model: Interpolator, config: InterpolateConfig, summary: InterpolationSummary,
                  has: Callable[[int], bool] = lambda i: False, pair_count: int | None = None):
         self.model = model
         self.config = config
@@ -335,16 +331,19 @@ def _frame_tensor(frame: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.cat([to_tensor(frame[..., :3], device), alpha[None, None]], 1)
 
 
-def _alpha_model(model: Any) -> Any:
-    """The object whose `interpolate_rgba` makes RGBA frames: the model, or the RIFE an Engine wraps."""
-    for m in (model, getattr(model, "model", None)):
-        if m is not None and hasattr(m, "interpolate_rgba"):
-            return m
-    raise DataError(f"{type(model).__name__} cannot interpolate alpha (no interpolate_rgba); use rifelab.models.RIFE "
-                    "or flatten the frames onto a background")
+def _alpha_model(model: Interpolator) -> Interpolator:
+    """The model itself when it interpolates RGBA frames (never another copy of it: the backend asked for runs).
+
+    Every rifelab backend does; a model without `interpolate_rgba` is refused with AlphaUnsupported.
+    """
+    if not callable(getattr(model, "interpolate_rgba", None)):
+        raise AlphaUnsupported(f"{type(model).__name__} cannot interpolate an alpha channel (no interpolate_rgba); "
+                               "use a rifelab model (load_rife, or rifelab.engines.load_model) or flatten the frames "
+                               "onto a background")
+    return model
 
 
-def _call_model(model: Any, left: torch.Tensor, right: torch.Tensor, t: torch.Tensor,
+def _call_model(model: Interpolator, left: torch.Tensor, right: torch.Tensor, t: torch.Tensor,
                 config: InterpolateConfig) -> torch.Tensor:
     """One batched model call; RGBA batches go through `interpolate_rgba` (alpha with the colour's flow and mask)."""
     if left.shape[1] == 4:
@@ -375,7 +374,7 @@ def _extra_settings(src: FrameSource, ratio: Fraction | None) -> dict[str, Any]:
 class _RetimePipeline(_Pipeline):
     """Output frame k at input position k / ratio: copied on an input frame, else interpolated at its own t."""
 
-    def __init__(self, model: Any, config: InterpolateConfig, summary: InterpolationSummary, ratio: Fraction,
+    def __init__(self, model: Interpolator, config: InterpolateConfig, summary: InterpolationSummary, ratio: Fraction,
                  has: Callable[[int], bool] = lambda i: False, pair_count: int | None = None):
         super().__init__(model, config, summary, has, pair_count)
         self.ratio = ratio

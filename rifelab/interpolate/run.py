@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -11,7 +10,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rifelab.engines.backends import model_from_args
 from rifelab.frames.images import (
     DataError,
 )
@@ -39,7 +37,7 @@ from rifelab.interpolate.sources import (
     _is_video_path,
     open_source,
 )
-from rifelab.measure.profiling import resolve_device
+from rifelab.rife.contract import Interpolator
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def _warn_if_large(src: FrameSource, frames: int | None, out: Path) -> None:
 def interpolate_sequence(
     source: str | os.PathLike | FrameSource | np.ndarray,
     output: str | os.PathLike,
-    model: Any,
+    model: Interpolator,
     config: InterpolateConfig | None = None,
     on_frame: Callable[[int, str], None] | None = None,
     model_info: dict[str, Any] | None = None,
@@ -124,7 +122,3 @@ def interpolate_sequence(
     log.debug("interpolate: %s", summary.describe().replace("\n", "; "))
     return summary
 
-
-def load_interpolation_model(args: argparse.Namespace) -> Any:
-    """The model the CLI runs: `--backend` (rifelab.backends) with the engine switches, on `--device`."""
-    return model_from_args(args, resolve_device(getattr(args, "device", "auto")))

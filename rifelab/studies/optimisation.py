@@ -31,18 +31,19 @@ from rifelab.engines.backends import (
     BACKENDS,
     PRECISIONS,
     BackendUnavailable,
+    ExportedModel,
     backend_problem,
     calibration_frames,
     calibration_pairs,
     capabilities,
-    load_backend,
     missing_requirements,
     overlapping_frames,
 )
-from rifelab.measure.benchmark import agreement, real_frame_pair
+from rifelab.measure.benchmark import agreement, parse_resolution, real_frame_pair
 from rifelab.frames.clips import clip_triplets, load_clip
 from rifelab.frames.images import to_tensor, to_uint8
-from rifelab.engines.torch_engine import EngineConfig, parse_config
+from rifelab.engines.spec import ModelSpec, load_model
+from rifelab.engines.torch_engine import Engine, EngineConfig, parse_config
 from rifelab.measure.evaluation import evaluate_triplets
 from rifelab.rife.network import VALID_SCALES
 from rifelab.rife.model import RIFE
@@ -172,16 +173,17 @@ def _check_disjoint(p: Mapping[str, Any]) -> None:
                 raise ParamError(f"optimisation: {a} and {b} share frames ({where}); make the ranges disjoint")
 
 
-def _build(c: StudyConfig, model: RIFE, run: StudyRun) -> Any:
+def _build(c: StudyConfig, model: RIFE, run: StudyRun) -> Engine | ExportedModel:
+    """The configuration's model, through the one ModelSpec -> load_model path (INT8: calibrated here)."""
     p = run.params
-    if c.backend == "torch":
-        return load_backend("torch", model, run.device, c.dtype, name=c.name, options=c.options)
-    opts: dict[str, Any] = {}
+    switches = dict(c.options)
+    threads = switches.pop("threads", None)
     if c.dtype == "int8":  # calibrated at the target resolution, on frames no evaluation reads
-        w, h = (int(v) for v in p["target_resolution"].split("x"))
-        opts = {"calibration": calibration_pairs(p["int8_calibration_pairs"], w, h, p["int8_calibration"]),
-                "calibration_ranges": p["int8_calibration"]}
-    return load_backend(c.backend, model, run.device, c.dtype, name=c.name, options={**opts, **c.options})
+        w, h = parse_resolution(p["target_resolution"])
+        switches = {"calibration": calibration_pairs(p["int8_calibration_pairs"], w, h, p["int8_calibration"]),
+                    "calibration_ranges": p["int8_calibration"], **switches}
+    spec = ModelSpec(c.backend, c.dtype, switches, device=str(run.device), threads=threads, name=c.name)
+    return load_model(spec, model)
 
 
 def _heldout(p: Mapping[str, Any]) -> list:

@@ -2,7 +2,7 @@
 
 Two stages per device profile, both driven by the `pruning` section of the profile's params file:
 
-- `finetune` (`python -m rifelab.studies.pruning --profile cpu`, DVC stage `finetune@cpu`): measures each prunable group's
+- `finetune` (`python -m rifelab.studies.cli --profile cpu`, DVC stage `finetune@cpu`): measures each prunable group's
   sensitivity (PSNR drop on held-out triplets when it alone is pruned) and latency savings (on this device),
   allocates per-group ratios within each loss budget, prunes the configurations named in `finetune`, and
   fine-tunes each by distillation from the unpruned model on real triplets that evaluation never sees. Each
@@ -15,13 +15,11 @@ Two stages per device profile, both driven by the `pruning` section of the profi
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,6 @@ from rifelab.pruning.distill import distill, distillation_targets, loss_gradient
 from rifelab.measure.evaluation import evaluate_triplets
 from rifelab.rife.model import RIFE
 from rifelab.rife.checkpoints import load_rife
-from rifelab.publish.notebooks import parse_set
 from rifelab.measure.profiling import resolve_device, speedup_ci, time_interleaved
 from rifelab.publish.results import atomic_path, find_project_root
 from rifelab.pruning import prune as P
@@ -48,7 +45,7 @@ from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun, load_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PARAMS", "NOTEBOOK", "run", "finetune", "finetune_dir", "main", "FinetuneSpec",
+__all__ = ["PARAMS", "NOTEBOOK", "run", "finetune", "finetune_dir", "FinetuneSpec",
            "parse_finetune"]
 
 NOTEBOOK = "03_pruning.ipynb"
@@ -353,7 +350,7 @@ def _load_finetuned(p: Mapping[str, Any], profile: str, results_root: str | os.P
         meta = P.read_pruned_meta(path) if path.is_file() else {}
         if meta.get("fingerprint") != spec_fingerprint(p, spec) or not meta.get("finished"):
             raise ParamError(f"the fine-tuned checkpoint {path} is missing or was trained with other settings; run "
-                             f"`python -m rifelab.studies.pruning --profile {profile}` first (`dvc repro` runs it as finetune@{profile})")
+                             f"`python -m rifelab.studies.cli --profile {profile}` first (`dvc repro` runs it as finetune@{profile})")
         out[spec.config()] = (P.load_pruned(path, device=device), meta, spec)
     return out
 
@@ -559,7 +556,7 @@ def run(
         tables = _fresh_tables(p, folder) if p["budgets_db"] else None
         if p["budgets_db"] and tables is None:
             raise ParamError(f"the sensitivity tables in {folder} are missing or were made with other settings; run "
-                             f"`python -m rifelab.studies.pruning --profile {profile}` first (`dvc repro` runs it as finetune@{profile})")
+                             f"`python -m rifelab.studies.cli --profile {profile}` first (`dvc repro` runs it as finetune@{profile})")
 
         # every configuration: (model, family, method, mode, value, timed as)
         models: dict[str, RIFE] = {"unpruned": model}
@@ -718,35 +715,3 @@ def run(
             plot_data["sensitivity"] = sens.assign(probe=lambda d: d["group"] + "@" + d["ratio"].map("{:g}".format))[["probe", "dpsnr"]]
         lines = _sentences(table, verdict, p, shares, sens, notes)
         return run_.finish(metrics, headline, plot_data, lines)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m rifelab.studies.pruning`: the finetune@PROFILE stage (plans + distillation, resumable)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m rifelab.studies.pruning",
-        description="The finetune@PROFILE stage of the pruning study: measure each group's sensitivity and latency "
-        "savings, build the plans named in pruning.finetune, fine-tune each by distillation and save it under "
-        "results/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
-    parser.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
-                        help="device profile whose params file and result folder are used (default: cpu)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one key of the pruning section for this run (VALUE as YAML), may repeat")
-    parser.add_argument("--results-root", default=None, metavar="DIR",
-                        help="write under DIR/<profile>/finetune instead of the project's results/ (trial runs)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        df = finetune(args.profile, parse_set(args.set), args.results_root)
-    except ValueError as exc:
-        print(f"finetune: error: {exc}", file=sys.stderr)
-        return 2
-    for r in df.itertuples():
-        print(f"{r.config:40s} {r.status:20s} {r.file}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
