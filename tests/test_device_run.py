@@ -4,6 +4,7 @@ the payload check, and rendering the cuda profile's results from a stored archiv
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -178,6 +179,22 @@ def test_parts_past_the_global_deadline_are_skipped_with_the_reason(tmp_path):
     plan.save(tmp_path / "plan.json")
     gpu = Plan.load(tmp_path / "plan.json")  # the GPU plan, as each part process reads it
     assert gpu.resolutions == [(1920, 1080), (1280, 720)] and gpu.batches == [1, 4, 8] and gpu.hires == (3840, 2160)
+
+
+def test_each_part_keeps_its_budget_and_the_last_ends_before_the_deadline(tmp_path, monkeypatch):
+    given: dict[str, float] = {}
+
+    def fake_part(part, work, timeout, logfile):
+        given[part] = timeout
+        return "ok", ""
+
+    monkeypatch.setattr(runner, "_run_part", fake_part)
+    plan = runner.make_plan("gpu", tmp_path, tmp_path, {})
+    deadline = time.time() + runner.DEADLINE_S["gpu"]
+    runner._parts(plan, deadline, io.StringIO())
+    assert list(given) == list(runner.BUDGETS["gpu"]) == [p for p in PARTS if p != "pruning_finetune"]
+    assert all(given[p] >= b for p, b in runner.BUDGETS["gpu"].items())
+    assert time.time() + given["compile"] <= deadline - runner.RESERVE_S + 1
 
 
 def test_payload_counts_the_tree_and_the_carried_inputs(tmp_path):

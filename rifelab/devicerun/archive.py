@@ -30,7 +30,8 @@ MEMBERS = ("manifest.json", "environment.json", "rows.jsonl", "parts.jsonl", "ke
 # every row carries what produced it, so a row read alone still says where and how it was measured
 ROW_KEYS = ("part", "config", "resolution", "batch", "streams", "status", "reason", "device_name", "torch_version",
             "cuda_version", "git_commit", "command")
-PARTS = ("precisions", "fp16_4k", "batch_streams", "compile", "profile", "pruning_finetune")
+# in run order: the profiler before compile, so the slowest, least predictable part cannot take its time
+PARTS = ("precisions", "fp16_4k", "batch_streams", "profile", "compile", "pruning_finetune")
 MANIFEST_KEYS = ("format", "mode", "command", "started_utc", "finished_utc", "wall_s", "deadline_s", "code")
 
 

@@ -288,15 +288,17 @@ def _best(plan: Plan) -> dict[str, Any] | None:
 def part_profile(bench: Bench, rec: Recorder) -> None:
     """The profiler's top-5 kernels (self device time; CPU ops on a CPU) of the best configuration so far.
 
-    CUDA graphs are switched off for profiling (a replayed graph hides its kernels from some profiler versions);
-    the kernels are the same ones the graph replays.
+    Profiled without CUDA graphs (a replayed graph hides its kernels from some profiler versions; the graph
+    replays the same kernels) and without torch.compile (this part runs before the compile part, whose time is
+    the least predictable).
     """
     p = bench.plan
     best = _best(p)
     if best is None:
         rec.row("best", p.resolutions[0], "skipped", "no configuration ran at FP32 quality before this part")
         return
-    opts = {k: v for k, v in best["options"].items() if k not in ("cuda_graphs", "static_buffers")}
+    dropped = ("cuda_graphs", "static_buffers", "compile", "compile_mode")
+    opts = {k: v for k, v in best["options"].items() if k not in dropped}
     eng = bench.engine(best["config"], opts)
     a, b = bench.pairs(p.resolutions[0])[0]
     a, b = a.expand(best["batch"], -1, -1, -1).contiguous(), b.expand(best["batch"], -1, -1, -1).contiguous()
@@ -322,7 +324,7 @@ def part_profile(bench: Bench, rec: Recorder) -> None:
                                  "time_kind": f"self {kind} time", "config": best["config"],
                                  "profiled_options": opts, "resolution": best["resolution"],
                                  "batch": best["batch"], "model_calls": p.profile_calls}) + "\n")
-    rec.row(best["config"], p.resolutions[0], "ran", "profiled without CUDA graphs (same kernels)",
+    rec.row(best["config"], p.resolutions[0], "ran", "profiled without CUDA graphs (they replay the same kernels)",
             batch=best["batch"], profiled_calls=p.profile_calls, kernels=len(top), options=opts)
 
 

@@ -1,7 +1,7 @@
 """A whole device run: the plan, one subprocess per part under one global deadline, then one archive.
 
 Each part gets its budget plus whatever earlier parts left unused, never more than the time left before the
-global deadline (less a reserve for packing). A part that overruns is killed with its process group (compile
+global deadline less the budgets of the parts still to come (and a reserve for packing). A part that overruns is killed with its process group (compile
 workers included); the rows it wrote stay. A part the deadline does not reach, and the pruning fine-tuning, are
 recorded as skipped with the reason. Nothing is dropped silently: archive.read_archive checks the layout.
 """
@@ -33,7 +33,7 @@ __all__ = ["DEADLINE_S", "BUDGETS", "PRUNING_REASON", "make_plan", "run"]
 
 DEADLINE_S = {"gpu": 450.0, "smoke": 80.0}  # the whole run, start to archive; device_run.sh adds a hard limit
 BUDGETS = {  # seconds per part; unused time passes on to the next part
-    "gpu": {"precisions": 100, "fp16_4k": 35, "batch_streams": 70, "compile": 185, "profile": 40},
+    "gpu": {"precisions": 100, "fp16_4k": 35, "batch_streams": 70, "profile": 35, "compile": 190},
     "smoke": {"precisions": 35, "fp16_4k": 0, "batch_streams": 20, "compile": 0, "profile": 15},
 }
 MIN_PART_S = {"gpu": 20.0, "smoke": 5.0}  # less left than this: the part is skipped
@@ -105,18 +105,19 @@ def _parts(plan: Plan, deadline: float, logfile: Any) -> list[dict[str, Any]]:
         if why:
             records.append({"part": part, "status": "skipped", "seconds": 0.0, "budget_s": 0.0, "reason": why})
             continue
+        later = sum(BUDGETS[mode].get(q, 0) for q in PARTS[PARTS.index(part) + 1:] if not _not_applicable(q, plan))
         left = deadline - time.time() - RESERVE_S
         if left < MIN_PART_S[mode]:
             records.append({"part": part, "status": "skipped", "seconds": 0.0, "budget_s": budget,
                             "reason": f"global deadline: {max(left, 0):.0f} s left of the run's {DEADLINE_S[mode]:.0f} s"})
             continue
-        timeout = min(budget + banked, left)
+        timeout = max(min(budget + banked, left - later), MIN_PART_S[mode])
         logfile.write(f"\n=== part {part}: up to {timeout:.0f} s ===\n")
         logfile.flush()
         t0 = time.time()
         status, reason = _run_part(part, work, timeout, logfile)
         spent = time.time() - t0
-        banked = max(0.0, budget + banked - spent)
+        banked = max(0.0, timeout - spent)
         records.append({"part": part, "status": status, "seconds": round(spent, 2), "budget_s": round(timeout, 1),
                         "reason": reason})
         log.info("part %s: %s in %.0f s", part, status, spent)
