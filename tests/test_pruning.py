@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from notebook_checks import assert_figures_render
 from rifelab.pruning import prune as P
 from rifelab.pruning import sensitivity as S
 from rifelab.frames.clips import clip_triplets
@@ -440,6 +441,7 @@ def test_finetune_stage_is_cached_and_the_study_notebook_runs(tmp_path):
     assert set(changed["status"]) == {"trained"}
     run_notebook(ROOT / "notebooks" / "03_pruning.ipynb", tmp_path / "03.ipynb", cwd=ROOT, parameters={
         "overrides": {**TINY, "finetune_lr": 1e-4}, "results_root": str(tmp_path)})
+    assert_figures_render(tmp_path / "03.ipynb", min_images=4)
     (out,) = (tmp_path / "cpu" / "pruning").iterdir()
     for name in ("sweep.csv", "sensitivity.csv", "latency_share.png", "sensitivity.png", "pareto.png", "best.pt",
                  "mask_trap.md", "published_claims.md", "finetuning_loss.png", "importance_comparison.csv"):

@@ -41,7 +41,7 @@ from rifelab.rife.model import RIFE
 from rifelab.rife.checkpoints import load_rife
 from rifelab.publish.notebooks import parse_set
 from rifelab.measure.profiling import resolve_device, speedup_ci, time_interleaved
-from rifelab.publish.results import atomic_path, find_project_root
+from rifelab.publish.results import atomic_path, input_folders, results_base
 from rifelab.pruning import prune as P
 from rifelab.pruning import sensitivity as S
 from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun, load_study_params
@@ -176,8 +176,19 @@ def spec_fingerprint(p: Mapping[str, Any], spec: FinetuneSpec) -> str:
 
 
 def finetune_dir(profile: str, results_root: str | os.PathLike | None = None) -> Path:
-    """Folder of a profile's fine-tuned checkpoints and planning tables (a committed DVC output)."""
-    return (Path(results_root) if results_root is not None else find_project_root() / "results") / profile / "finetune"
+    """Folder the finetune stage writes its checkpoints and planning tables to (the pipeline's: committed results)."""
+    return results_base(profile, results_root) / "finetune"
+
+
+def finetune_source(p: Mapping[str, Any], profile: str, results_root: str | os.PathLike | None) -> Path:
+    """Where the study reads the fine-tuned checkpoints: the run's own root if it holds all of them up to date, else
+    the committed results (a trial run anywhere uses the pipeline's), else the run's root (whose error names it)."""
+    specs = parse_finetune(p["finetune"], p)
+    for folder in input_folders(profile, results_root, "finetune"):
+        fresh = all(_finished_meta(folder / s.file, p, s) for s in specs)
+        if fresh and (not p["budgets_db"] or _fresh_tables(p, folder) is not None):
+            return folder
+    return finetune_dir(profile, results_root)
 
 
 # ----------------------------------------------------------------------------- data
@@ -343,15 +354,20 @@ def finetune(
     return pd.DataFrame(rows)
 
 
-def _load_finetuned(p: Mapping[str, Any], profile: str, results_root: str | os.PathLike | None,
+def _finished_meta(path: Path, p: Mapping[str, Any], spec: FinetuneSpec) -> dict[str, Any] | None:
+    """The checkpoint's metadata if it is finished and trained with the current settings, else None."""
+    meta = P.read_pruned_meta(path) if path.is_file() else {}
+    return meta if meta.get("fingerprint") == spec_fingerprint(p, spec) and meta.get("finished") else None
+
+
+def _load_finetuned(p: Mapping[str, Any], profile: str, folder: Path,
                     device: torch.device) -> dict[str, tuple[RIFE, dict[str, Any], FinetuneSpec]]:
-    """Every checkpoint of `finetune`, checked against the current settings (else: run the finetune stage)."""
-    folder = finetune_dir(profile, results_root)
+    """Every checkpoint of `finetune` in `folder`, checked against the current settings (else: run the finetune stage)."""
     out = {}
     for spec in parse_finetune(p["finetune"], p):
         path = folder / spec.file
-        meta = P.read_pruned_meta(path) if path.is_file() else {}
-        if meta.get("fingerprint") != spec_fingerprint(p, spec) or not meta.get("finished"):
+        meta = _finished_meta(path, p, spec)
+        if meta is None:
             raise ParamError(f"the fine-tuned checkpoint {path} is missing or was trained with other settings; run "
                              f"`python -m rifelab.studies.pruning --profile {profile}` first (`dvc repro` runs it as finetune@{profile})")
         out[spec.config()] = (P.load_pruned(path, device=device), meta, spec)
@@ -554,8 +570,8 @@ def run(
         evals = P.clip_range_triplets(_ranges(p, "eval_ranges"), p["eval_triplets"])
         img0, img1 = _timing_pair(p["timing_clip"])
         h, w = img0.shape[-2:]
-        folder = finetune_dir(profile, results_root)
-        finetuned = _load_finetuned(p, profile, results_root, dev)
+        folder = finetune_source(p, profile, results_root)
+        finetuned = _load_finetuned(p, profile, folder, dev)
         tables = _fresh_tables(p, folder) if p["budgets_db"] else None
         if p["budgets_db"] and tables is None:
             raise ParamError(f"the sensitivity tables in {folder} are missing or were made with other settings; run "
@@ -729,13 +745,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m rifelab.studies.pruning",
         description="The finetune@PROFILE stage of the pruning study: measure each group's sensitivity and latency "
         "savings, build the plans named in pruning.finetune, fine-tune each by distillation and save it under "
-        "results/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
+        "<results root>/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
     parser.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
                         help="device profile whose params file and result folder are used (default: cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key of the pruning section for this run (VALUE as YAML), may repeat")
     parser.add_argument("--results-root", default=None, metavar="DIR",
-                        help="write under DIR/<profile>/finetune instead of the project's results/ (trial runs)")
+                        help="write under DIR/<profile>/finetune (the pipeline passes results, the committed "
+                        "results; default: the scratch folder scratch/, ignored by git)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
