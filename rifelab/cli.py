@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"rifelab {args.command}: stopped by {exc.args[0] if exc.args else 'Ctrl-C'}; files are written "
               "atomically, so what was finished is complete and nothing is half-written", file=sys.stderr)
-        return 130
+        return 143 if exc.args and exc.args[0] == "SIGTERM" else 130  # 128 + the signal's number
     except OSError as exc:  # full disk, no permission, read-only file system...: the system's words, one line
         if args.verbose >= 2 or exc.errno is None:
             raise

@@ -42,7 +42,8 @@ from rifelab.engines.torch_engine import EngineConfig, parse_config
 from rifelab.measure.evaluation import evaluate_triplets
 from rifelab.rife.network import VALID_SCALES
 from rifelab.rife.model import RIFE
-from rifelab.measure.profiling import PeakMemory, time_interleaved
+from rifelab.measure.harness import time_interleaved
+from rifelab.measure.profiling import PeakMemory
 from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun
 
 log = logging.getLogger(__name__)

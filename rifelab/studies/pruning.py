@@ -41,7 +41,8 @@ from rifelab.measure.evaluation import evaluate_triplets
 from rifelab.rife.model import RIFE
 from rifelab.rife.checkpoints import load_rife
 from rifelab.publish.notebooks import parse_set
-from rifelab.measure.profiling import resolve_device, speedup_ci, time_interleaved
+from rifelab.measure.harness import time_interleaved
+from rifelab.measure.profiling import resolve_device, speedup_ci
 from rifelab.publish.results import atomic_path, find_project_root
 from rifelab.pruning import prune as P
 from rifelab.pruning import sensitivity as S
