@@ -23,6 +23,7 @@ from rifelab.pruning import prune as P
 from rifelab.pruning import sensitivity as S
 from rifelab.frames.clips import clip_triplets
 from rifelab.frames.images import to_tensor
+from rifelab.frames.splits import SplitError, check_disjoint, range_frames, range_triplets
 from rifelab.pruning.distill import distill, distillation_targets, loss_gradients, task_data
 from rifelab.measure.metrics import psnr
 from rifelab.publish.notebooks import run_notebook
@@ -226,13 +227,13 @@ def test_unknown_layers_and_bad_settings_are_refused(rife, physical, aware_plan,
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(P.PruningError, match="not a pruned model"):
         P.load_pruned(tmp_path / "other.pt")
-    with pytest.raises(P.PruningError, match="overlap"):
-        P.check_disjoint_ranges({"bikes": [0, 100]}, {"bikes": [90, 120]})
+    with pytest.raises(SplitError, match="overlap"):
+        check_disjoint({"fine-tuning": range_frames({"bikes": [0, 100]}), "held-out": range_frames({"bikes": [90, 120]})})
 
 
 def test_scene_cuts_are_skipped():
     # bikes cuts between frames 29 and 30: triplets starting at 28 and 29 straddle it
-    names = [t.name for t in P.clip_range_triplets({"bikes": [26, 33]}, 10)]
+    names = [t.name for t in range_triplets({"bikes": [26, 33]}, 10)]
     assert names == ["bikes:26", "bikes:27", "bikes:30"]
 
 

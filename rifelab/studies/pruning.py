@@ -35,6 +35,7 @@ import torch
 from rifelab.publish import claims
 from rifelab.frames.clips import Triplet, read_triplet_dataset
 from rifelab.frames.images import to_tensor
+from rifelab.frames.splits import SplitError, check_disjoint, clip_ranges, range_frames, range_triplets
 from rifelab.pruning.distill import distill, distillation_targets, loss_gradients, task_data
 from rifelab.measure.evaluation import evaluate_triplets
 from rifelab.rife.model import RIFE
@@ -195,36 +196,32 @@ def finetune_source(p: Mapping[str, Any], profile: str, results_root: str | os.P
 # ----------------------------------------------------------------------------- data
 
 
-def _ranges(p: Mapping[str, Any], key: str) -> dict[str, list[int]]:
-    r = p[key]
-    for clip, v in r.items():
-        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v) and 0 <= v[0] < v[1]):
-            raise ParamError(f"{key}[{clip!r}] = {v!r}: expected [start, stop) frame numbers, 0 <= start < stop")
-    return {c: list(v) for c, v in r.items()}
+SPLITS = {"fine-tuning": ("train_ranges", "train_triplets"),
+          "sensitivity (plans)": ("sensitivity_ranges", "sensitivity_triplets"),
+          "held-out evaluation": ("eval_ranges", "eval_triplets")}
 
 
 def _check_splits(p: Mapping[str, Any]) -> None:
-    train, sens, held = _ranges(p, "train_ranges"), _ranges(p, "sensitivity_ranges"), _ranges(p, "eval_ranges")
+    """Refuse malformed ranges, and training, sensitivity and evaluation ranges that share frames."""
     try:
-        P.check_disjoint_ranges(train, held)
-        P.check_disjoint_ranges(train, sens)
-        P.check_disjoint_ranges(sens, held)
-    except P.PruningError as exc:
+        check_disjoint({use: range_frames(p[key], key) for use, (key, _) in SPLITS.items()})
+    except SplitError as exc:
         raise ParamError(f"pruning: training, sensitivity and evaluation frames must not overlap: {exc}") from None
 
 
+def _triplets(p: Mapping[str, Any], use: str) -> list[Triplet]:
+    """The cut-free triplets of one split (`SPLITS`), spread evenly over its ranges."""
+    key, count = SPLITS[use]
+    return range_triplets(p[key], p[count], name=key)
+
+
 def _split_table(p: Mapping[str, Any]) -> pd.DataFrame:
-    rows = []
-    for use, key, n in (("fine-tuning", "train_ranges", "train_triplets"),
-                        ("sensitivity (plans)", "sensitivity_ranges", "sensitivity_triplets"),
-                        ("held-out evaluation", "eval_ranges", "eval_triplets")):
-        for clip, (a, b) in _ranges(p, key).items():
-            rows.append({"use": use, "clip": clip, "frames": f"[{a}, {b})", "triplets_per_clip": p[n]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"use": use, "clip": r.clip, "frames": f"[{r.start}, {r.stop})", "triplets_per_clip": p[n]}
+                         for use, (key, n) in SPLITS.items() for r in clip_ranges(p[key], key)])
 
 
 def _timing_pair(clip: str) -> tuple[torch.Tensor, torch.Tensor]:
-    tr = P.clip_range_triplets({clip: [0, 3]}, 1)[0]
+    tr = range_triplets({clip: [0, 3]}, 1)[0]
     return to_tensor(tr.frame0[None]), to_tensor(tr.frame2[None])
 
 
@@ -249,7 +246,7 @@ def _planning_tables(model: RIFE, p: Mapping[str, Any], folder: Path, progress: 
     if fresh is not None:
         return fresh
     t0 = time.perf_counter()
-    sens_triplets = P.clip_range_triplets(_ranges(p, "sensitivity_ranges"), p["sensitivity_triplets"])
+    sens_triplets = _triplets(p, "sensitivity (plans)")
     sens = S.group_sensitivity(model, sens_triplets, p["sensitivity_ratios"], importance=_importance(model, p, p["importance"]),
                                protected=p["protected"], round_to=p["round_to"], progress=progress)
     t1 = time.perf_counter()
@@ -272,7 +269,7 @@ def _importance(model: RIFE, p: Mapping[str, Any], criterion: str) -> str | dict
     if criterion != "taylor":
         return criterion
     work = copy.deepcopy(model)
-    loss_gradients(work, task_data(P.clip_range_triplets(_ranges(p, "train_ranges"), p["train_triplets"])),
+    loss_gradients(work, task_data(_triplets(p, "fine-tuning")),
                    crop=min(256, p["finetune_crop"]))
     return P.importance_scores(work.net, "taylor")
 
@@ -336,7 +333,7 @@ def finetune(
     tables = _planning_tables(teacher, p, folder, p["progress"]) if p["budgets_db"] else None
     if not pending:
         return pd.DataFrame(rows)
-    train = P.clip_range_triplets(_ranges(p, "train_ranges"), p["train_triplets"])
+    train = _triplets(p, "fine-tuning")
     data = distillation_targets(teacher, train, progress=p["progress"])
     for spec, fp in pending:
         plan = _build_plan(teacher, p, spec.kind, spec.value, tables)
@@ -568,7 +565,7 @@ def run(
         _check_splits(p)
         t_start = time.perf_counter()
         run_.table(_split_table(p), "data_split")
-        evals = P.clip_range_triplets(_ranges(p, "eval_ranges"), p["eval_triplets"])
+        evals = _triplets(p, "held-out evaluation")
         img0, img1 = _timing_pair(p["timing_clip"])
         h, w = img0.shape[-2:]
         folder = finetune_source(p, profile, results_root)
