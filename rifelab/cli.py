@@ -132,17 +132,21 @@ def _cmd_device_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_device_report(args: argparse.Namespace) -> int:
     root = find_project_root()
-    results = Path(args.results_root) if args.results_root else root / "results"
+    results = Path(args.results_root) if args.results_root else None
+    base = results_base(PROFILE, results)
+    if results is None:
+        print(f"trial rendering: everything goes to {base} (scratch, ignored by git); pass --results-root "
+              f"{COMMITTED_RESULTS} to land the run in the committed results", flush=True)
     landed = land(args.archive, results)
     print(f"archive landed: {landed}")
     if args.no_notebook:
-        print(render(landed, results).summary_markdown())
+        print(render(landed, base.parent).summary_markdown())
         return 0
     rel = lambda p: os.path.relpath(p, root) if Path(p).resolve().is_relative_to(root.resolve()) else str(p)  # noqa: E731
-    notebook = results / PROFILE / "notebooks" / DEVICE_NOTEBOOK
+    notebook = base / "notebooks" / DEVICE_NOTEBOOK
     run_notebook(root / "notebooks" / DEVICE_NOTEBOOK, notebook, cwd=root,
-                 parameters={"archive": rel(landed), "results_root": rel(results)})
-    report = build_report([notebook], results / PROFILE / "device_report.html",
+                 parameters={"archive": rel(landed), "results_root": rel(base.parent)})
+    report = build_report([notebook], base / "device_report.html",
                           title="rifelab cuda profile: the device run (rendered from its archive, not re-timed)")
     print(f"executed {notebook}; report written to {report}")
     return 0
@@ -229,10 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("device-report", help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",
                        description="Check ARCHIVE (device_run.tar.gz from scripts/device_run.sh), copy it to "
-                       "results/cuda/device_run.tar.gz, execute notebooks/05_device_run.ipynb on it (tables, figure, "
-                       "metrics under results/cuda/ only) and build results/cuda/device_report.html. Nothing is re-timed.")
+                       "<results root>/cuda/device_run.tar.gz, execute notebooks/05_device_run.ipynb on it (tables, figure, "
+                       "metrics under <results root>/cuda/ only) and build device_report.html there. Nothing is re-timed.")
     p.add_argument("archive", help="the device_run.tar.gz the GPU run wrote (or the landed copy in results/cuda/)")
-    p.add_argument("--results-root", default=None, metavar="DIR", help="write under DIR/cuda/ instead of results/cuda/")
+    p.add_argument("--results-root", default=None, metavar="DIR",
+                   help=f"write under DIR/cuda/: {COMMITTED_RESULTS} to land the run in the committed results (the DVC "
+                   "stage does); default: the scratch folder scratch/ of the project, ignored by git")
     p.add_argument("--no-notebook", action="store_true", help="render tables, figure and metrics only (no papermill)")
     p.set_defaults(func=_cmd_device_report)
 

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from rifelab.devicerun.archive import ARCHIVE_NAME, DeviceRun, read_archive
-from rifelab.publish.results import save_figure, save_json, save_table
+from rifelab.publish.results import results_base, save_figure, save_json, save_table
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,12 @@ class Rendered:
         return "### What the device run measured\n\n" + "\n".join(f"- {s}" for s in self.summary)
 
 
-def land(archive: str | os.PathLike, results_root: str | os.PathLike) -> Path:
-    """Check an archive and copy it to <results_root>/cuda/device_run.tar.gz (unchanged bytes, atomic)."""
+def land(archive: str | os.PathLike, results_root: str | os.PathLike | None) -> Path:
+    """Check an archive and copy it to <results_root>/cuda/device_run.tar.gz (unchanged bytes, atomic; without a
+    root: the scratch folder)."""
     archive = Path(archive)
     read_archive(archive)
-    dest = Path(results_root) / PROFILE / ARCHIVE_NAME
+    dest = results_base(PROFILE, results_root) / ARCHIVE_NAME
     if dest.exists() and dest.resolve() == archive.resolve():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -186,13 +187,12 @@ def _now() -> str:
 
 
 def render(archive: str | os.PathLike, results_root: str | os.PathLike | None = None) -> Rendered:
-    """Render the archive's tables, figure, summary and headline under <results_root>/cuda/ (a scratch folder
-    when results_root is None, named in the log); the previous rendering is replaced only when this one succeeds."""
+    """Render the archive's tables, figure, summary and headline under <results_root>/cuda/ (without a root: the
+    project's scratch folder, said first); the previous rendering is replaced only when this one succeeds."""
     run = read_archive(archive)
+    base = results_base(PROFILE, results_root)
     if results_root is None:
-        results_root = tempfile.mkdtemp(prefix="rifelab-device-run-")
-        log.warning("no results_root: rendering into the scratch folder %s", results_root)
-    base = Path(results_root) / PROFILE
+        print(f"Trial rendering: results go to {base} (scratch, ignored by git); only the pipeline writes results/")
     final = base / FOLDER
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER}.partial-", dir=base))
