@@ -27,7 +27,7 @@ from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.measure.profiling import environment_record, resolve_device
 from rifelab.pruning.prune import add_prune_parser
 from rifelab.publish.report import build_report
-from rifelab.publish.results import find_project_root, save_json, to_markdown
+from rifelab.publish.results import COMMITTED_RESULTS, find_project_root, results_base, save_json, to_markdown
 
 log = logging.getLogger("rifelab")
 
@@ -88,10 +88,13 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
 
     overrides = parse_set(args.set)
     root = find_project_root()
-    out = Path(args.output) if args.output else root / "results" / args.profile / "notebooks" / Path(args.notebook).name
-    params = {"profile": args.profile, "overrides": overrides}
-    if args.results_root:
-        params["results_root"] = str(Path(args.results_root).resolve())
+    results_root = Path(args.results_root).resolve() if args.results_root else None
+    base = results_base(args.profile, results_root)
+    out = Path(args.output) if args.output else base / "notebooks" / Path(args.notebook).name
+    params = {"profile": args.profile, "overrides": overrides, "results_root": results_root and str(results_root)}
+    if results_root is None:
+        print(f"trial run: results and the executed notebook go to {base} (scratch, ignored by git); "
+              f"pass --results-root {COMMITTED_RESULTS} to write the committed results (dvc repro does)", flush=True)
     log.info("running %s -> %s with %s", args.notebook, out, params)
     try:
         run_notebook(args.notebook, out, parameters=params, cwd=root, log_output=args.log_output,
@@ -158,12 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
                    help="device profile whose params file and result folder are used (default: cpu)")
     p.add_argument("--output", "-o", default=None,
-                   help="where to save the executed notebook (default: results/<profile>/notebooks/<name>.ipynb)")
+                   help="where to save the executed notebook (default: <results root>/<profile>/notebooks/<name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter of the study for this run (VALUE as YAML), may repeat; "
                    "an unknown KEY or a bad value stops the run before anything is written")
     p.add_argument("--results-root", default=None, metavar="DIR",
-                   help="write results under DIR/<profile>/ instead of the project's results/ (trial runs)")
+                   help="write the results and the executed notebook under DIR/<profile>/; the pipeline passes "
+                   f"{COMMITTED_RESULTS} (the committed results); default: the scratch folder scratch/ of the project, "
+                   "ignored by git")
     p.add_argument("--log-output", action="store_true", help="stream the notebook's output to the log")
     p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                    help="fail a cell that runs longer than this (default: $RIFELAB_CELL_TIMEOUT, else no limit)")
@@ -202,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"rifelab {args.command}: stopped by {exc.args[0] if exc.args else 'Ctrl-C'}; files are written "
               "atomically, so what was finished is complete and nothing is half-written", file=sys.stderr)
-        return 130
+        return 143 if exc.args and exc.args[0] == "SIGTERM" else 130  # 128 + the signal's number
     except OSError as exc:  # full disk, no permission, read-only file system...: the system's words, one line
         if args.verbose >= 2 or exc.errno is None:
             raise

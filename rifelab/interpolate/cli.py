@@ -19,7 +19,7 @@ from rifelab.frames.images import (
 )
 from rifelab.frames.scenes import SceneThresholds
 from rifelab.interpolate.bench import benchmark_pipeline
-from rifelab.interpolate.run import interpolate_sequence, load_interpolation_model
+from rifelab.interpolate.run import check_run, interpolate_sequence, load_interpolation_model
 from rifelab.interpolate.schedule import (
     DEFAULT_INPUT_FPS,
     OUTPUT_IMAGE_EXTENSIONS,
@@ -175,16 +175,17 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         return 0
     if args.output is None:
         raise ValueError("give an OUTPUT folder or video file (or --benchmark)")
+    info = {"checkpoint": str(args.checkpoint) if args.checkpoint else "bundled rife40",
+            "dtype": getattr(args, "dtype", "fp32")}
+    check_run(args.input, args.output, cfg, model_info=info)  # refusals before the model loads (seconds)
     try:
         model = load_interpolation_model(args)
-        info = {"checkpoint": str(args.checkpoint) if args.checkpoint else "bundled rife40",
-                "dtype": getattr(args, "dtype", "fp32")}
         summary = interpolate_sequence(args.input, args.output, model, cfg, model_info=info)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rifelab.cli turns it into KeyboardInterrupt('SIGTERM'))
         if getattr(args, "verbose", 0) >= 2:
             raise
         print(stopped_message(args, f"stopped by {exc.args[0] if exc.args else 'Ctrl-C'}"), file=sys.stderr)
-        return 130
+        return 143 if exc.args and exc.args[0] == "SIGTERM" else 130
     except OSError as exc:  # full disk, read-only folder, no permission...
         if getattr(args, "verbose", 0) >= 2 or exc.errno is None or isinstance(exc, FileNotFoundError):
             raise

@@ -70,20 +70,10 @@ def _extra_settings(src: FrameSource, ratio: Fraction | None) -> dict[str, Any]:
     return extra
 
 
-def interpolate_sequence(
-    source: str | os.PathLike | FrameSource | np.ndarray,
-    output: str | os.PathLike,
-    model: Any,
-    config: InterpolateConfig | None = None,
-    on_frame: Callable[[int, str], None] | None = None,
-    model_info: dict[str, Any] | None = None,
-) -> InterpolationSummary:
-    """Interpolate a folder of frames, a video or an array into a folder of frames or a video (by `output`'s suffix).
-
-    `model` is anything with `.interpolate(img0, img1, timestep, scale, ensemble)`. `on_frame(index, kind)`
-    is called after each frame is written (kind: original, model, static, cut). `model_info` (checkpoint,
-    dtype...) joins the settings a resumed run must match. Returns the counts of the run.
-    """
+def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | None,
+          model_info: dict[str, Any] | None
+          ) -> tuple[FrameSource, Path, Any, Fraction | None, InterpolationSummary, int | None]:
+    """(source, output path, sink, retime ratio, summary, expected frames) of a run, checked; nothing written."""
     config = config or InterpolateConfig()
     config.validate()
     src = open_source(source, config.input_fps, allow_damaged=config.allow_damaged_input)
@@ -101,6 +91,32 @@ def interpolate_sequence(
         manifest.update(_extra_settings(src, ratio))
         sink = _FolderSink(out, config, manifest)
     expected = config.output_count(src.count, src.fps)
+    sink.check()  # refusals come before the announcement of what the run will write
+    return src, out, sink, ratio, summary, expected
+
+
+def check_run(source: Any, output: str | os.PathLike, config: InterpolateConfig | None = None,
+              model_info: dict[str, Any] | None = None) -> None:
+    """Raise the error a run would stop with on its input, options or output, without loading a model or writing."""
+    _plan(source, output, config, model_info)
+
+
+def interpolate_sequence(
+    source: str | os.PathLike | FrameSource | np.ndarray,
+    output: str | os.PathLike,
+    model: Any,
+    config: InterpolateConfig | None = None,
+    on_frame: Callable[[int, str], None] | None = None,
+    model_info: dict[str, Any] | None = None,
+) -> InterpolationSummary:
+    """Interpolate a folder of frames, a video or an array into a folder of frames or a video (by `output`'s suffix).
+
+    `model` is anything with `.interpolate(img0, img1, timestep, scale, ensemble)`. `on_frame(index, kind)`
+    is called after each frame is written (kind: original, model, static, cut). `model_info` (checkpoint,
+    dtype...) joins the settings a resumed run must match. Returns the counts of the run.
+    """
+    config = config or InterpolateConfig()
+    src, out, sink, ratio, summary, expected = _plan(source, output, config, model_info)
     _warn_if_large(src, expected, out)
     sink.prepare()
     summary.removed_temp_files = len(sink.removed_temps)

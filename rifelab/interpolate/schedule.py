@@ -32,6 +32,9 @@ MANIFEST_NAME = ".rifelab-interpolate.json"
 JOURNAL_NAME = ".rifelab-interpolate.journal"  # the manifest's append-only part while a run writes frames
 
 
+LOCK_NAME = ".rifelab-interpolate.lock"  # advisory lock of the run writing a folder (holds its pid and command)
+
+
 MAX_MULTI = 256  # frames per pair: beyond this a run is almost surely a typo (1000 on 8x8 frames)
 
 
