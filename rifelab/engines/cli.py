@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from rifelab.engines.backends import BACKENDS
-from rifelab.engines.export import DEFAULT_OPSET, export_onnx, verify_onnx
-from rifelab.engines.spec import ModelSpec, load_checkpoint
+from rifelab.engines.export import DEFAULT_OPSET, check_export_target, export_onnx, verify_onnx
+from rifelab.engines.spec import BACKENDS, ModelSpec, load_checkpoint
 from rifelab.engines.torch_engine import AUTOCAST_DTYPES, COMPILE_MODES, DTYPES
 from rifelab.measure.benchmark import parse_resolution
 from rifelab.rife.contract import padded_size
@@ -85,7 +83,7 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     w, h = parse_resolution(args.resolution)
-    out = Path(args.output or f"rife_{w}x{h}_s{args.scale:g}{'_dyn' if args.dynamic else ''}.onnx")
+    out = check_export_target(args.output or f"rife_{w}x{h}_s{args.scale:g}{'_dyn' if args.dynamic else ''}.onnx")
     model = load_checkpoint(replace(ModelSpec.from_args(args), device="cpu"))
     export_onnx(model, out, w, h, batch=args.batch, scale=args.scale, ensemble=args.ensemble, dynamic=args.dynamic,
                 opset=args.opset)

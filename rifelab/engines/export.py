@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from rifelab.measure.benchmark import parse_resolution, real_frame_pair
 from rifelab.measure.metrics import error_stats
-from rifelab.publish.results import atomic_path
+from rifelab.publish.results import atomic_path, refuse_link
 from rifelab.rife.model import RIFE
 from rifelab.rife.contract import flow_scales, padded_size
 from rifelab.rife.network import check_scale
@@ -46,6 +46,8 @@ __all__ = [
     "export_onnx",
     "check_onnx_dtypes",
     "verify_onnx",
+    "check_export_target",
+    "written_by_rifelab",
 ]
 
 DEFAULT_OPSET = 17  # GridSample needs >= 16
@@ -121,6 +123,26 @@ def check_onnx_dtypes(onnx_model: Any) -> None:
             raise ExportError(f"graph input {inp.name!r} is {name}; expected float32")
 
 
+def written_by_rifelab(path: str | os.PathLike) -> bool:
+    """Whether `path` is an ONNX model `rifelab export` wrote (it carries rifelab's metadata entries)."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - anything that does not parse as ONNX is not ours
+        return False
+    return any(p.key == "rifelab.variant" for p in proto.metadata_props)
+
+
+def check_export_target(path: str | os.PathLike) -> Path:
+    """`path`, or ExportError when it is a link or a file `rifelab export` did not write (never replaced)."""
+    p = refuse_link(path)
+    if p.exists() and (not p.is_file() or not written_by_rifelab(p)):
+        raise ExportError(f"{p} exists and was not written by rifelab (it is not an ONNX model with rifelab's "
+                          "metadata), so it is not replaced; move it away or choose another --output")
+    return p
+
+
 def export_onnx(
     model: RIFE,
     path: str | os.PathLike,
@@ -145,6 +167,7 @@ def export_onnx(
         raise ExportError(f"opset {opset} has no GridSample (the warp); use opset 16 or newer")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    check_export_target(path)
     ph, pw = padded_size(height, width, model.padding_multiple(check_scale(scale)))
     graph = FlowGraph(model, scale, ensemble, flow_outputs)
     outputs = list(FLOW_OUTPUT_NAMES if flow_outputs else (OUTPUT_NAME,))

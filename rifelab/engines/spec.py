@@ -4,33 +4,45 @@
     model = load_model(spec)                       # an Interpolator: interpolate, interpolate_rgba
     spec = ModelSpec.from_args(args)               # the command line's options (rifelab.engines.cli declares them)
 
-The spec is frozen and plain data, so it travels (Ray workers of `rifelab batch` get it and load their own model).
-`switches` are the backend's options: the PyTorch engine's switches (EngineConfig fields) for `torch`, the backend
-class's options for the others (e.g. openvino: calibration_count). A PyTorch switch given to another backend is
-reported in the model's `skipped`, never silently dropped.
+The spec is frozen, hashable plain data, so it travels: Ray workers of `rifelab batch` and the timing harness's
+worker processes get it and build their own model. `switches` are the backend's options: the PyTorch engine's
+switches (EngineConfig fields) for `torch`, the backend class's options for the others (e.g. openvino:
+calibration_count). A PyTorch switch given to another backend is reported in the model's `skipped`, never dropped
+silently. INT8 calibration frames can be described instead of carried (`calibration`); the loader reads them.
+
+The exported backends (ONNX Runtime, OpenVINO, TensorRT) and pruned checkpoints are imported when a spec asks for
+them, so code that only builds PyTorch models (the interpolation tool, the interactive study) does not depend on them.
 """
 
 from __future__ import annotations
 
-import inspect
+import importlib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from rifelab.engines.backends import BACKENDS, PRECISIONS, ExportedModel, OnnxRuntimeModel, OpenVinoModel, TensorRTModel
-from rifelab.engines.torch_engine import Engine, EngineConfig
+import torch
+
+from rifelab.engines.torch_engine import DTYPES, Engine, EngineConfig
 from rifelab.measure.profiling import resolve_device
 from rifelab.rife.checkpoints import load_rife
+from rifelab.rife.contract import Interpolator
 from rifelab.rife.model import RIFE
 
-__all__ = ["ModelSpec", "load_model", "load_checkpoint", "ENGINE_SWITCHES", "BACKEND_CLASSES"]
+__all__ = ["BACKENDS", "PRECISIONS", "ENGINE_SWITCHES", "ModelSpec", "load_model", "load_checkpoint"]
 
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+#: precisions each backend offers (torch: the engine's dtypes)
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": DTYPES,
+    "onnxruntime": ("fp32",),
+    "openvino": ("fp32", "bf16", "int8"),
+    "tensorrt": ("fp16", "fp32"),
+}
 #: the PyTorch engine's switches (EngineConfig fields a spec sets through `switches`)
 ENGINE_SWITCHES = tuple(f.name for f in fields(EngineConfig) if f.name not in ("name", "dtype", "threads"))
-#: the class of each exported backend
-BACKEND_CLASSES: dict[str, type[ExportedModel]] = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel,
-                                                   "tensorrt": TensorRTModel}
-_BASE_OPTIONS = ("model", "device", "precision", "name", "threads")
+#: class of each exported backend, in rifelab.engines.backends (imported when a spec needs it)
+_BACKEND_CLASSES = {"onnxruntime": "OnnxRuntimeModel", "openvino": "OpenVinoModel", "tensorrt": "TensorRTModel"}
 
 
 class _Options(Protocol):
@@ -40,15 +52,23 @@ class _Options(Protocol):
     dtype: str
 
 
-def _class_options(backend: str) -> tuple[str, ...]:
-    """The options of an exported backend's class beyond those every backend takes."""
-    params = inspect.signature(BACKEND_CLASSES[backend].__init__).parameters
-    return tuple(p for p in params if p not in ("self", *_BASE_OPTIONS))
+def _frozen(value: Any) -> Any:
+    """Mappings as sorted (key, value) pairs and lists as tuples, so a spec stays hashable."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to run: backend, precision, switches, checkpoint, device, threads (and a display name)."""
+    """Which model to run: backend, precision, switches, checkpoint, device, threads (and a display name).
+
+    `plain`: the fp32 RIFE of `checkpoint` itself, no engine; `pruned`: `checkpoint` is a pruned model saved by
+    `rifelab.pruning.prune.save_pruned` (run as the plain model it rebuilds). `calibration` = (pairs, width,
+    height, {clip: [start, stop)}) describes INT8 calibration frames, read when the model is built.
+    """
 
     backend: str = "torch"
     precision: str = "fp32"
@@ -57,10 +77,14 @@ class ModelSpec:
     device: str = "auto"  # auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps
     threads: int | None = None  # CPU threads while the model runs (None: leave torch's setting)
     name: str | None = None  # None: derived from backend, precision and the switches that are on
+    plain: bool = False
+    pruned: bool = False
+    calibration: tuple | None = None
 
     def __post_init__(self) -> None:
         items = self.switches.items() if isinstance(self.switches, Mapping) else self.switches
-        object.__setattr__(self, "switches", tuple(sorted((str(k), v) for k, v in items)))
+        object.__setattr__(self, "switches", tuple(sorted((str(k), _frozen(v)) for k, v in items)))
+        object.__setattr__(self, "calibration", _frozen(self.calibration))
         if self.checkpoint is not None:
             object.__setattr__(self, "checkpoint", str(Path(self.checkpoint)))
         object.__setattr__(self, "device", str(self.device))
@@ -74,15 +98,29 @@ class ModelSpec:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
-        valid = ENGINE_SWITCHES if self.backend == "torch" else ENGINE_SWITCHES + _class_options(self.backend)
-        unknown = sorted(k for k, _ in self.switches if k not in valid)
-        if unknown:
-            raise ValueError(f"unknown switch(es) {unknown} for backend {self.backend}; valid: {', '.join(valid)}")
+        if self.backend == "torch":
+            unknown = sorted(k for k, _ in self.switches if k not in ENGINE_SWITCHES)
+            if unknown:
+                raise ValueError(f"unknown engine switch(es) {unknown}; valid: {', '.join(ENGINE_SWITCHES)}")
+        if (self.plain or self.pruned) and (self.backend != "torch" or self.precision != "fp32" or self.switches):
+            raise ValueError("a plain or pruned ModelSpec is an fp32 RIFE model itself: no backend, precision or "
+                             "switches")
+        if self.pruned and self.checkpoint is None:
+            raise ValueError("a pruned ModelSpec needs the checkpoint saved by save_pruned")
+
+    @classmethod
+    def make(cls, options: Mapping[str, Any] | None = None, **kw: Any) -> ModelSpec:
+        """A spec with its switches given as a mapping (`options`)."""
+        return cls(switches=dict(options or {}), **kw)
 
     @property
     def options(self) -> dict[str, Any]:
-        """The switches as a dict."""
-        return dict(self.switches)
+        """The switches as a dict (tuples the spec froze come back as lists)."""
+        return self.option_dict()
+
+    def option_dict(self) -> dict[str, Any]:
+        """The switches as a dict (tuples the spec froze come back as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.switches}
 
     @property
     def label(self) -> str:
@@ -110,7 +148,7 @@ class ModelSpec:
         switches: dict[str, Any] = {}
         for key in ENGINE_SWITCHES:
             default = EngineConfig.__dataclass_fields__[key].default
-            value = not getattr(args, "no_inference_mode", False) if key == "inference_mode" else getattr(
+            value = (not getattr(args, "no_inference_mode", False)) if key == "inference_mode" else getattr(
                 args, key, default)
             if value != default and (backend == "torch" or value is True):
                 switches[key] = value
@@ -125,12 +163,20 @@ def load_checkpoint(spec: ModelSpec) -> RIFE:
     return load_rife(spec.checkpoint, device=resolve_device(spec.device))
 
 
-def load_model(spec: ModelSpec, model: RIFE | None = None) -> Engine | ExportedModel:
+def load_model(spec: ModelSpec, model: RIFE | None = None) -> Interpolator:
     """The model `spec` describes, on its backend (raises BackendUnavailable saying why when it cannot run here).
 
     `model` (a loaded or pruned RIFE) replaces loading `spec.checkpoint`; the backend works on a copy of it.
+    Plain and pruned specs give the RIFE itself, on `spec.threads` CPU threads (set for the process).
     """
     dev = resolve_device(spec.device)
+    if spec.plain or spec.pruned:
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        if spec.pruned:
+            prune = importlib.import_module("rifelab.pruning.prune")
+            return prune.load_pruned(spec.checkpoint, device=dev)
+        return model.to(dev) if model is not None else load_checkpoint(spec)
     if model is None:
         model = load_checkpoint(spec if spec.backend == "torch" else replace(spec, device="cpu"))
     elif not isinstance(model, RIFE):
@@ -140,8 +186,15 @@ def load_model(spec: ModelSpec, model: RIFE | None = None) -> Engine | ExportedM
         config = EngineConfig(name=spec.label, dtype=spec.precision, threads=spec.threads, **opts)
         return Engine(model, config, device=dev)
     torch_only = [k for k in opts if k in ENGINE_SWITCHES]
-    built = BACKEND_CLASSES[spec.backend](model, dev, spec.precision, name=spec.label, threads=spec.threads,
-                                          **{k: v for k, v in opts.items() if k not in torch_only})
+    options = {k: v for k, v in opts.items() if k not in torch_only}
+    if spec.calibration is not None:
+        count, width, height, ranges = spec.calibration
+        ranges = {clip: list(r) for clip, r in dict(ranges).items()}
+        splits = importlib.import_module("rifelab.frames.splits")
+        options.update(calibration=splits.range_pairs(ranges, int(count), (int(width), int(height)), "calibration"),
+                       calibration_ranges=ranges)
+    cls = getattr(importlib.import_module("rifelab.engines.backends"), _BACKEND_CLASSES[spec.backend])
+    built = cls(model, dev, spec.precision, name=spec.label, threads=spec.threads, **options)
     for key in torch_only:
         built.skipped[f"--{key.replace('_', '-')}"] = f"a PyTorch engine switch; backend {spec.backend} does not use it"
     return built

@@ -25,16 +25,16 @@ from rifelab.interpolate.batch import (
     run_batch,
 )
 from rifelab.interpolate.bench import benchmark_pipeline
-from rifelab.interpolate.run import interpolate_sequence
+from rifelab.interpolate.run import check_run, interpolate_sequence
 from rifelab.interpolate.schedule import (
     DEFAULT_INPUT_FPS,
     OUTPUT_IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     InterpolateConfig,
-    _count,
+    counted,
 )
 from rifelab.interpolate.sinks import read_manifest
-from rifelab.interpolate.sources import _is_video_path, open_source
+from rifelab.interpolate.sources import is_video_path, open_source
 from rifelab.publish.results import atomic_write_text, to_markdown
 from rifelab.rife.contract import Interpolator
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def _threshold(text: str) -> float | None:
+    """argparse type of the scene thresholds: a number in [0, 1], or off."""
     if str(text).lower() in ("off", "none", "no"):
         return None
     try:
@@ -163,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
+    """`rifelab interpolate`: run (or --benchmark) and print the summary; a stop is one line and an exit code."""
     cfg = config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -179,15 +181,16 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         return 0
     if args.output is None:
         raise ValueError("give an OUTPUT folder or video file (or --benchmark)")
+    spec = ModelSpec.from_args(args)
+    check_run(args.input, args.output, cfg, model_info=spec.model_info())  # refusals before the model loads (seconds)
     try:
-        spec = ModelSpec.from_args(args)
         model = load_model(spec)
         summary = interpolate_sequence(args.input, args.output, model, cfg, model_info=spec.model_info())
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rifelab.cli turns it into KeyboardInterrupt('SIGTERM'))
         if getattr(args, "verbose", 0) >= 2:
             raise
         print(stopped_message(args, f"stopped by {exc.args[0] if exc.args else 'Ctrl-C'}"), file=sys.stderr)
-        return 130
+        return 143 if exc.args and exc.args[0] == "SIGTERM" else 130
     except OSError as exc:  # full disk, read-only folder, no permission...
         if getattr(args, "verbose", 0) >= 2 or exc.errno is None or isinstance(exc, FileNotFoundError):
             raise
@@ -202,7 +205,7 @@ def stopped_message(args: argparse.Namespace, what: str) -> str:
     """One line for a run that stopped early: what happened, what was kept, the command that continues it."""
     out = Path(args.output)
     argv = [a for a in getattr(args, "argv", None) or _rebuild_argv(args) if not _is_flag(a, "--resume")]
-    if _is_video_path(out):
+    if is_video_path(out):
         kept = f"the unfinished video was removed ({out} is as it was before)"
         again = shlex.join(["rifelab", *argv])
         return f"rifelab interpolate: {what}; {kept}; once fixed, run again: {again}"
@@ -212,7 +215,7 @@ def stopped_message(args: argparse.Namespace, what: str) -> str:
     except DataError:
         manifest = None
     done = sum((out / n).is_file() for n in manifest["frames"]) if manifest else 0
-    kept = f"{_count(done, 'complete frame')} kept in {out}" if done else f"no frames written to {out}"
+    kept = f"{counted(done, 'complete frame')} kept in {out}" if done else f"no frames written to {out}"
     again = shlex.join(["rifelab", *argv, "--resume"])
     return f"rifelab interpolate: {what}; {kept}; once fixed, continue with: {again}"
 

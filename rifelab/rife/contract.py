@@ -9,6 +9,7 @@ with the same flow and mask, by the same backend. A model that cannot do that ra
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol, Union, runtime_checkable
 
@@ -17,6 +18,8 @@ import torch
 
 from rifelab.frames.images import DataError, to_tensor
 from rifelab.rife.network import check_scale, pad_to_multiple, padding_multiple, timestep_plane, warp
+
+log = logging.getLogger(__name__)
 
 #: frames a model accepts: tensors (N,3,H,W)/(3,H,W), float in [0, 1] or uint8; uint8 numpy (H,W,3)/(N,H,W,3)
 Frames = Union[torch.Tensor, np.ndarray]
@@ -119,6 +122,9 @@ def check_pair(img0: Frames, img1: Frames) -> tuple[torch.Tensor, torch.Tensor]:
             else "clamp or rescale them to [0, 1]"
         )
         raise ValueError(f"float frames must lie in [0, 1], got values from {lo:g} to {hi:g}; {hint}")
+    if lo < 0.0 or hi > 1.0:  # within the tolerance (rounding of a resize, say): clamped, so the output stays in [0, 1]
+        log.warning("float frames range from %g to %g, slightly outside [0, 1]; clamped to [0, 1]", lo, hi)
+        img0, img1 = img0.clamp(0.0, 1.0), img1.clamp(0.0, 1.0)
     return img0, img1
 
 

@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 from rifelab.publish.notebooks import parse_set
-from rifelab.studies.base import PROFILE_FILES, PROFILES
+from rifelab.publish.results import PROFILE_FILES, PROFILES
 from rifelab.studies.pruning import finetune
 
 __all__ = ["finetune_parser", "main"]
@@ -20,7 +20,7 @@ def finetune_parser() -> argparse.ArgumentParser:
         prog="python -m rifelab.studies.cli",
         description="The finetune@PROFILE stage of the pruning study: measure each group's sensitivity and latency "
         "savings, build the plans named in pruning.finetune, fine-tune each by distillation and save it under "
-        "results/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
+        "<results root>/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
     parser.add_argument("--profile", default="cpu", choices=list(PROFILES),
                         help="device profile whose params file (" + ", ".join(f"{f} for {k}" for k, f in
                                                                    PROFILE_FILES.items())
@@ -28,7 +28,8 @@ def finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key of the pruning section for this run (VALUE as YAML), may repeat")
     parser.add_argument("--results-root", default=None, metavar="DIR",
-                        help="write under DIR/<profile>/finetune instead of the project's results/ (trial runs)")
+                        help="write under DIR/<profile>/finetune (the pipeline passes results, the committed "
+                        "results; default: the scratch folder scratch/, ignored by git)")
     return parser
 
 
