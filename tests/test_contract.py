@@ -25,8 +25,10 @@ from rifelab.rife.model import RIFE
 
 # (backend, precision): every backend that runs on a CPU; bf16 and int8 differ from fp32, so a PyTorch fp32
 # fallback cannot pass the colour check there
-CPU_BACKENDS = [("rife", "fp32"), ("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"),
+CPU_BACKENDS = [("rife", "fp32"), ("torch", "fp32"), ("torch", "bf16"), ("torch", "static"), ("onnxruntime", "fp32"),
                 ("openvino", "fp32"), ("openvino", "int8")]
+#: "static": the engine's preallocated buffers, cached grids and channels_last (another input path, same contract)
+STATIC = {"static_buffers": True, "cached_grids": True, "channels_last": True}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,8 @@ def _build(backend: str, precision: str, model: RIFE):
     problem = bk.backend_problem(backend, precision, "cpu") if backend != "torch" else None
     if problem:
         pytest.skip(problem)
-    switches = {"calibration_count": 2} if precision == "int8" else {}
+    switches = {"calibration_count": 2} if precision == "int8" else STATIC if precision == "static" else {}
+    precision = "fp32" if precision == "static" else precision
     return load_model(ModelSpec(backend, precision, switches, device="cpu"), model)
 
 
@@ -85,7 +88,7 @@ def test_rgba_runs_on_the_backend_and_its_colour_is_the_backends_rgb_output(back
     assert torch.equal(out[:, :3], rgb)
     alpha = out[:, 3]
     assert float(alpha.min()) >= 0 and float(alpha.max()) <= 1 and float(alpha.std()) > 0.2  # still a ramp
-    if precision != "fp32":  # what a fallback to the fp32 PyTorch copy would have given
+    if precision in ("bf16", "int8"):  # what a fallback to the fp32 PyTorch copy would have given
         with torch.inference_mode():
             assert not torch.equal(out[:, :3], model.interpolate(a[:, :3], b[:, :3], t))
 

@@ -253,7 +253,7 @@ class ExportedModel:
     def __init__(self, model: RIFE, device: str | torch.device = "cpu", precision: str = "fp32",
                  name: str | None = None, threads: int | None = None):
         if not isinstance(model, RIFE):
-            raise TypeError(f"model must be a rifelab.models.RIFE (from load_rife), got {type(model).__name__}")
+            raise TypeError(f"model must be a rifelab RIFE (from load_rife or load_pruned), got {type(model).__name__}")
         self.device = torch.device(device)
         problem = backend_problem(self.backend, precision, self.device)
         if problem:

@@ -260,7 +260,7 @@ class Engine:
         if model is None:
             model = load_rife(checkpoint, device=resolve_device(device or "auto"))
         elif not isinstance(model, RIFE):
-            raise TypeError(f"model must be a rifelab.models.RIFE (from load_rife), got {type(model).__name__}")
+            raise TypeError(f"model must be a rifelab RIFE (from load_rife or load_pruned), got {type(model).__name__}")
         dev = resolve_device(device) if device is not None else model.device
         self.model: RIFE = copy.deepcopy(model).to(dev).eval()
         self.device = dev

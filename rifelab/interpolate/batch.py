@@ -204,7 +204,7 @@ def _remove_output_folder(folder: Path) -> None:
 
 def run_item(
     item: BatchItem,
-    model: Any,
+    model: Interpolator,
     config: InterpolateConfig,
     model_info: dict[str, Any] | None = None,
     on_frames: Callable[[int], None] | None = None,

@@ -184,7 +184,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     spec = ModelSpec.from_args(args)
     check_run(args.input, args.output, cfg, model_info=spec.model_info())  # refusals before the model loads (seconds)
     try:
-        model = load_model(spec)
+        model = load_interpolation_model(args)
         summary = interpolate_sequence(args.input, args.output, model, cfg, model_info=spec.model_info())
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rifelab.cli turns it into KeyboardInterrupt('SIGTERM'))
         if getattr(args, "verbose", 0) >= 2:
