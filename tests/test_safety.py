@@ -151,7 +151,7 @@ def test_overwrite_never_replaces_a_users_video(frame_folder, tmp_path, capsys):
 
 
 def test_export_never_replaces_a_file_it_did_not_write(tmp_path, monkeypatch, capsys):
-    from rifelab.engines import export
+    from rifelab.engines import cli as engines_cli
 
     mine = tmp_path / "mine.onnx"
     mine.write_bytes(b"my own model")
