@@ -26,9 +26,10 @@ from rifelab.interpolate.schedule import (
     VIDEO_EXTENSIONS,
     InterpolateConfig,
     counted,
+    is_video_path,
 )
 from rifelab.interpolate.sinks import read_manifest
-from rifelab.interpolate.sources import is_video_path, open_source
+from rifelab.interpolate.sources import open_source
 from rifelab.publish.results import (
     to_markdown,
 )

@@ -22,12 +22,12 @@ from rifelab.interpolate.schedule import (
     InterpolateConfig,
     InterpolationSummary,
     as_fraction,
+    is_video_path,
 )
-from rifelab.interpolate.sinks import _FolderSink, _VideoSink
+from rifelab.interpolate.sinks import open_sink
 from rifelab.interpolate.sources import (
     FrameSource,
     frame_size,
-    is_video_path,
     open_source,
 )
 from rifelab.interpolate.stages import ProgressBars, run_stages
@@ -85,11 +85,11 @@ def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | No
     _check_alpha_output(src, out, config)
     if is_video_path(out):
         summary.output_fps = config.output_fps(src.fps)
-        sink: Any = _VideoSink(out, summary.output_fps, config)
+        sink = open_sink(out, config, fps=summary.output_fps)
     else:
         manifest = {"input": src.describe(), **config.settings(), "model": model_info or {}}
         manifest.update(_extra_settings(src, ratio))
-        sink = _FolderSink(out, config, manifest)
+        sink = open_sink(out, config, manifest=manifest)
     expected = config.output_count(src.count, src.fps)
     sink.check()  # refusals come before the announcement of what the run will write
     return src, out, sink, ratio, summary, expected

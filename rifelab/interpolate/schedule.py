@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
+
+
+def is_video_path(path: Path) -> bool:
+    """Whether `path` names a video file (by its suffix), as opposed to a folder of frames."""
+    return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 OUTPUT_IMAGE_EXTENSIONS = ("png", "jpg", "tif", "bmp", "webp")
