@@ -223,3 +223,76 @@ def test_float_frames_slightly_above_one_are_clamped_with_a_warning(caplog):
         a2, b2 = check_pair(a, b)
     assert float(a2.max()) <= 1.0 and float(b2.min()) >= 0.0
     assert "clamped" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 2. 10-bit video and 16-bit PNG
+
+
+def _deep(frames: np.ndarray) -> np.ndarray:
+    """Real frames widened to 16 bits with low bits set (so an 8-bit round trip cannot reproduce them)."""
+    ramp = (np.arange(frames.shape[2], dtype=np.uint16) % 200)[None, None, :, None]
+    return (frames.astype(np.uint16) * 257 + ramp).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def video10(tmp_path_factory, frames) -> Path:
+    """A lossless 10-bit (FFV1 yuv420p10le) Matroska file of real frames."""
+    path = tmp_path_factory.mktemp("deep") / "d10.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p10le"
+        for f in _deep(frames):
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb48le")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _png16(path: Path, frame: np.ndarray) -> None:
+    ctx = av.codec.CodecContext.create("png", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = frame.shape[1], frame.shape[0], "rgb48be"
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb48le")
+    path.write_bytes(b"".join(bytes(p) for p in [*ctx.encode(vf), *ctx.encode(None)]))
+
+
+def _read16(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return next(c.decode(video=0)).to_ndarray(format="rgb48le")
+
+
+def test_10bit_video_keeps_its_depth_in_frames_and_video(video10, tmp_path):
+    with av.open(str(video10)) as c:
+        decoded = [f.to_ndarray(format="rgb48le") for f in c.decode(video=0)]
+    out = tmp_path / "frames"
+    interpolate_sequence(video10, out, Blend(), _cfg(multi=3))
+    first, middle = _read16(out / "00000000.png"), _read16(out / "00000001.png")
+    assert first.dtype == np.uint16 and np.array_equal(first, decoded[0])  # the original, all 16 bits
+    assert (middle % 257 != 0).any()  # the model's frame is not an 8-bit value widened
+    for name in ("v.mp4", "v.mkv"):
+        interpolate_sequence(video10, tmp_path / name, Blend(), _cfg(multi=3))
+        with av.open(str(tmp_path / name)) as c:
+            assert c.streams.video[0].codec_context.format.components[0].bits >= 10
+
+
+def test_16bit_png_frames_stay_16bit(frames, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    deep = _deep(frames)
+    for i, f in enumerate(deep):
+        _png16(src / f"{i:03d}.png", f)
+    out = tmp_path / "out"
+    interpolate_sequence(src, out, Blend(), _cfg(multi=3))
+    assert np.array_equal(_read16(out / "00000002.png"), deep[1])
+    assert (_read16(out / "00000001.png") % 257 != 0).any()
+    assert json.loads((out / MANIFEST_NAME).read_text())["depth"] == 16
+
+
+def test_depth_reduction_is_refused_unless_allowed(video10, tmp_path, caplog):
+    with pytest.raises(DataError, match=r"10-bit samples.*--allow-8bit"):
+        interpolate_sequence(video10, tmp_path / "j", Blend(), _cfg(ext="jpg"))
+    with pytest.raises(DataError, match=r"10-bit samples.*--allow-8bit"):
+        interpolate_sequence(video10, tmp_path / "v.webm", Blend(), _cfg())
+    with caplog.at_level("WARNING"):
+        interpolate_sequence(video10, tmp_path / "j", Blend(), _cfg(ext="jpg", allow_8bit=True))
+    assert "reduced to 8 bits" in caplog.text

@@ -97,7 +97,8 @@ def _tag_seconds(tag: str | None) -> float | None:
 
 
 def read_video(
-    name_or_path: str | os.PathLike, allow_damaged: bool = False, damage: list[VideoDamage] | None = None
+    name_or_path: str | os.PathLike, allow_damaged: bool = False, damage: list[VideoDamage] | None = None,
+    deep: bool = False,
 ) -> Iterator[np.ndarray]:
     """Decode every frame of a video as uint8 RGB (H, W, 3), checking that none was lost.
 
@@ -105,6 +106,7 @@ def read_video(
     duration x frame rate) raises DataError once the stream ends, naming the lost frames; with
     `allow_damaged` the frames that did decode are used and the VideoDamage is logged and appended to
     `damage`. Bad packets are skipped, so decoding continues after a damaged stretch.
+    `deep`: frames are uint16 RGB (rgb48), keeping 10-, 12- or 16-bit samples.
     """
     path = _resolve_clip(name_or_path)
     found = VideoDamage(str(path), None, 0)
@@ -152,7 +154,7 @@ def read_video(
                     found.errors.extend(logged)
                     found.error_frames.append(index)
                 found.decoded += 1
-                yield frame.to_ndarray(format="rgb24")
+                yield frame.to_ndarray(format="rgb48le" if deep else "rgb24")
             found.errors.extend(new_errors())
     except av.error.FFmpegError as exc:
         raise DataError(f"cannot decode video {path}: {exc}; the file is damaged or not a video") from exc

@@ -123,6 +123,11 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--allow-damaged-input", action="store_true",
                    help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
                    "decode errors and frames missing from the container's count stop the run)")
+    g.add_argument("--allow-8bit", action="store_true",
+                   help="accept writing a 10-, 12- or 16-bit input (10-bit video, 16-bit PNG/TIFF) at 8 bits where the "
+                   "output cannot hold its depth (jpg/bmp/webp frames, .webm/.avi video, RGBA); without it such a run "
+                   "is refused. PNG/TIFF frames and .mp4/.mkv/.mov video keep the depth (16-bit frames; 10-bit HEVC, "
+                   "or 16-bit FFV1 in .mkv)")
     g = p.add_argument_group("model and pipeline")
     g.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
     g.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
@@ -151,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
         fps=args.fps, crf=args.crf, lossless=args.lossless, resume=args.resume, overwrite=args.overwrite,
         threaded=not args.serial, progress=not args.no_progress, allow_damaged_input=args.allow_damaged_input,
     )
+    cfg.allow_8bit = getattr(args, "allow_8bit", False)
     cfg.target_fps, cfg.fps_ratio = getattr(args, "target_fps", None), getattr(args, "fps_ratio", None)
     cfg.validate()
     return cfg

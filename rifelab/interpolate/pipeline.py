@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from rifelab.frames.images import (
     DataError,
+    rgb8_view,
     to_tensor,
     to_uint8,
 )
@@ -142,7 +143,7 @@ class _Pipeline:
                 elif self.group_done(p):
                     decision = PairDecision("done")
                 else:
-                    decision = decide_pair(prev[..., :3], frame[..., :3], self.config.thresholds)
+                    decision = decide_pair(rgb8_view(prev), rgb8_view(frame), self.config.thresholds)
                 yield _Pair(p, prev, frame, decision)
             prev = frame
         if count < 2:

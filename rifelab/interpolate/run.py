@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from rifelab.engines.backends import model_from_args
 from rifelab.frames.images import (
     DataError,
+    to_uint16,
 )
 from rifelab.interpolate.pipeline import (
     _check_alpha_output,
@@ -57,6 +59,39 @@ def _warn_if_large(src: FrameSource, frames: int | None, out: Path) -> None:
         log.info("writing %d frames%s to %s", frames, raw, out)
 
 
+DEEP_VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov")  # 10-bit HEVC (and 16-bit FFV1 in .mkv)
+DEEP_IMAGE_EXTENSIONS = ("png", "tif")
+
+
+def _check_depth(src: FrameSource, out: Path, config: InterpolateConfig) -> None:
+    """Keep a 10/12/16-bit input's depth where the output can hold it; else refuse, or reduce with --allow-8bit."""
+    if src.depth <= 8:
+        return
+    video = _is_video_path(out)
+    if src.alpha:
+        why = "RGBA frames are interpolated at 8 bits"
+    elif video and out.suffix.lower() not in DEEP_VIDEO_SUFFIXES:
+        why = f"a {out.suffix} video is written at 8 bits"
+    elif video and config.lossless and out.suffix.lower() != ".mkv":
+        why = "--lossless video keeps more than 8 bits only in .mkv (FFV1)"
+    elif not video and config.ext not in DEEP_IMAGE_EXTENSIONS:
+        why = f"{config.ext} frames hold 8 bits"
+    else:
+        src.keep_depth = True
+        log.info("%s has %d-bit samples: kept (%s)", src.path or "the input", src.depth,
+                 "16-bit frames" if not video else "16-bit FFV1" if out.suffix.lower() == ".mkv" and
+                 (src.depth > 10 or config.lossless) else "10-bit HEVC")
+        return
+    if not config.allow_8bit:
+        raise DataError(
+            f"{src.path or 'the input'} has {src.depth}-bit samples, but {why}; write PNG or TIFF frames or an "
+            f"{'/'.join(DEEP_VIDEO_SUFFIXES)} video to keep {src.depth} bits, or pass --allow-8bit to accept the "
+            "reduction to 8 bits"
+        )
+    log.warning("%s has %d-bit samples; reduced to 8 bits as --allow-8bit allows (%s)", src.path or "the input",
+                src.depth, why)
+
+
 def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | None,
           model_info: dict[str, Any] | None) -> tuple:
     """(source, output path, sink, retime ratio, summary, expected frames) of a run, checked; nothing written."""
@@ -69,14 +104,18 @@ def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | No
     summary = InterpolationSummary(output=str(out))
     ratio = config.retime_ratio(src.fps)
     _check_alpha_output(src, out, config)
+    _check_depth(src, out, config)
     if _is_video_path(out):
         summary.output_fps = config.fps or src.fps * (config.multi - 1)
         if ratio is not None:
             summary.output_fps = config.fps or float(_as_fraction(src.fps) * ratio)
         sink: Any = _VideoSink(out, summary.output_fps, config)
+        sink.depth = src.depth if src.keep_depth else 8
     else:
         manifest = {"input": src.describe(), **config.settings(), "model": model_info or {}}
         manifest.update(_extra_settings(src, ratio))
+        if src.keep_depth:
+            manifest["depth"] = src.depth
         sink = _FolderSink(out, config, manifest)
     expected = (src.count - 1) * (config.multi - 1) + 1 if src.count else None
     if ratio is not None:
@@ -117,7 +156,8 @@ def interpolate_sequence(
     write_bar = _progress(expected, "write", 2, config.progress, "frame")
 
     def write(item: _Out) -> None:
-        sink.write(item.index, _to_frame(item.data))
+        deep = src.keep_depth and isinstance(item.data, torch.Tensor)
+        sink.write(item.index, to_uint16(item.data)[0] if deep else _to_frame(item.data))
         summary.written_frames += 1
         write_bar.update(1)
         if on_frame is not None:

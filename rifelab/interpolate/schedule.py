@@ -138,6 +138,7 @@ class InterpolateConfig:
     resume: bool = False
     overwrite: bool = False
     allow_damaged_input: bool = False  # continue with the frames a damaged video decodes (the lost ones reported)
+    allow_8bit: bool = False  # accept writing a 10/12/16-bit input at 8 bits where the output cannot hold its depth
     threaded: bool = True  # reader and writer threads; False runs all stages in one thread
     progress: bool = True
     target_fps: float | None = None  # retiming: output frames at times k / target_fps (replaces multi)
