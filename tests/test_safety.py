@@ -296,3 +296,73 @@ def test_depth_reduction_is_refused_unless_allowed(video10, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         interpolate_sequence(video10, tmp_path / "j", Blend(), _cfg(ext="jpg", allow_8bit=True))
     assert "reduced to 8 bits" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 3. variable frame rate
+
+VFR_MS = [0, 40, 80, 200, 240, 400, 440, 480]  # the file: valid, 8 frames, no frame count in the container
+
+
+@pytest.fixture(scope="module")
+def vfr(tmp_path_factory) -> Path:
+    frames = load_clip("carphone", max_frames=len(VFR_MS))
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for f, ms in zip(frames, VFR_MS):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = ms, Fraction(1, 1000)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _times(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        return sorted(float(f.pts * st.time_base) for f in c.decode(st))
+
+
+def test_vfr_video_is_not_called_damaged(vfr, tmp_path):
+    s = interpolate_sequence(vfr, tmp_path / "o", Blend(), _cfg(multi=2))
+    assert s.input_frames == 8 and not s.damaged_input and not s.lost_input_frames
+
+
+def test_vfr_retiming_keeps_the_duration(vfr, tmp_path):
+    out = tmp_path / "r.mp4"
+    s = interpolate_sequence(vfr, out, Blend(), _cfg(target_fps=50))
+    assert s.output_frames == 25  # frames at 0, 20, ..., 480 ms: the input's 0.48 s, not 0.28 s
+    times = _times(out)
+    assert len(times) == 25 and times[-1] == pytest.approx(0.48, abs=1e-3)
+    frames = interpolate_sequence(vfr, tmp_path / "rf", Blend(), _cfg(target_fps=50))
+    assert frames.output_frames == 25 and frames.original_frames == len(VFR_MS)  # every input time is a k/50
+
+
+def test_vfr_multi_writes_each_output_timestamp(vfr, tmp_path, caplog):
+    out = tmp_path / "m.mkv"
+    interpolate_sequence(vfr, out, Blend(), _cfg(multi=3))
+    expected = sorted({*VFR_MS, *[(a + b) / 2 for a, b in zip(VFR_MS, VFR_MS[1:])]})
+    assert _times(out) == pytest.approx([ms / 1000 for ms in expected], abs=2e-3)
+    with caplog.at_level("WARNING"):
+        interpolate_sequence(vfr, tmp_path / "f", Blend(), _cfg(multi=3))
+    assert "variable frame rate" in caplog.text and "assumes a constant rate" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 7. bounds and words
+
+
+def test_retiming_has_bounds_and_says_when_it_drops_frames(frame_folder, tmp_path, capsys):
+    with pytest.raises(DataError, match="--allow-frame-drop"):  # first: the old code computes 1e6 fps for minutes
+        interpolate_sequence(frame_folder, tmp_path / "slow", Blend(), _cfg(target_fps=12))
+    with pytest.raises(DataError, match="above the limit of 256"):
+        interpolate_sequence(frame_folder, tmp_path / "big", Blend(), _cfg(target_fps=1e6))
+    assert not (tmp_path / "big").exists()
+    s = interpolate_sequence(frame_folder, tmp_path / "slow", Blend(), _cfg(target_fps=12, allow_frame_drop=True))
+    assert s.output_frames == 2
+    rc = main(["interpolate", str(frame_folder), str(tmp_path / "x"), "--multi", "4", "--target-fps", "50",
+               "--no-progress"])
+    assert rc == 2 and "--multi 4 and --target-fps" in capsys.readouterr().err

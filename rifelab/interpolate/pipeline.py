@@ -377,17 +377,29 @@ class _RetimePipeline(_Pipeline):
     """Output frame k at input position k / ratio: copied on an input frame, else interpolated at its own t."""
 
     def __init__(self, model: Any, config: InterpolateConfig, summary: InterpolationSummary, ratio: Fraction,
-                 has: Callable[[int], bool] = lambda i: False, pair_count: int | None = None):
+                 has: Callable[[int], bool] = lambda i: False, pair_count: int | None = None,
+                 times: list[Fraction] | None = None):
         super().__init__(model, config, summary, has, pair_count)
         self.ratio = ratio
+        self.times = times  # a variable-rate input's frame times in input-frame units (constant rate: frame i at i)
         per_pair = max(1, -(-ratio // 1))
         self.group_size = max(1, config.batch_size // per_pair)  # fixed groups: same model batches on resume
+
+    def position(self, frame: int) -> Fraction:
+        """Where input frame `frame` lies on the input's time axis, in input frames."""
+        if self.times is None:
+            return Fraction(frame)
+        if frame >= len(self.times):
+            raise DataError(f"the input decoded more frames than its {len(self.times)} timestamps; re-export it at a "
+                            "constant frame rate, or pass --input-fps to treat it as one")
+        return self.times[frame]
 
     def slots(self, pair: int) -> list[tuple[int, Fraction]]:
         """(output index, local t in [0, 1)) of the output frames between input frames `pair` and `pair`+1."""
         r = self.ratio
-        first, end = -(-(pair * r) // 1), -(-((pair + 1) * r) // 1)  # ceil, exact on fractions
-        return [(k, Fraction(k) / r - pair) for k in range(first, end)]
+        a, b = self.position(pair), self.position(pair + 1)
+        first, end = -(-(a * r) // 1), -(-(b * r) // 1)  # ceil, exact on fractions
+        return [(k, (Fraction(k) / r - a) / (b - a)) for k in range(first, end)]
 
     def group_indices(self, pair: int) -> list[int]:
         g0 = pair // self.group_size * self.group_size
@@ -397,7 +409,7 @@ class _RetimePipeline(_Pipeline):
         return [k for p in range(g0, g1) for k, _ in self.slots(p)]
 
     def _closing_frame(self, last: _Pair) -> Iterator[_Out]:
-        end = (last.index + 1) * self.ratio
+        end = self.position(last.index + 1) * self.ratio
         self.summary.output_frames = int(end) + 1
         if end.denominator == 1:  # the last output frame falls on the last input frame
             yield from self._original(int(end), last)

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ from rifelab.interpolate.pipeline import (
 )
 from rifelab.interpolate.schedule import (
     LARGE_OUTPUT_FRAMES,
+    MAX_MULTI,
     InterpolateConfig,
     InterpolationSummary,
     _as_fraction,
@@ -120,8 +122,49 @@ def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | No
     expected = (src.count - 1) * (config.multi - 1) + 1 if src.count else None
     if ratio is not None:
         expected = retime_count(src.count, ratio) if src.count else None
+        if src.times is not None:
+            expected = int(src.times[-1] * _as_fraction(src.fps) * ratio) + 1
+        _check_retime(src, ratio, config)
+    elif src.times is not None:
+        _time_multi_output(src, sink, config)
     sink.check()  # refusals come before the announcement of what the run will write
     return src, out, sink, ratio, summary, expected
+
+
+def _check_retime(src: FrameSource, ratio: Fraction, config: InterpolateConfig) -> None:
+    """Refuse a retiming that would make more than MAX_MULTI frames per input pair, or drop input frames unasked."""
+    widest = ratio
+    if src.times is not None:
+        widest = max(b - a for a, b in zip(src.times, src.times[1:])) * _as_fraction(src.fps) * ratio
+    if widest > MAX_MULTI:
+        raise DataError(
+            f"this retiming makes up to {float(widest):.0f} output frames per input pair, above the limit of "
+            f"{MAX_MULTI} (the same bound as --multi): check --target-fps/--fps-ratio (output rate "
+            f"{float(_as_fraction(src.fps) * ratio):g} fps from {src.fps:g} fps)"
+        )
+    if ratio < 1:
+        drop = "drops about {:.0%} of the input frames".format(1 - float(ratio))
+        if not config.allow_frame_drop:
+            raise DataError(f"an output rate below the input's ({float(_as_fraction(src.fps) * ratio):g} fps from "
+                            f"{src.fps:g} fps) {drop}; pass --allow-frame-drop if that is what you want")
+        log.warning("the output rate is below the input's: this run %s (--allow-frame-drop)", drop)
+
+
+def _time_multi_output(src: FrameSource, sink: Any, config: InterpolateConfig) -> None:
+    """--multi on a variable-frame-rate video: a video output gets each frame's timestamp; frames say they cannot."""
+    times, n = src.times, config.multi - 1
+    if isinstance(sink, _VideoSink) and config.fps is None:
+        def frame_time(index: int) -> Fraction:
+            p, k = divmod(index, n)
+            return times[p] if p + 1 >= len(times) else times[p] + (times[p + 1] - times[p]) * Fraction(k, n)
+
+        sink.frame_time = frame_time
+        log.info("variable frame rate: each output frame is timed between its input frames' timestamps")
+        return
+    why = "--fps sets a constant rate" if config.fps is not None else "numbered frames carry no timestamps"
+    log.warning("%s has a variable frame rate, but %s: the output assumes a constant rate, so its motion is not "
+                "evenly timed; use --target-fps F for frames evenly spaced in time, or a video output without --fps",
+                src.path, why)
 
 
 def check_run(source: Any, output: str | os.PathLike, config: InterpolateConfig | None = None,
@@ -152,7 +195,9 @@ def interpolate_sequence(
     summary.recomputed_frames = len(getattr(sink, "recomputed", ()))
     pipe = _Pipeline(model, config, summary, sink.has, (src.count - 1) if src.count else None)
     if ratio is not None:
-        pipe = _RetimePipeline(model, config, summary, ratio, sink.has, (src.count - 1) if src.count else None)
+        units = None if src.times is None else [t * _as_fraction(src.fps) for t in src.times]
+        pipe = _RetimePipeline(model, config, summary, ratio, sink.has, (src.count - 1) if src.count else None,
+                               times=units)
     write_bar = _progress(expected, "write", 2, config.progress, "frame")
 
     def write(item: _Out) -> None:

@@ -138,6 +138,7 @@ class InterpolateConfig:
     resume: bool = False
     overwrite: bool = False
     allow_damaged_input: bool = False  # continue with the frames a damaged video decodes (the lost ones reported)
+    allow_frame_drop: bool = False  # accept retiming below the input rate (input frames are skipped)
     allow_8bit: bool = False  # accept writing a 10/12/16-bit input at 8 bits where the output cannot hold its depth
     threaded: bool = True  # reader and writer threads; False runs all stages in one thread
     progress: bool = True
@@ -181,6 +182,9 @@ class InterpolateConfig:
                 raise ValueError(f"--target-fps must be a positive number of frames per second, got {v!r}")
         if self.fps_ratio is not None:
             self.fps_ratio = parse_ratio(self.fps_ratio)
+        if self.retiming and self.multi != 3:
+            raise ValueError(f"--multi {self.multi} and --target-fps/--fps-ratio both set how many frames are made; "
+                             "pass one (retiming places each output frame at its own time)")
         if self.retiming and self.recursive:
             raise ValueError("--recursive does not apply to --target-fps/--fps-ratio: every retimed frame is made "
                              "directly from the two input frames around it")

@@ -371,6 +371,7 @@ def written_by_rifelab(path: Path) -> bool:
         return False
 
 
+_VFR_TIME_BASE = Fraction(1, 90000)
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
 
 
@@ -390,6 +391,7 @@ class _VideoSink:
         self._file: Any = None
         self._tmp: Path | None = None
         self.removed_temps: list[str] = []
+        self.frame_time: Any = None  # output index -> seconds, for a variable-frame-rate output (else constant)
         self.depth = 8  # bits per sample to keep: above 8, 10-bit HEVC or (.mkv) 16-bit FFV1
         self.lock = OutputLock(path.parent / f".{path.name}.lock", f"output video {path}")
 
@@ -446,6 +448,8 @@ class _VideoSink:
             raise DataError(f"this PyAV/FFmpeg build cannot encode {codec} ({exc}); try an .mp4 or .mkv output") from exc
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         stream.options = opts
+        if self.frame_time is not None:
+            stream.codec_context.time_base = _VFR_TIME_BASE
         self._stream = stream
 
     def _codec(self, w: int, h: int) -> tuple[str, str, dict[str, str]]:
@@ -474,6 +478,8 @@ class _VideoSink:
             self._open(frame)
         fmt = "rgb48le" if frame.dtype == np.uint16 else "rgb24"
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=fmt)
+        if self.frame_time is not None:
+            vf.pts, vf.time_base = int(round(self.frame_time(index) / _VFR_TIME_BASE)), _VFR_TIME_BASE
         for packet in self._stream.encode(vf):
             self._container.mux(packet)
 

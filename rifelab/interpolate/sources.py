@@ -22,7 +22,7 @@ from rifelab.frames.images import (
     read_image_deep,
     read_image_rgba,
 )
-from rifelab.frames.video import VideoDamage, read_video
+from rifelab.frames.video import VideoDamage, constant_rate, frame_times, read_video
 from rifelab.interpolate.schedule import DEFAULT_INPUT_FPS, VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class FrameSource:
     path: Path | None = None
     fps: float = DEFAULT_INPUT_FPS
     count: int | None = None
+    times: list | None = None  # a variable-frame-rate video's frame times (seconds from the first), else None
 
     def __iter__(self) -> Iterator[np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -108,6 +109,12 @@ class VideoSource(FrameSource):
                 "of numbered frames"
             ) from exc
         self.fps = float(fps) if fps else (rate or DEFAULT_INPUT_FPS)
+        times = None if fps else frame_times(self.path)  # --input-fps: the user says the rate is constant
+        if times is not None and not constant_rate(times):
+            self.times = times
+            self.count = self.count or len(times)
+            log.info("%s has a variable frame rate (%d frames over %.3f s); its timestamps are used", self.path,
+                     len(times), float(times[-1]))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         yield from read_video(self.path, self.allow_damaged, self.damage, deep=self.keep_depth)  # damage -> DataError
