@@ -11,6 +11,7 @@ from typing import Sequence
 import imageio.v3 as iio
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from rifelab.publish.results import atomic_path
@@ -304,6 +305,13 @@ def to_uint16(frames: torch.Tensor) -> np.ndarray:
     """float (N,3,H,W) in [0, 1] -> uint16 (N,H,W,3) (16-bit frames), rounded."""
     x = frames.detach().float().clamp(0, 1).mul(65535.0).round().to(torch.int32)
     return x.permute(0, 2, 3, 1).cpu().numpy().astype(np.uint16)
+
+
+def resize(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """float (N,3,H,W) frames in [0, 1] resized (bicubic, clamped to [0, 1]) to width x height; same tensor if they fit."""
+    if frames.shape[-2:] == (height, width):
+        return frames
+    return F.interpolate(frames, size=(height, width), mode="bicubic", align_corners=False).clamp_(0, 1)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:

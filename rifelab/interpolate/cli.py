@@ -25,10 +25,10 @@ from rifelab.interpolate.schedule import (
     OUTPUT_IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     InterpolateConfig,
-    _count,
+    counted,
 )
 from rifelab.interpolate.sinks import read_manifest
-from rifelab.interpolate.sources import _is_video_path, open_source
+from rifelab.interpolate.sources import is_video_path, open_source
 from rifelab.publish.results import (
     to_markdown,
 )
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def _threshold(text: str) -> float | None:
+    """argparse type of the scene thresholds: a number in [0, 1], or off."""
     if str(text).lower() in ("off", "none", "no"):
         return None
     try:
@@ -171,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
+    """`rifelab interpolate`: run (or --benchmark) and print the summary; a stop is one line and an exit code."""
     cfg = config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,7 +214,7 @@ def stopped_message(args: argparse.Namespace, what: str) -> str:
     """One line for a run that stopped early: what happened, what was kept, the command that continues it."""
     out = Path(args.output)
     argv = [a for a in getattr(args, "argv", None) or _rebuild_argv(args) if not _is_flag(a, "--resume")]
-    if _is_video_path(out):
+    if is_video_path(out):
         kept = f"the unfinished video was removed ({out} is as it was before)"
         again = shlex.join(["rifelab", *argv])
         return f"rifelab interpolate: {what}; {kept}; once fixed, run again: {again}"
@@ -222,7 +224,7 @@ def stopped_message(args: argparse.Namespace, what: str) -> str:
     except DataError:
         manifest = None
     done = sum((out / n).is_file() for n in manifest["frames"]) if manifest else 0
-    kept = f"{_count(done, 'complete frame')} kept in {out}" if done else f"no frames written to {out}"
+    kept = f"{counted(done, 'complete frame')} kept in {out}" if done else f"no frames written to {out}"
     again = shlex.join(["rifelab", *argv, "--resume"])
     return f"rifelab interpolate: {what}; {kept}; once fixed, continue with: {again}"
 
