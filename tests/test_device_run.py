@@ -72,7 +72,7 @@ def _fixture_archive(folder: Path, out: Path) -> Path:
            "cuda_version": "13.0", "cudnn_version": 91000, "git_commit": "0123456789abcdef"}
     cmd = "bash scripts/device_run.sh /out"
     base = {"batch": 1, "streams": 1, "reason": "", **env, "command": cmd, "peak_mem_mib": 900.0, "first_call_s": 1.0,
-            "median_ms": 3.0, "p90_ms": 3.5, "psnr_vs_fp32_min_db": 50.0, "max_abs_diff": 0.01}
+            "median_ms": 3.0, "p90_ms": 3.5, "max_abs_diff": 0.01}
     rows = [
         {"part": "precisions", "config": "fp32-eager", "resolution": "1920x1080", "status": "ran", "calls_per_s": 100.0,
          "psnr_vs_fp32_db": 99.0},
@@ -82,6 +82,8 @@ def _fixture_archive(folder: Path, out: Path) -> Path:
          "calls_per_s": 450.0, "psnr_vs_fp32_db": 41.0},  # faster, but below FP32 quality: never the best
         {"part": "precisions", "config": "fp32-eager", "resolution": "1280x720", "status": "ran", "calls_per_s": 220.0,
          "psnr_vs_fp32_db": 99.0},
+        {"part": "precisions", "config": "fp16", "resolution": "1920x1080", "status": "ran", "calls_per_s": 250.0,
+         "psnr_vs_fp32_db": 52.3},
         {"part": "fp16_4k", "config": "fp16", "resolution": "3840x2160", "status": "ran", "calls_per_s": 60.0,
          "psnr_vs_fp32_db": 47.5},
         {"part": "compile", "config": "fp16-cl-cudnn-graphs+compile-default", "resolution": "1920x1080",
@@ -89,7 +91,8 @@ def _fixture_archive(folder: Path, out: Path) -> Path:
         {"part": "batch_streams", "config": "fp16-cl-cudnn-graphs", "resolution": "1920x1080", "status": "skipped",
          "reason": "not reached: 2 s of the part's budget left", "streams": 2},
     ]
-    rows = [{**base, **r, "output_fps_2x": 2 * r.get("calls_per_s", 0)} for r in rows]
+    rows = [{**base, **r, "output_fps_2x": 2 * r.get("calls_per_s", 0), "psnr_vs_fp32_min_db": r.get("psnr_vs_fp32_db", 0) - 1}
+            for r in rows]
     parts = [{"part": p, "status": "ok", "seconds": 10.0, "budget_s": 50.0, "reason": ""} for p in PARTS[:-1]]
     parts.append({"part": PARTS[-1], "status": "skipped", "seconds": 0.0, "budget_s": 0.0, "reason": "left out"})
     kernels = [{"rank": 1, "kernel": "sm90_xmma_fprop_implicit_gemm_f16", "calls": 40, "self_time_ms": 50.0,
@@ -134,7 +137,7 @@ def test_cuda_report_renders_from_a_stored_archive_and_touches_nothing_else(tmp_
     assert head["goal"] == "missed" and head["goal_fraction"] == pytest.approx(420 / 500)
     html = (results / "cuda" / "device_report.html").read_text()
     assert "nothing was re-timed" in html and "FIXTURE GPU" in html and "2026-12-01T10:00:00Z" in html
-    assert "sm90_xmma_fprop_implicit_gemm_f16" in html and "47.5" in html
+    assert "sm90_xmma_fprop_implicit_gemm_f16" in html and "PSNR vs FP32 47.5 dB (min 46.5; 52.3 dB at 1920x1080)" in html
     nb = (results / "cuda" / "notebooks" / "05_device_run.ipynb").read_text()
     assert "FIXTURE GPU" in nb and "image/png" in nb  # the executed notebook shows the summary and the figure
 
