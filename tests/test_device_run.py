@@ -14,15 +14,24 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dvc_checks import DVC
 from import_closure import ROOT, stage_code
+
 from rifelab.cli import main as cli_main
 from rifelab.devicerun import runner
-from rifelab.devicerun.archive import (ARCHIVE_NAME, MEMBERS, PARTS, ROW_KEYS, TOP, ArchiveError, read_archive,
-                                       write_archive)
+from rifelab.devicerun.archive import (
+    ARCHIVE_NAME,
+    MEMBERS,
+    PARTS,
+    ROW_KEYS,
+    TOP,
+    ArchiveError,
+    read_archive,
+    write_archive,
+)
 from rifelab.devicerun.parts import Plan
 from rifelab.devicerun.prepare import DEVICE_LIMIT_BYTES, Payload, payload
+from rifelab.engines.torch_engine import parse_config
 
 # what the lent GPU machine lacks (KINDS.md): the device side must import without any of them
 ABSENT_ON_DEVICE = ["av", "openvino", "nncf", "ptflops", "torch_pruning", "papermill", "dvc", "nbformat", "nbconvert",
@@ -200,6 +209,16 @@ def test_each_part_keeps_its_budget_and_the_last_ends_before_the_deadline(tmp_pa
     assert list(given) == list(runner.BUDGETS["gpu"]) == [p for p in PARTS if p != "pruning_finetune"]
     assert all(given[p] >= b for p, b in runner.BUDGETS["gpu"].items())
     assert time.time() + given["compile"] <= deadline - runner.RESERVE_S + 1
+
+
+def test_every_planned_configuration_is_a_valid_engine_configuration(tmp_path):
+    plan = runner.make_plan("gpu", tmp_path, tmp_path, {})
+    for name, options in plan.configs.items():
+        parse_config(options, name=name)  # an unknown switch would only show on the GPU machine otherwise
+    for mode in plan.compile_modes:
+        assert parse_config({**plan.configs[plan.base], "compile": True, "compile_mode": mode}).compile_mode == mode
+    assert plan.base in plan.configs and set(plan.hires_configs) <= set(plan.configs)
+    assert plan.configs[plan.base]["cuda_graphs"] and plan.configs[plan.base]["static_buffers"]
 
 
 def test_payload_counts_the_tree_and_the_carried_inputs(tmp_path):
