@@ -10,6 +10,8 @@ carried features, grouped convs) to keep the suite fast.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -157,3 +159,80 @@ def test_half_precision_runs_on_an_encoder_layout(small_pair):
     ref = model.interpolate(a, b)
     half = model.to(torch.bfloat16).interpolate(a.bfloat16(), b.bfloat16())
     assert half.dtype == torch.bfloat16 and (half.float() - ref).abs().max() < 0.1
+
+
+# ----------------------------------------------------------------------------- engines, backends, commands
+
+
+def test_torch_engine_switches_on_a_five_block_layout(small_pair):
+    from rifelab.engines.torch_engine import Engine
+
+    a, b = small_pair
+    model = _random_model("4.26.heavy")
+    eng = Engine(model, {"static_buffers": True, "cached_grids": True, "channels_last": True})
+    assert torch.allclose(eng.interpolate(a, b, 0.6), model.interpolate(a, b, 0.6), atol=1e-5)
+    with pytest.raises(EnsembleUnsupported, match="4.26.heavy"):
+        eng.interpolate(a, b, 0.6, ensemble=True)
+
+
+# a subset covering every structural feature: no encoder + PReLU (4.0 is in test_backends), pair encoder with
+# ensemble (4.7), grouped convs + Head encoder (4.14.lite), 5 blocks + carried features + 128 padding (4.25.lite)
+@pytest.mark.parametrize("key,ensemble", [("4.7", True), ("4.14.lite", False), ("4.25.lite", False)])
+def test_onnx_export_round_trip(key, ensemble, small_pair, tmp_path):
+    import onnx
+
+    from rifelab.engines.backends import OnnxRuntimeModel
+    from rifelab.engines.export import export_onnx
+
+    a, b = small_pair
+    model = _random_model(key)
+    path = export_onnx(model, tmp_path / "m.onnx", 56, 40, ensemble=ensemble)
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert meta["rifelab.layout"] == model.layout.name
+    assert meta["rifelab.padded_size"] == ("128x128" if key == "4.25.lite" else "64x64")
+    ort = OnnxRuntimeModel(model)
+    assert (ort.interpolate(a, b, 0.3, ensemble=ensemble) - model.interpolate(a, b, 0.3, ensemble=ensemble)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("key", ["4.13", "4.25"])
+def test_openvino_matches_pytorch(key, small_pair):
+    from rifelab.engines.backends import OpenVinoModel
+
+    a, b = small_pair
+    model = _random_model(key)
+    ov = OpenVinoModel(model, int8_fp32_blocks=())
+    assert (ov.interpolate(a, b, 0.5) - model.interpolate(a, b, 0.5)).abs().max() < 1e-4
+    last = len(model.layout.widths) - 1
+    assert OpenVinoModel(model, int8_fp32_blocks=[last]).int8_fp32_blocks == (last,)
+    with pytest.raises(ValueError, match=re.escape(f"RIFE {model.layout.name}) has blocks 0-{last}")):
+        OpenVinoModel(model, int8_fp32_blocks=[last + 1])
+
+
+def test_info_prints_layout_parameters_and_macs(tmp_path, capsys):
+    from rifelab.cli import main
+
+    _save(_random_model("4.22.lite"), tmp_path / "flownet_v4.22.lite.pkl")
+    assert main(["info", "--device", "cpu", "--checkpoint", str(tmp_path / "flownet_v4.22.lite.pkl")]) == 0
+    out = capsys.readouterr().out
+    assert "RIFE 4.22.lite" in out and "4 blocks 192/128/64/32" in out
+    assert "parameters       4866052" in out and "gmac_1280x720" in out
+
+
+def test_prune_and_interpolate_commands_refuse_what_a_layout_cannot_do(tmp_path, capsys, carphone):
+    from rifelab.cli import main
+    from rifelab.frames.images import write_image
+
+    ckpt = tmp_path / "flownet_v4.25.pkl"
+    _save(_random_model("4.25"), ckpt, prefix="")
+    assert main(["prune", "--checkpoint", str(ckpt), "--sparsity", "0.25", "-o", str(tmp_path / "p.pt")]) == 2
+    assert "pruning supports RIFE 4.0 only" in capsys.readouterr().err and not (tmp_path / "p.pt").exists()
+    frames = tmp_path / "in"
+    frames.mkdir()
+    for i in range(2):
+        write_image(frames / f"f{i}.png", carphone[i][:40, :56])
+    out = tmp_path / "out"
+    assert main(["interpolate", str(frames), str(out), "--checkpoint", str(ckpt), "--ensemble", "--multi", "3"]) == 2
+    assert "--ensemble is not supported by RIFE 4.25-4.26" in capsys.readouterr().err and not out.exists()
+    assert main(["interpolate", str(frames), str(out), "--checkpoint", str(ckpt), "--multi", "3", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert len(list(out.glob("*.png"))) == 3 and "1 from the model" in capsys.readouterr().out

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from rifelab.frames.assets import fetch
 from rifelab.measure.profiling import resolve_device
-from rifelab.rife.layouts import LAYOUTS, SUPPORTED_RANGE, Layout
+from rifelab.rife.layouts import LAYOUTS, SUPPORTED_RANGE, Layout, get_layout
 from rifelab.rife.model import RIFE, CheckpointInfo
 from rifelab.rife.network import SKIPPED_GROUPS, IFNet
 
@@ -244,6 +244,14 @@ def load_state_dict(
     if skipped:
         log.info("%s: skipped groups not used by the fast path: %s", path.name, skipped)
     return CheckpointInfo(str(path), net.variant, len(flow_sd), skipped, net.layout.name)
+
+
+def checkpoint_layout(checkpoint: str | os.PathLike | None = None) -> Layout:
+    """The layout of a checkpoint file (None: the bundled RIFE 4.0), read without building the network."""
+    if checkpoint is None:
+        return get_layout("4.0")
+    path = Path(checkpoint).expanduser()
+    return detect_layout(split_groups(_read_checkpoint(path))[0], path)
 
 
 def load_rife(

@@ -26,13 +26,15 @@ _GRID_CACHE: dict[tuple, torch.Tensor] = {}
 def _axis(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """`size` evenly spaced values from -1 to 1 in `dtype`.
 
-    Built from `arange` rather than `linspace`: the ONNX exporter folds a traced `linspace` into a
-    float64 constant (ONNX Runtime's GridSample then refuses the float64 grid), while `arange` stays in
-    `dtype` and keeps `size` symbolic for exports with dynamic height and width.
+    Eager: `torch.linspace`, the very values the official code's grid holds (RIFE 4.0 then matches it bit for bit;
+    an `arange` grid differs in the last bit of about half its values, which moved outputs by up to 6e-5).
+    Traced (ONNX export): `arange`, because the exporter folds a traced `linspace` into a float64 constant (ONNX
+    Runtime's GridSample then refuses the float64 grid), while `arange` stays in `dtype` and keeps `size` symbolic
+    for exports with dynamic height and width.
     """
     if torch.jit.is_tracing():  # `size` is symbolic here; max() would freeze it into a constant
         return torch.arange(size, device=device, dtype=dtype) * (2.0 / (size - 1)) - 1.0
-    return torch.arange(size, device=device, dtype=dtype) * (2.0 / max(size - 1, 1)) - 1.0
+    return torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype)
 
 
 def base_grid(n: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
