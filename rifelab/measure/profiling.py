@@ -2,7 +2,8 @@
 
 Every timer synchronises the device it measures, runs warm-up iterations that are not
 recorded, repeats the measurement and reports median, p10/p90 and a bootstrap 95% interval
-of the median. Compare configurations as ratios measured side by side in one run.
+of the median. Compare configurations as ratios measured side by side in one run, each configuration
+in its own process: `rifelab.measure.harness`.
 """
 
 from __future__ import annotations
@@ -18,20 +19,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from ptflops import get_model_complexity_info
-from tqdm.auto import tqdm
 
 __all__ = [
     "resolve_device",
     "synchronize",
     "Timing",
     "time_callable",
-    "time_interleaved",
-    "InterleavedTiming",
     "speedup_ci",
     "PeakMemory",
     "count_flops",
@@ -155,77 +152,11 @@ def time_callable(
     return Timing.from_samples(samples, warmup=warmup)
 
 
-@dataclass
-class InterleavedTiming:
-    """Result of `time_interleaved`: timings of the configurations that ran, reasons for those that did not."""
-
-    timings: dict[str, Timing]
-    stopped: dict[str, str] = field(default_factory=dict)
-    first_call_s: dict[str, float] = field(default_factory=dict)
-
-
-def time_interleaved(
-    fns: Mapping[str, Callable[[], Any]],
-    device: str | torch.device = "cpu",
-    warmup: int = 1,
-    rounds: int = 5,
-    repeats: int = 1,
-    baseline: str | None = None,
-    max_slowdown: float | None = None,
-    progress: bool = False,
-) -> InterleavedTiming:
-    """Time several callables side by side: each round calls every one `repeats` times, in turn.
-
-    Interleaving means a change of machine load hits every configuration alike, so their ratios stay honest.
-    Each callable first gets one untimed first call (compilation, graph capture) and `warmup` more calls.
-    Too-slow guard: with `baseline` and `max_slowdown`, a configuration whose last warm-up call takes more than
-    `max_slowdown` times the baseline's is stopped before the timed rounds and reported in `stopped` with the
-    measured ratio; a callable that raises is stopped with its error. Nothing is dropped silently.
-    """
-    if warmup < 0 or rounds < 1 or repeats < 1:
-        raise ValueError(f"warmup must be >= 0, rounds and repeats >= 1; got {warmup}, {rounds}, {repeats}")
-    if baseline is not None and baseline not in fns:
-        raise ValueError(f"baseline {baseline!r} is not one of the timed configurations: {sorted(fns)}")
-    dev = torch.device(device)
-    order = ([baseline] if baseline else []) + [n for n in fns if n != baseline]
-    result = InterleavedTiming(timings={})
-    warm_s: dict[str, float] = {}
-    for name in tqdm(order, desc="warm-up", disable=not progress, leave=False):
-        try:
-            times = []
-            for _ in range(1 + warmup):
-                t0 = time.perf_counter()
-                fns[name]()
-                synchronize(dev)
-                times.append(time.perf_counter() - t0)
-        except Exception as exc:  # noqa: BLE001 - a failing configuration is reported, the others go on
-            result.stopped[name] = f"failed: {type(exc).__name__}: {exc}"
-            continue
-        result.first_call_s[name] = times[0]
-        warm_s[name] = times[-1]
-        if baseline and max_slowdown and name != baseline and baseline in warm_s:
-            ratio = warm_s[name] / max(warm_s[baseline], 1e-12)
-            if ratio > max_slowdown:
-                result.stopped[name] = (f"too slow: a warm call took {warm_s[name]:.3g} s, {ratio:.1f}x the "
-                                        f"baseline's {warm_s[baseline]:.3g} s (limit {max_slowdown:g}x)")
-    active = [n for n in order if n in warm_s and n not in result.stopped]
-    samples: dict[str, list[float]] = {n: [] for n in active}
-    for _ in tqdm(range(rounds), desc="timed rounds", disable=not progress, leave=False):
-        for name in active:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fns[name]()
-                synchronize(dev)
-                samples[name].append(time.perf_counter() - t0)
-    result.timings = {n: Timing.from_samples(s, warmup=warmup) for n, s in samples.items()}
-    return result
-
-
 def speedup_ci(base: Timing, other: Timing, n_boot: int = 2000, seed: int = 0,
                paired: bool = False) -> tuple[float, float, float]:
     """Speedup of `other` over `base` (ratio of medians) with a bootstrap 95% interval.
 
-    With `paired=True` (samples of `time_interleaved`, same rounds and repeats, so sample i of both was taken in
+    With `paired=True` (samples of the harness's interleaved rounds, same rounds and repeats, so sample i of both was taken in
     the same round), the speedup is the median of the per-sample ratios and the bootstrap resamples those ratios:
     a change of machine load between rounds hits both sides of a ratio alike and drops out of the interval.
     """
@@ -347,6 +278,8 @@ def count_flops(
     `input_constructor(input_shape)` returns the keyword arguments of `module.forward`.
     Functional ops (grid_sample, interpolate) are counted by ptflops' functional hooks.
     """
+    from ptflops import get_model_complexity_info  # optional: absent on lent GPU machines (scripts/device_run.sh)
+
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         macs, params = get_model_complexity_info(
             module,
@@ -401,7 +334,7 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str:
     """Commit of the working tree (suffix '-dirty' if tracked files changed), or 'unknown'."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the project root (this file is rifelab/measure/profiling.py)
     try:
         commit = subprocess.check_output(
             ["git", "rev-parse", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL

@@ -41,7 +41,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from rifelab.measure.evaluation import evaluate_triplets
-from rifelab.measure.profiling import count_flops, synchronize, time_interleaved
+from rifelab.measure.harness import time_interleaved
+from rifelab.measure.profiling import count_flops, synchronize
 from rifelab.pruning import prune as P
 from rifelab.pruning.prune import (
     DEFAULT_PROTECTED,
@@ -284,7 +285,7 @@ def group_latency_savings(
 
     For every prunable group and ratio, the group's own convs (outputs cut to the kept count) and its
     consumers (inputs cut) are rebuilt alone at the input shapes they see in the network (frame height x
-    width), with their activations, and timed interleaved with the full-width set (`profiling.time_interleaved`:
+    width), with their activations, and timed interleaved with the full-width set (`harness.time_interleaved`:
     each round calls the full set and then each cut, back to back). The saving is the median over rounds of the
     paired difference full - cut, so a change of machine load between rounds cancels out; its quartiles show the
     spread. Columns: group, block, ratio, width, kept, full_ms, cut_ms (medians), saving_ms, saving_p25_ms,

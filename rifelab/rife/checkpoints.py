@@ -242,7 +242,7 @@ def load_state_dict(
         )
     net.load_state_dict(flow_sd, strict=True)
     if skipped:
-        log.info("%s: skipped groups not used by the fast path: %s", path.name, skipped)
+        log.debug("%s: skipped groups not used by the fast path: %s", path.name, skipped)
     return CheckpointInfo(str(path), net.variant, len(flow_sd), skipped, net.layout.name)
 
 
@@ -272,5 +272,5 @@ def load_rife(
     net = IFNet(layout)
     info = load_state_dict(net, path, raw=raw)
     model = RIFE(net, info).eval()
-    log.info("%s: RIFE %s", path.name, layout.name)
+    log.debug("%s: RIFE %s", path.name, layout.name)
     return model.to(device=resolve_device(device), dtype=dtype)

@@ -4,7 +4,7 @@ For each video length and resolution a synthetic depth video is rendered (`rifel
 so the truth is known exactly) and cut into snippets by the spec's recipe. On that input the study runs the
 reference (Adam, `iterations` steps), every early-stopping rule, the reference at a second λ3, our least-squares
 solver (optionally refined by Adam steps) and three baselines (naive mean, dilation 1 only, the oracle). Every
-timed method is timed with `profiling.time_interleaved` (one untimed first call, then `timing_repeats` interleaved
+timed method is timed with `harness.time_interleaved` (in-process; one untimed first call, then `timing_repeats` interleaved
 rounds), and every result is scored against the reference (report 004's agreement metrics) and against the
 synthetic truth (AbsRel, δ1). Real snippets saved from a RollingDepth run (`snippets_npz`) are aligned too (no
 truth there: agreement only). The algorithms live in `rifelab.coalign`; this module holds the study glue.
@@ -43,7 +43,8 @@ from rifelab.depth.snippets import SnippetSet
 from rifelab.depth.metrics import agreement_metrics, depth_metrics, normalise_video
 from rifelab.depth.lsq import solve_lsq
 from rifelab.depth.stopping import stopping_rule
-from rifelab.measure.profiling import PeakMemory, Timing, speedup_ci, time_interleaved
+from rifelab.measure.harness import time_interleaved
+from rifelab.measure.profiling import PeakMemory, Timing, speedup_ci
 from rifelab.depth.synthetic import load_snippets_npz, synthetic_video
 from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun, load_study_params
 

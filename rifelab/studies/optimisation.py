@@ -23,7 +23,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from rifelab.publish import claims
 from rifelab.frames.assets import CLIPS
@@ -32,21 +31,19 @@ from rifelab.engines.backends import (
     PRECISIONS,
     BackendUnavailable,
     backend_problem,
-    calibration_frames,
-    calibration_pairs,
     capabilities,
     load_backend,
     missing_requirements,
-    overlapping_frames,
 )
-from rifelab.measure.benchmark import agreement, real_frame_pair
-from rifelab.frames.clips import clip_triplets, load_clip
-from rifelab.frames.images import to_tensor, to_uint8
+from rifelab.measure.benchmark import agreement, parse_resolution, real_frame_pair
+from rifelab.frames.clips import Triplet
+from rifelab.frames.splits import SplitError, check_disjoint, range_frames, range_pairs, range_triplets
 from rifelab.engines.torch_engine import EngineConfig, parse_config
 from rifelab.measure.evaluation import evaluate_triplets
 from rifelab.rife.network import VALID_SCALES
 from rifelab.rife.model import RIFE
-from rifelab.measure.profiling import PeakMemory, time_interleaved
+from rifelab.measure.harness import time_interleaved
+from rifelab.measure.profiling import PeakMemory
 from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun
 
 log = logging.getLogger(__name__)
@@ -156,20 +153,16 @@ def frames_used(p: Mapping[str, Any]) -> dict[str, dict[str, range | list[int]]]
     """Frames each part of the study reads: quality pairs, held-out triplets, INT8 calibration (clip -> frames)."""
     quality = {p["clip"]: sorted({f for k in range(p["quality_pairs"]) for f in (k * QUALITY_PAIR_STEP,
                                                                                 k * QUALITY_PAIR_STEP + 1)})}
-    heldout = {c: range(int(a), int(b)) for c, (a, b) in p["heldout_ranges"].items()}
-    return {"quality pairs": quality, "held-out triplets": heldout,
-            "INT8 calibration": calibration_frames(p["int8_calibration"])}
+    return {"quality pairs": quality, "held-out triplets": range_frames(p["heldout_ranges"], "heldout_ranges"),
+            "INT8 calibration": range_frames(p["int8_calibration"], "int8_calibration")}
 
 
-def _check_disjoint(p: Mapping[str, Any]) -> None:
-    used = frames_used(p)
-    names = list(used)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            both = overlapping_frames(used[a], used[b])
-            if both:
-                where = "; ".join(f"{c} frames {v[0]}..{v[-1]}" for c, v in both.items())
-                raise ParamError(f"optimisation: {a} and {b} share frames ({where}); make the ranges disjoint")
+def check_splits(p: Mapping[str, Any]) -> None:
+    """Refuse ranges that are malformed or where calibration, held-out triplets and quality pairs share frames."""
+    try:
+        check_disjoint(frames_used(p))
+    except SplitError as exc:
+        raise ParamError(f"optimisation: {exc}") from None
 
 
 def _build(c: StudyConfig, model: RIFE, run: StudyRun) -> Any:
@@ -178,25 +171,18 @@ def _build(c: StudyConfig, model: RIFE, run: StudyRun) -> Any:
         return load_backend("torch", model, run.device, c.dtype, name=c.name, options=c.options)
     opts: dict[str, Any] = {}
     if c.dtype == "int8":  # calibrated at the target resolution, on frames no evaluation reads
-        w, h = (int(v) for v in p["target_resolution"].split("x"))
-        opts = {"calibration": calibration_pairs(p["int8_calibration_pairs"], w, h, p["int8_calibration"]),
+        size = parse_resolution(p["target_resolution"])
+        pairs = range_pairs(p["int8_calibration"], p["int8_calibration_pairs"], size, "int8_calibration")
+        opts = {"calibration": pairs,
                 "calibration_ranges": p["int8_calibration"]}
     return load_backend(c.backend, model, run.device, c.dtype, name=c.name, options={**opts, **c.options})
 
 
-def _heldout(p: Mapping[str, Any]) -> list:
-    """(clip, triplet) pairs from the held-out ranges, resized to the target resolution (where INT8 was calibrated)."""
-    w, h = (int(v) for v in p["target_resolution"].split("x"))
-    out = []
-    for clip, (start, stop) in p["heldout_ranges"].items():
-        frames = load_clip(clip, start=int(start), max_frames=int(stop) - int(start))
-        if frames.shape[1:3] != (h, w):
-            x = F.interpolate(to_tensor(frames), size=(h, w), mode="bicubic", align_corners=False)
-            frames = to_uint8(x)
-        n = p["heldout_triplets"]
-        step = max(3, (len(frames) - 2) // n)
-        out += [(clip, t) for t in clip_triplets(frames, stride=1, count=n, step=step)]
-    return out
+def heldout_triplets(p: Mapping[str, Any]) -> list[Triplet]:
+    """Held-out triplets, `heldout_triplets` per clip, none sharing a frame, resized to the target resolution (where
+    INT8 was calibrated); named '<clip>:<first frame>'."""
+    return range_triplets(p["heldout_ranges"], p["heldout_triplets"], layout="apart", skip_cuts=False,
+                          size=parse_resolution(p["target_resolution"]), name="heldout_ranges")
 
 
 def _speedup_figure(df: pd.DataFrame, title: str) -> plt.Figure:
@@ -255,7 +241,7 @@ def run(
     with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root) as run:
         p, dev = run.params, run.device
         configs = study_configs(p["configs"], p["baseline"])  # every check before the model loads
-        _check_disjoint(p)
+        check_splits(p)
         if p["target_resolution"] not in p["resolutions"]:
             raise ParamError(f"target_resolution {p['target_resolution']} is not among resolutions {p['resolutions']}")
         model = run.model()
@@ -273,7 +259,7 @@ def run(
         rows: list[dict[str, Any]] = []
         outputs: dict[tuple[str, str], torch.Tensor] = {}
         for res in p["resolutions"]:
-            w, h = (int(v) for v in res.split("x"))
+            w, h = parse_resolution(res)
             pairs = [real_frame_pair(w, h, p["clip"], k * QUALITY_PAIR_STEP, dev) for k in range(p["quality_pairs"])]
             a, b = pairs[0]
             here = [c for c in configs if c.resolutions is None or res in c.resolutions]
@@ -314,10 +300,11 @@ def run(
         int8 = [c.name for c in configs if c.dtype == "int8" and c.name in built and not ran[ran.config == c.name].empty]
         gt = pd.DataFrame()
         if int8:
-            triplets = _heldout(p)
+            triplets = heldout_triplets(p)
             parts = []
             for name in [p["baseline"], *int8]:
-                for clip, tri in triplets:
+                for tri in triplets:
+                    clip = tri.name.split(":")[0]
                     q, _ = evaluate_triplets(built[name], [tri], clip, methods=["rife"], scale=p["scale"], progress=False)
                     parts.append(q.assign(config=name))
             per = pd.concat(parts, ignore_index=True)
