@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from rifelab.devicerun.archive import ARCHIVE_NAME, DeviceRun, read_archive
-from rifelab.publish.results import results_base, save_figure, save_json, save_table
+from rifelab.publish.results import atomic_path, results_base, save_figure, save_json, save_table
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,8 @@ def land(archive: str | os.PathLike, results_root: str | os.PathLike | None) -> 
     dest = results_base(PROFILE, results_root) / ARCHIVE_NAME
     if dest.exists() and dest.resolve() == archive.resolve():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.copyfile(archive, tmp)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(archive, tmp)
     return dest
 
 
@@ -163,11 +161,14 @@ def _sentences(run: DeviceRun, rows: pd.DataFrame, headline: dict[str, Any]) -> 
     if headline.get("best_calls_per_s") is not None:
         out.append(f"Goal (>= {GOAL_CALLS_PER_S:g} calls/s at {GOAL_RESOLUTION}, >= {QUALITY_DB:g} dB): "
                    f"**{headline['goal']}**, {headline['goal_fraction']:.0%} of it")
-    hires = _ran(rows, "fp16_4k")
+    hires, lowres = _ran(rows, "fp16_4k"), _ran(rows, "precisions")
     for r in hires.itertuples():
         if r.config != "fp32-eager":
+            same = lowres[(lowres.config == r.config) & (lowres.resolution == GOAL_RESOLUTION)] if not lowres.empty \
+                else lowres
+            at_goal = f"; {same.psnr_vs_fp32_db.iloc[0]:.1f} dB at {GOAL_RESOLUTION}" if not same.empty else ""
             out.append(f"{r.config} at {r.resolution}: PSNR vs FP32 {r.psnr_vs_fp32_db:.1f} dB (min "
-                       f"{r.psnr_vs_fp32_min_db:.1f}), max abs diff {r.max_abs_diff:.3g}: "
+                       f"{r.psnr_vs_fp32_min_db:.1f}{at_goal}), max abs diff {r.max_abs_diff:.3g}: "
                        + ("no half-precision warp artefact (rifelab warps in fp32)" if r.psnr_vs_fp32_db >= QUALITY_DB
                           else "below FP32 quality: look at the frames for warp artefacts (ECCV2022-RIFE #188)"))
     comp = _ran(rows, "compile")

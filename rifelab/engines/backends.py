@@ -290,8 +290,9 @@ class ExportedModel:
     def _forward(self, img0: Frames, img1: Frames, timestep: Timestep, scale: float, ensemble: bool,
                  with_flow: bool) -> tuple[PreparedPair, tuple[torch.Tensor, ...]]:
         """The prepared pair and the padded graph outputs: (frame,), or (frame, flow, mask) with `with_flow`."""
-        prep = prepare_pair(img0, img1, timestep, scale, multiple=self.model.padding_multiple, device=self.device,
-                            dtype=torch.float32)
+        self.model.net.check_ensemble(ensemble)
+        prep = prepare_pair(img0, img1, timestep, scale, multiple=self.model.net.padding_multiple,
+                            scales=self.model.net.scale_list, device=self.device, dtype=torch.float32)
         n, hp, wp = prep.padded
         key = (n, hp, wp, prep.scale, bool(ensemble))
         run = self._runners.get(key)
@@ -373,9 +374,10 @@ class OpenVinoModel(ExportedModel):
                  calibration_ranges: Mapping[str, Sequence[int]] | None = None,
                  int8_fp32_blocks: Sequence[int] = ()):
         super().__init__(model, device, precision, name, threads)
-        bad = [b for b in int8_fp32_blocks if b not in range(4)]
+        nblocks = len(model.net.blocks)
+        bad = [b for b in int8_fp32_blocks if b not in range(nblocks)]
         if bad:
-            raise ValueError(f"int8_fp32_blocks {bad}: IFNet has blocks 0-3")
+            raise ValueError(f"int8_fp32_blocks {bad}: this IFNet (RIFE {model.layout.name}) has blocks 0-{nblocks - 1}")
         self.int8_fp32_blocks = tuple(int8_fp32_blocks)
         self.calibration = calibration
         self.calibration_count = int(calibration_count)

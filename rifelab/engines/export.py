@@ -31,7 +31,7 @@ from rifelab.measure.benchmark import parse_resolution, real_frame_pair
 from rifelab.measure.metrics import error_stats
 from rifelab.publish.results import atomic_path, refuse_link
 from rifelab.rife.model import RIFE
-from rifelab.rife.contract import flow_scales, padded_size
+from rifelab.rife.contract import padded_size
 from rifelab.rife.network import check_scale
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,9 @@ class FlowGraph(nn.Module):
 
     def __init__(self, model: RIFE, scale: float = 1.0, ensemble: bool = False, flow_outputs: bool = False):
         super().__init__()
+        model.net.check_ensemble(ensemble)
         self.net = copy.deepcopy(model.net).float().cpu().eval()
-        self.scale_list = flow_scales(scale)
+        self.scale_list = tuple(self.net.scale_list(check_scale(scale)))
         self.ensemble = bool(ensemble)
         self.flow_outputs = bool(flow_outputs)
 
@@ -194,7 +195,7 @@ def export_onnx(
     check_onnx_dtypes(proto)
     meta = {"rifelab.scale": str(check_scale(scale)), "rifelab.ensemble": str(bool(ensemble)),
             "rifelab.frame_size": f"{width}x{height}", "rifelab.padded_size": f"{pw}x{ph}",
-            "rifelab.variant": model.variant, "rifelab.dynamic": str(bool(dynamic))}
+            "rifelab.variant": model.variant, "rifelab.layout": model.layout.name, "rifelab.dynamic": str(bool(dynamic))}
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
@@ -239,7 +240,7 @@ def verify_onnx(
         a, b = real_frame_pair(width, height, clip=clip, index=start)
         a, b = a.expand(batch, -1, -1, -1), b.expand(batch, -1, -1, -1)
         ref = ref_model.interpolate(a, b, timestep, scale, ensemble)
-        p = ref_model.prepare_pair(a, b, timestep, scale)
+        p = ref_model.prepare_pair(a, b, timestep, scale, ensemble)
         out = sess.run([OUTPUT_NAME], {"img0": p.img0.numpy(), "img1": p.img1.numpy(), "t": p.t.numpy()})[0]
         out = p.crop(torch.from_numpy(out))
         e = error_stats(out, ref)

@@ -33,7 +33,6 @@ from rifelab.rife.contract import (
     alpha_planes,
     check_pair,
     check_rgba_pair,
-    flow_scales,
     output_dtype,
     padded_size,
     rgba_output,
@@ -218,7 +217,7 @@ class EngineForward(nn.Module):
         img0: torch.Tensor,
         img1: torch.Tensor,
         t: torch.Tensor,
-        scale_list: Sequence[float] = (8, 4, 2, 1),
+        scale_list: Sequence[float] | None = None,
         ensemble: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(frame, flow, mask logits) for padded inputs: colour and, for RGBA, what the alpha is blended with."""
@@ -507,7 +506,7 @@ class Engine:
         if self.use_static:
             prep = self._static_inputs(img0, img1, timestep, scale, ensemble)
         else:
-            prep = self.model.prepare_pair(img0, img1, timestep, scale)
+            prep = self.model.prepare_pair(img0, img1, timestep, scale, ensemble)
             if self.config.channels_last:
                 prep = replace(prep, **{k: getattr(prep, k).contiguous(memory_format=torch.channels_last)
                                         for k in ("img0", "img1", "t")})
@@ -526,8 +525,9 @@ class Engine:
                        ensemble: bool) -> PreparedPair:
         """The pair copied into this shape's preallocated padded buffers (validated as `prepare_pair` does)."""
         out_dtype = output_dtype(img0)
-        scale_list = flow_scales(scale)
         scale = check_scale(scale)
+        self.model.net.check_ensemble(ensemble)
+        scale_list = tuple(self.model.net.scale_list(scale))
         a, b = check_pair(img0, img1)
         n, _, h, w = a.shape
         mult = self.model.padding_multiple(scale)

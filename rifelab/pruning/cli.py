@@ -10,6 +10,7 @@ from rifelab.engines.spec import ModelSpec, load_checkpoint
 from rifelab.pruning.prune import (
     DEFAULT_PROTECTED,
     METHODS,
+    check_prunable,
     MODES,
     make_plan,
     plan_lite,
@@ -48,6 +49,7 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_prune_model(args: argparse.Namespace) -> int:
     """Run `rifelab prune`: load, plan, prune, save (nothing is written when the request is refused)."""
     model = load_checkpoint(ModelSpec(checkpoint=args.checkpoint, device="cpu"))
+    check_prunable(model)
     if args.method == "lite":
         plan = plan_lite(model.net, args.sparsity, round_to=args.round_to, importance=args.importance)
     elif args.method == "architecture_aware":

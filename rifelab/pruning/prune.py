@@ -61,7 +61,7 @@ __all__ = [
     "LITE_RATIO", "conv_layers", "channel_groups", "layer_out_channels", "channel_importance", "importance_table",
     "importance_scores", "plan_naive_global", "plan_architecture_aware", "make_plan", "plan_from_ratios", "plan_lite",
     "apply_masks", "apply_physical", "prune_model", "save_pruned", "load_pruned", "read_pruned_meta", "model_gmac",
-    "nonzero_parameters",
+    "nonzero_parameters", "check_prunable",
 ]
 
 METHODS = ("naive_global", "architecture_aware")
@@ -704,6 +704,7 @@ def prune_model(model: RIFE, plan: ChannelPlan, mode: str = "physical", mask_bia
     """A pruned copy of `model` (or the model itself with `inplace=True`); `mode` is 'mask' or 'physical'."""
     if mode not in MODES:
         raise PruningError(f"unknown pruning mode {mode!r}; expected 'mask' (zeroed weights) or 'physical' (channels removed)")
+    check_prunable(model)
     if getattr(model, "pruning_info", None) is not None:
         raise PruningError("this model is already pruned; start from the unpruned model (load_rife())")
     out = model if inplace else copy.deepcopy(model)
@@ -817,3 +818,10 @@ def nonzero_parameters(net: nn.Module) -> int:
     return total
 
 
+def check_prunable(model: RIFE) -> None:
+    """Pruning (plans, groups, the study) is built and checked for RIFE 4.0, the only real weights here."""
+    if model.variant != "4.0":
+        raise PruningError(
+            f"pruning supports RIFE 4.0 only (the layout its channel groups and study were built and checked on, "
+            f"and the only real weights here); this checkpoint is RIFE {model.layout.name}. "
+            "Run without --checkpoint to prune the bundled RIFE 4.0 weights")

@@ -147,7 +147,7 @@ class PreparedPair:
     img1: torch.Tensor
     t: torch.Tensor  # (N,1,Hp,Wp) timestep plane
     scale: float
-    scale_list: tuple[float, float, float, float]
+    scale_list: tuple[float, ...]  # each block's down-scaling
     multiple: int
     size: tuple[int, int]  # (H, W) of the frames before padding
     out_dtype: torch.dtype  # dtype of the frames given back: the input's float dtype, float32 for uint8
@@ -183,17 +183,19 @@ def prepare_pair(
     scale: float,
     *,
     multiple: int | Callable[[float], int] = padding_multiple,
+    scales: Callable[[float], tuple[float, ...]] = flow_scales,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> PreparedPair:
     """Validate a pair (`check_pair`), move it to `device`/`dtype`, pad it, build the timestep plane.
 
-    `multiple` is the network's padding multiple: an int, or a function of the flow scale (default
-    `padding_multiple`, 64/scale); the network description of a checkpoint knows its own.
+    `multiple` is the network's padding multiple: an int, or a function of the flow scale; `scales` gives the
+    blocks' down-scaling at a flow scale. Defaults: RIFE 4.0's (64/scale; 8/s, 4/s, 2/s, 1/s); a model passes
+    its layout's (`RIFE.prepare_pair`).
     """
     out_dtype = output_dtype(img0)
-    scale_list = flow_scales(scale)
     scale = check_scale(scale)
+    scale_list = tuple(float(s) for s in scales(scale))
     a, b = check_pair(img0, img1)
     out_device = a.device
     a = a.to(device=device or a.device, dtype=dtype or a.dtype)

@@ -19,7 +19,8 @@ from rifelab.rife.contract import (
     prepare_pair,
     rgba_output,
 )
-from rifelab.rife.network import IFNet, padding_multiple
+from rifelab.rife.layouts import Layout
+from rifelab.rife.network import IFNet, check_scale
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class CheckpointInfo:
     variant: str
     loaded_keys: int
     skipped_groups: dict[str, int] = field(default_factory=dict)
+    layout: str = ""  # the layout's version range, e.g. "4.13-4.24 (7 versions)"
 
 
 class RIFE(nn.Module):
@@ -52,22 +54,31 @@ class RIFE(nn.Module):
 
     @property
     def variant(self) -> str:
+        """The layout's key: its first version ("4.0", "4.13", "4.25.lite")."""
         return self.net.variant
 
-    def padding_multiple(self, scale: float) -> int:
-        """Spatial multiple this network needs at flow scale `scale` (frames are padded up to it)."""
-        return padding_multiple(scale)
+    @property
+    def layout(self) -> Layout:
+        """The network layout (blocks, widths, encoder, scales, padding, ensemble support)."""
+        return self.net.layout
 
-    def prepare_pair(self, img0: Frames, img1: Frames, timestep: Timestep, scale: float) -> PreparedPair:
-        """`prepare_pair` on this model's device and dtype with its padding multiple."""
-        return prepare_pair(img0, img1, timestep, scale, multiple=self.padding_multiple, device=self.device,
-                            dtype=self.dtype)
+    def padding_multiple(self, scale: float = 1.0) -> int:
+        """Frames are padded (right/bottom) to a multiple of this at `scale`; depends on the layout."""
+        return self.net.padding_multiple(check_scale(scale))
+
+    def prepare_pair(self, img0: Frames, img1: Frames, timestep: Timestep, scale: float,
+                     ensemble: bool = False) -> PreparedPair:
+        """`prepare_pair` on this model's device and dtype, with its layout's padding multiple and block scales
+        (ensemble refused here for layouts without it)."""
+        self.net.check_ensemble(ensemble)
+        return prepare_pair(img0, img1, timestep, scale, multiple=self.net.padding_multiple,
+                            scales=self.net.scale_list, device=self.device, dtype=self.dtype)
 
     def prepare(
-        self, img0: Frames, img1: Frames, timestep: Timestep, scale: float
+        self, img0: Frames, img1: Frames, timestep: Timestep, scale: float, ensemble: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float], tuple[int, int]]:
         """Validate and pad inputs; returns (img0, img1, t-plane, scale_list, (H, W)) (see `prepare_pair`)."""
-        p = self.prepare_pair(img0, img1, timestep, scale)
+        p = self.prepare_pair(img0, img1, timestep, scale, ensemble)
         return p.img0, p.img1, p.t, list(p.scale_list), p.size
 
     def forward(
@@ -78,7 +89,7 @@ class RIFE(nn.Module):
         scale: float = 1.0,
         ensemble: bool = False,
     ) -> torch.Tensor:
-        p = self.prepare_pair(img0, img1, timestep, scale)
+        p = self.prepare_pair(img0, img1, timestep, scale, ensemble)
         return p.output(self.net(p.img0, p.img1, p.t, p.scale_list, ensemble))
 
     @torch.inference_mode()
@@ -114,7 +125,7 @@ class RIFE(nn.Module):
         (weight of warped img0 = sigmoid(mask)). `extra0`/`extra1` (N,C,H,W), e.g. alpha, are padded as the
         frames, warped with the same flow and blended with the same mask (`blend_warped`).
         """
-        p = self.prepare_pair(img0, img1, timestep, scale)
+        p = self.prepare_pair(img0, img1, timestep, scale, ensemble)
         frame, flow, mask = self.net.forward_all(p.img0, p.img1, p.t, p.scale_list, ensemble)
         extra = None
         if extra0 is not None and extra1 is not None:
@@ -135,6 +146,6 @@ class RIFE(nn.Module):
     ) -> torch.Tensor:
         """(N,4,H,W) RGBA frames: colour exactly as `interpolate` on the RGB planes, alpha with the same flow and mask."""
         img0, img1 = check_rgba_pair(img0, img1)
-        p = self.prepare_pair(img0[:, :3], img1[:, :3], timestep, scale)
+        p = self.prepare_pair(img0[:, :3], img1[:, :3], timestep, scale, ensemble)
         frame, flow, mask = self.net.forward_all(p.img0, p.img1, p.t, p.scale_list, ensemble)
         return rgba_output(p, frame, flow, mask, *alpha_planes(img0, img1))
