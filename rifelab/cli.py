@@ -91,7 +91,10 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
     results_root = Path(args.results_root).resolve() if args.results_root else None
     base = results_base(args.profile, results_root)
     out = Path(args.output) if args.output else base / "notebooks" / Path(args.notebook).name
-    params = {"profile": args.profile, "overrides": overrides, "results_root": results_root and str(results_root)}
+    # a root inside the project is passed relative to it (the kernel runs there): no machine path in the notebook
+    inside = results_root is not None and results_root.is_relative_to(root.resolve())
+    given = results_root.relative_to(root.resolve()).as_posix() if inside else results_root and str(results_root)
+    params = {"profile": args.profile, "overrides": overrides, "results_root": given}
     if results_root is None:
         print(f"trial run: results and the executed notebook go to {base} (scratch, ignored by git); "
               f"pass --results-root {COMMITTED_RESULTS} to write the committed results (dvc repro does)", flush=True)

@@ -107,9 +107,10 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> InteractiveResult:
     """Build the viewer, save its view and strip, score the middle frames, time the pipeline, publish."""
-    with StudyRun.start("interactive", PARAMS, profile, overrides, results_root) as run:
+    with StudyRun.start("interactive", PARAMS, profile, overrides, results_root, params_path) as run:
         p, model = run.params, run.model()
         viewer = TimestepViewer.from_clip(model, p["clip"], max_frames=p["max_frames"], stride=p["triplet_stride"])
         if p["triplet"] >= len(viewer.triplets):

@@ -558,9 +558,10 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> StudyResult:
     """Evaluate and time every configuration side by side, judge the target, save best.pt, publish."""
-    with StudyRun.start("pruning", PARAMS, profile, overrides, results_root) as run_:
+    with StudyRun.start("pruning", PARAMS, profile, overrides, results_root, params_path) as run_:
         p, model, dev, notes = run_.params, run_.model(), run_.device, []
         _check_splits(p)
         t_start = time.perf_counter()
