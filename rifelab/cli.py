@@ -16,15 +16,18 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import torch
 
-from rifelab.frames.assets import ASSETS, AssetError, fetch
+from rifelab.devicerun.inputs import INPUTS_DIR
+from rifelab.devicerun.prepare import payload, prepare_inputs
+from rifelab.devicerun.render import PROFILE, land, render
+from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
 from rifelab.engines.backends import add_backend_options, model_from_args
 from rifelab.interpolate.batch import add_batch_parser
-from rifelab.measure.benchmark import bench_row
-from rifelab.engines.export import add_export_parser
+from rifelab.measure.benchmark import bench_row, model_macs
+from rifelab.engines.export import add_export_parser, padded_size
 from rifelab.interpolate.cli import add_interpolate_parser
 from rifelab.rife.checkpoints import load_rife
 from rifelab.publish.notebooks import parse_set, run_notebook
-from rifelab.measure.profiling import environment_record, resolve_device
+from rifelab.measure.profiling import count_parameters, environment_record, resolve_device
 from rifelab.pruning.prune import add_prune_parser
 from rifelab.publish.report import build_report
 from rifelab.publish.results import COMMITTED_RESULTS, find_project_root, results_base, save_json, to_markdown
@@ -45,8 +48,21 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _model_record(checkpoint: str) -> dict[str, Any]:
+    """Detected layout, parameters and MACs at 720p of a checkpoint (for `rifelab info --checkpoint`)."""
+    model = load_rife(checkpoint, device="cpu")
+    macs, _ = model_macs(model, 1280, 720)
+    lay = model.layout
+    return {"checkpoint": str(checkpoint), "layout": f"RIFE {lay.name}", "versions": ", ".join(lay.versions),
+            "structure": lay.describe(), "parameters": count_parameters(model.net),
+            "gmac_1280x720": round(macs / 1e9, 2), "padded_720p": "x".join(map(str, padded_size(1280, 720, 1.0, model))),
+            "ensemble": lay.ensemble}
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     rec = environment_record(resolve_device(args.device))
+    if args.checkpoint:
+        rec = {**rec, **_model_record(args.checkpoint)}
     if args.json:
         print(json.dumps(rec, indent=2))
     else:
@@ -115,6 +131,43 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+DEVICE_NOTEBOOK = "05_device_run.ipynb"
+
+
+def _cmd_device_prepare(args: argparse.Namespace) -> int:
+    root = find_project_root()
+    dest = Path(args.dest) if args.dest else root / INPUTS_DIR
+    prepare_inputs(dest, root, pairs=args.pairs, clip=args.clip)
+    print(f"prepared {dest}: {args.pairs} real pairs of {args.clip}, fast-path weights, commit record")
+    if args.no_size_check:
+        return 0
+    report = payload(root, [os.path.relpath(dest, root)])
+    print(report.describe())
+    return 0 if report.fits else 3
+
+
+def _cmd_device_report(args: argparse.Namespace) -> int:
+    root = find_project_root()
+    results = Path(args.results_root) if args.results_root else None
+    base = results_base(PROFILE, results)
+    if results is None:
+        print(f"trial rendering: everything goes to {base} (scratch, ignored by git); pass --results-root "
+              f"{COMMITTED_RESULTS} to land the run in the committed results", flush=True)
+    landed = land(args.archive, results)
+    print(f"archive landed: {landed}")
+    if args.no_notebook:
+        print(render(landed, base.parent).summary_markdown())
+        return 0
+    rel = lambda p: os.path.relpath(p, root) if Path(p).resolve().is_relative_to(root.resolve()) else str(p)  # noqa: E731
+    notebook = base / "notebooks" / DEVICE_NOTEBOOK
+    run_notebook(root / "notebooks" / DEVICE_NOTEBOOK, notebook, cwd=root,
+                 parameters={"archive": rel(landed), "results_root": rel(base.parent)})
+    report = build_report([notebook], base / "device_report.html",
+                          title="rifelab cuda profile: the device run (rendered from its archive, not re-timed)")
+    print(f"executed {notebook}; report written to {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to render `--help`)."""
     parser = argparse.ArgumentParser(
@@ -133,9 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
     p.set_defaults(func=_cmd_fetch)
 
-    p = sub.add_parser("info", help="print the environment record every result file carries",
-                       description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit.")
+    p = sub.add_parser("info", help="print the environment record every result file carries (and a checkpoint's layout)",
+                       description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit. "
+                       "With --checkpoint also the RIFE layout detected from its keys (version range), the "
+                       "parameter count and the MACs of one frame at 1280x720.")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--checkpoint", default=None,
+                   help="a RIFE 4.0-4.26 checkpoint (.pkl/.pth) to describe: detected layout, parameters, GMAC at 720p")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_cmd_info)
 
@@ -182,6 +239,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="+", help="executed .ipynb files, e.g. results/cpu/notebooks/*.ipynb")
     p.add_argument("--output", "-o", required=True, help="HTML file to write, e.g. results/cpu/report.html")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("device-prepare",
+                       help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
+                       description="Decode real frame pairs (PyAV, here), write them as PNG with the RIFE flow weights "
+                       "(the fast path's tensors only) and the commit into .device_inputs/, which the device tool "
+                       "carries to the GPU machine; then add up what one device call would send (64 MiB limit). "
+                       "Exit status 3 when it does not fit. See README, GPU run.")
+    p.add_argument("--dest", default=None, help=f"folder to write (default: {INPUTS_DIR}/ in the project root)")
+    p.add_argument("--pairs", type=int, default=3, help="real frame pairs (PSNR is measured on each; default 3)")
+    p.add_argument("--clip", default="bigbuckbunny", choices=list(CLIPS),
+                   help="bundled clip the pairs come from (default bigbuckbunny, 1280x720)")
+    p.add_argument("--no-size-check", action="store_true",
+                   help="skip the payload size check (e.g. a smoke run's temporary inputs)")
+    p.set_defaults(func=_cmd_device_prepare)
+
+    p = sub.add_parser("device-report",
+                       help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",
+                       description="Check ARCHIVE (device_run.tar.gz from scripts/device_run.sh), copy it to "
+                       "<results root>/cuda/device_run.tar.gz, execute notebooks/05_device_run.ipynb on it (tables, "
+                       "figure, metrics under <results root>/cuda/ only) and build device_report.html there. Nothing "
+                       "is re-timed.")
+    p.add_argument("archive", help="the device_run.tar.gz the GPU run wrote (or the landed copy in results/cuda/)")
+    p.add_argument("--results-root", default=None, metavar="DIR",
+                   help=f"write under DIR/cuda/: {COMMITTED_RESULTS} to land the run in the committed results (the DVC "
+                   "stage does); default: the scratch folder scratch/ of the project, ignored by git")
+    p.add_argument("--no-notebook", action="store_true", help="render tables, figure and metrics only (no papermill)")
+    p.set_defaults(func=_cmd_device_report)
 
     add_interpolate_parser(sub)
     add_batch_parser(sub)

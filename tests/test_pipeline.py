@@ -322,7 +322,7 @@ def test_dvc_plots_folder_is_ignored():
 
 
 OPTIONAL_HEAVY = {"papermill", "nbconvert", "onnx", "onnxruntime", "openvino", "nncf", "torch_tensorrt", "tensorrt",
-                  "ray", "pynvml", "ipywidgets", "IPython", "jupytext"}
+                  "ray", "pynvml", "ipywidgets", "IPython", "ptflops", "jupytext"}
 
 
 def test_imports_sit_at_the_top_except_optional_heavy_dependencies():
