@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from rifelab.engines import backends as bk
+from rifelab.frames.splits import overlapping_frames, range_frames, range_pairs
 from rifelab.rife import network as models_mod
 from rifelab.measure.benchmark import agreement, real_frame_pair
 from rifelab.engines.export import ExportError, FlowGraph, check_onnx_dtypes, export_onnx, padded_size, verify_onnx
@@ -155,7 +156,7 @@ def test_int8_fp32_blocks_keep_those_convolutions_unquantised(model, pair):
 
 
 def test_calibration_pairs_come_from_the_calibration_ranges():
-    a, b = bk.calibration_pairs(3, 96, 64, {"bikes": (100, 110)})
+    a, b = range_pairs({"bikes": (100, 110)}, 3, (96, 64), "calibration range")
     assert a.shape == b.shape == (3, 3, 64, 96)
     from rifelab.frames.clips import load_clip
     from rifelab.frames.images import to_tensor
@@ -164,7 +165,7 @@ def test_calibration_pairs_come_from_the_calibration_ranges():
     first = torch.nn.functional.interpolate(frames[:1], size=(64, 96), mode="bicubic", align_corners=False).clamp(0, 1)
     assert torch.equal(a[:1], first)  # the first pair starts at frame 100
     with pytest.raises(ValueError, match="no frame pair"):
-        bk.calibration_pairs(1, 96, 64, {"bikes": (5, 6)})
+        range_pairs({"bikes": (5, 6)}, 1, (96, 64), "calibration range")
 
 
 @pytest.mark.parametrize("profile", ["cpu", "cuda", "mps"])
@@ -179,8 +180,8 @@ def test_calibration_frames_are_disjoint_from_every_evaluation(profile):
         used.setdefault(clip, set()).update(range(0, 2 * int(base["n_triplets"]) * int(base["stride"]) + 1))
     for clip, (start, stop) in params["pruning"]["eval_ranges"].items():
         used.setdefault(clip, set()).update(range(start, stop))
-    assert bk.overlapping_frames(bk.calibration_frames(), used) == {}
-    assert bk.overlapping_frames({"bikes": range(0, 5)}, {"bikes": [4, 9]}) == {"bikes": [4]}
+    assert overlapping_frames(range_frames(bk.CALIBRATION_RANGES), used) == {}
+    assert overlapping_frames({"bikes": range(0, 5)}, {"bikes": [4, 9]}) == {"bikes": [4]}
 
 
 # ----------------------------------------------------------------------------- unavailable backends

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from dvc_checks import assert_plots_readable
-from rifelab.engines.backends import calibration_frames, overlapping_frames
+from notebook_checks import assert_figures_render
+from rifelab.engines.backends import CALIBRATION_RANGES
+from rifelab.frames.splits import overlapping_frames, range_frames
 from rifelab.measure.worker import Slowed
 from rifelab.publish.notebooks import run_notebook
 from rifelab.studies import baseline as baseline_study
@@ -83,7 +85,7 @@ def test_int8_calibration_frames_are_never_scored(profile):
     base = load_study_params("baseline", baseline_study.PARAMS, profile)
     scored = {c: range(0, 2 * base["n_triplets"] * base["stride"] + 1) for c in base["clips"]}
     assert overlapping_frames(calib, scored) == {}
-    assert overlapping_frames(calibration_frames(), scored) == {}  # the library default too
+    assert overlapping_frames(range_frames(CALIBRATION_RANGES), scored) == {}  # the library default too
 
 
 def test_overlapping_frame_ranges_stop_the_run_before_anything_is_written(tmp_path):
@@ -192,3 +194,4 @@ def test_notebook_runs_thin_with_tiny_params(tmp_path):
                  {"profile": "cpu", "overrides": tiny, "results_root": str(tmp_path)}, cwd=ROOT)
     text = json.dumps(nbformat.read(out, as_version=4))
     assert "What this run measured" in text and "skipped" in text and "426.8" in text
+    assert_figures_render(out, min_images=2)

@@ -19,10 +19,12 @@ import pandas as pd
 import pytest
 import torch
 
+from notebook_checks import assert_figures_render
 from rifelab.pruning import prune as P
 from rifelab.pruning import sensitivity as S
 from rifelab.frames.clips import clip_triplets
 from rifelab.frames.images import to_tensor
+from rifelab.frames.splits import SplitError, check_disjoint, range_frames, range_triplets
 from rifelab.pruning.distill import distill, distillation_targets, loss_gradients, task_data
 from rifelab.measure.metrics import psnr
 from rifelab.publish.notebooks import run_notebook
@@ -226,13 +228,13 @@ def test_unknown_layers_and_bad_settings_are_refused(rife, physical, aware_plan,
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(P.PruningError, match="not a pruned model"):
         P.load_pruned(tmp_path / "other.pt")
-    with pytest.raises(P.PruningError, match="overlap"):
-        P.check_disjoint_ranges({"bikes": [0, 100]}, {"bikes": [90, 120]})
+    with pytest.raises(SplitError, match="overlap"):
+        check_disjoint({"fine-tuning": range_frames({"bikes": [0, 100]}), "held-out": range_frames({"bikes": [90, 120]})})
 
 
 def test_scene_cuts_are_skipped():
     # bikes cuts between frames 29 and 30: triplets starting at 28 and 29 straddle it
-    names = [t.name for t in P.clip_range_triplets({"bikes": [26, 33]}, 10)]
+    names = [t.name for t in range_triplets({"bikes": [26, 33]}, 10)]
     assert names == ["bikes:26", "bikes:27", "bikes:30"]
 
 
@@ -441,6 +443,7 @@ def test_finetune_stage_is_cached_and_the_study_notebook_runs(tmp_path):
     assert set(changed["status"]) == {"trained"}
     run_notebook(ROOT / "notebooks" / "03_pruning.ipynb", tmp_path / "03.ipynb", cwd=ROOT, parameters={
         "overrides": {**TINY, "finetune_lr": 1e-4}, "results_root": str(tmp_path)})
+    assert_figures_render(tmp_path / "03.ipynb", min_images=4)
     (out,) = (tmp_path / "cpu" / "pruning").iterdir()
     for name in ("sweep.csv", "sensitivity.csv", "latency_share.png", "sensitivity.png", "pareto.png", "best.pt",
                  "mask_trap.md", "published_claims.md", "finetuning_loss.png", "importance_comparison.csv"):

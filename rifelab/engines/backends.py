@@ -15,7 +15,7 @@ toolchain, importable backends), and `missing_requirements(...)` turns a configu
 into the reasons it cannot run here.
 
 INT8 calibration uses real frames of the bundled clips in `CALIBRATION_RANGES`, frames that no quality
-evaluation of rifelab uses (the optimisation study checks that with `overlapping_frames`).
+evaluation of rifelab uses (read through `rifelab.frames.splits`; the studies check that with `check_disjoint`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rifelab.engines.export import INPUT_NAMES, FlowGraph, export_onnx
 from rifelab.engines.torch_engine import (
@@ -46,8 +44,7 @@ from rifelab.engines.torch_engine import (
     add_bench_options,
     engine_from_args,
 )
-from rifelab.frames.clips import load_clip
-from rifelab.frames.images import to_tensor
+from rifelab.frames.splits import range_pairs
 from rifelab.measure.profiling import resolve_device
 from rifelab.rife.checkpoints import load_rife
 from rifelab.rife.model import RIFE, check_pair
@@ -67,9 +64,6 @@ __all__ = [
     "missing_requirements",
     "backend_requirements",
     "backend_problem",
-    "calibration_pairs",
-    "overlapping_frames",
-    "calibration_frames",
     "add_backend_options",
     "ExportedModel",
     "OnnxRuntimeModel",
@@ -252,62 +246,6 @@ def backend_problem(backend: str, precision: str = "fp32", device: str | torch.d
     return "; ".join(problems) if problems else None
 
 
-# ----------------------------------------------------------------------------- calibration frames
-
-
-def calibration_pairs(
-    count: int,
-    width: int,
-    height: int,
-    ranges: Mapping[str, Sequence[int]] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` consecutive real frame pairs spread evenly over `ranges` (clip -> [start, stop)), resized.
-
-    Default ranges: CALIBRATION_RANGES. Returns two (count,3,H,W) float tensors in [0, 1].
-    """
-    ranges = dict(ranges or CALIBRATION_RANGES)
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    firsts: list[torch.Tensor] = []
-    seconds: list[torch.Tensor] = []
-    clips = list(ranges.items())
-    per_clip = [count // len(clips) + (1 if i < count % len(clips) else 0) for i in range(len(clips))]
-    for (clip, (start, stop)), k in zip(clips, per_clip):
-        if k == 0:
-            continue
-        if stop - start < 2:
-            raise ValueError(f"calibration range {clip} [{start}, {stop}) holds no frame pair")
-        frames = to_tensor(load_clip(clip, start=start, max_frames=stop - start))
-        idx = np.unique(np.linspace(0, len(frames) - 2, k).round().astype(int))
-        if len(idx) < k:
-            raise ValueError(f"calibration range {clip} [{start}, {stop}) has too few frames for {k} pairs")
-        a, b = frames[idx], frames[idx + 1]
-        if a.shape[-2:] != (height, width):
-            a = F.interpolate(a, size=(height, width), mode="bicubic", align_corners=False).clamp_(0, 1)
-            b = F.interpolate(b, size=(height, width), mode="bicubic", align_corners=False).clamp_(0, 1)
-        firsts.append(a)
-        seconds.append(b)
-    return torch.cat(firsts), torch.cat(seconds)
-
-
-def overlapping_frames(first: Mapping[str, Iterable[int]], second: Mapping[str, Iterable[int]]) -> dict[str, list[int]]:
-    """Frames of each clip used by both `first` and `second` (clip -> frame indices, e.g. a `range`).
-
-    An empty result means the two uses are disjoint (e.g. INT8 calibration vs quality evaluation).
-    """
-    out = {}
-    for clip in sorted(set(first) & set(second)):
-        both = {int(i) for i in first[clip]} & {int(i) for i in second[clip]}
-        if both:
-            out[clip] = sorted(both)
-    return out
-
-
-def calibration_frames(ranges: Mapping[str, Sequence[int]] | None = None) -> dict[str, range]:
-    """Clip -> frames INT8 calibration reads (both frames of each pair lie inside [start, stop))."""
-    return {clip: range(int(start), int(stop)) for clip, (start, stop) in dict(ranges or CALIBRATION_RANGES).items()}
-
-
 # ----------------------------------------------------------------------------- exported backends
 
 
@@ -463,7 +401,7 @@ class OpenVinoModel(ExportedModel):
             src = "given frames" + (": " + ", ".join(f"{c} [{s}, {e})" for c, (s, e) in self.calibration_ranges.items())
                                     if self._ranges_given else "")
         else:
-            a, b = calibration_pairs(self.calibration_count, w, h, self.calibration_ranges)
+            a, b = range_pairs(self.calibration_ranges, self.calibration_count, (w, h), "calibration range")
             src = ", ".join(f"{c} frames [{s}, {e})" for c, (s, e) in self.calibration_ranges.items())
         items = []
         for i in range(a.shape[0]):

@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from rifelab.measure.benchmark import parse_resolution, real_frame_pair
 from rifelab.measure.metrics import error_stats
-from rifelab.publish.results import atomic_path
+from rifelab.publish.results import atomic_path, refuse_link
 from rifelab.rife.checkpoints import load_rife
 from rifelab.rife.model import RIFE
 from rifelab.rife.network import check_scale, padding_multiple
@@ -123,6 +123,26 @@ def check_onnx_dtypes(onnx_model: Any) -> None:
             raise ExportError(f"graph input {inp.name!r} is {name}; expected float32")
 
 
+def written_by_rifelab(path: str | os.PathLike) -> bool:
+    """Whether `path` is an ONNX model `rifelab export` wrote (it carries rifelab's metadata entries)."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - anything that does not parse as ONNX is not ours
+        return False
+    return any(p.key == "rifelab.variant" for p in proto.metadata_props)
+
+
+def check_export_target(path: str | os.PathLike) -> Path:
+    """`path`, or ExportError when it is a link or a file `rifelab export` did not write (never replaced)."""
+    p = refuse_link(path)
+    if p.exists() and (not p.is_file() or not written_by_rifelab(p)):
+        raise ExportError(f"{p} exists and was not written by rifelab (it is not an ONNX model with rifelab's "
+                          "metadata), so it is not replaced; move it away or choose another --output")
+    return p
+
+
 def export_onnx(
     model: RIFE,
     path: str | os.PathLike,
@@ -145,6 +165,7 @@ def export_onnx(
         raise ExportError(f"opset {opset} has no GridSample (the warp); use opset 16 or newer")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    check_export_target(path)
     pw, ph = padded_size(width, height, scale)
     graph = FlowGraph(model, scale, ensemble)
     x = torch.rand(batch, 3, ph, pw)
@@ -233,7 +254,7 @@ def verify_onnx(
 
 def _cmd_export(args: argparse.Namespace) -> int:
     w, h = parse_resolution(args.resolution)
-    out = Path(args.output or f"rife_{w}x{h}_s{args.scale:g}{'_dyn' if args.dynamic else ''}.onnx")
+    out = check_export_target(args.output or f"rife_{w}x{h}_s{args.scale:g}{'_dyn' if args.dynamic else ''}.onnx")
     model = load_rife(args.checkpoint, device="cpu")
     export_onnx(model, out, w, h, batch=args.batch, scale=args.scale, ensemble=args.ensemble, dynamic=args.dynamic,
                 opset=args.opset)

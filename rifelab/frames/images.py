@@ -11,6 +11,7 @@ from typing import Sequence
 import imageio.v3 as iio
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from rifelab.publish.results import atomic_path
@@ -223,6 +224,13 @@ def to_tensor(frames: np.ndarray | Sequence[np.ndarray], device: str | torch.dev
         raise DataError(f"expected uint8 frames (N,H,W,3), got shape {arr.shape}")
     t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def resize(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """float (N,3,H,W) frames in [0, 1] resized (bicubic, clamped to [0, 1]) to width x height; same tensor if they fit."""
+    if frames.shape[-2:] == (height, width):
+        return frames
+    return F.interpolate(frames, size=(height, width), mode="bicubic", align_corners=False).clamp_(0, 1)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:

@@ -14,13 +14,13 @@ import pandas as pd
 
 from rifelab.frames.images import write_image
 from rifelab.frames.scenes import SceneThresholds
-from rifelab.interpolate.pipeline import _model_device, _Pair, _Pipeline
+from rifelab.interpolate.pipeline import InputPair, InterpolationPipeline, _model_device
 from rifelab.interpolate.run import interpolate_sequence
 from rifelab.interpolate.schedule import InterpolateConfig, InterpolationSummary
 from rifelab.interpolate.sinks import output_frame_name
 from rifelab.interpolate.sources import ArraySource
 from rifelab.measure.harness import Harness, InterleavedTiming, NoiseLimits
-from rifelab.measure.profiling import synchronize
+from rifelab.measure.profiling import Timing, synchronize
 from rifelab.measure.workloads import ModelSpec, load_model
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,8 @@ class PipelineWorkload:
         self.device = _model_device(self.model)
         self.root = Path(tempfile.mkdtemp(prefix="rifelab-bench-"))
         if self.mode == "model only":  # the pairs and decisions the pipeline will see, made once
-            pipe = _Pipeline(self.model, self.config, InterpolationSummary())
-            todo = [p for p in pipe.pairs(ArraySource(self.frames)) if p.decision.kind == "interpolate"]
-            self.groups: list[list[_Pair]] = []
-            for p in todo:
-                if not self.groups or self.groups[-1][0].index // pipe.group_size != p.index // pipe.group_size:
-                    self.groups.append([])
-                self.groups[-1].append(p)
-            self.pipe = pipe
-            return {"model_pairs": len(todo)}
+            self.pipe, self.groups = _model_groups(self.model, self.config, self.frames)
+            return {"model_pairs": sum(len(g) for g in self.groups)}
         (self.root / "input").mkdir()
         for i, f in enumerate(self.frames):
             write_image(self.root / "input" / output_frame_name(i), f)
@@ -81,6 +74,34 @@ class PipelineWorkload:
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _model_groups(model: Any, cfg: InterpolateConfig, frames: np.ndarray
+                  ) -> tuple[InterpolationPipeline, list[list[InputPair]]]:
+    """The pipeline and the groups of pairs it sends to the model, decided once for the model-only row."""
+    pipe = InterpolationPipeline(model, cfg, InterpolationSummary())
+    groups: list[list[InputPair]] = []
+    for p in pipe.pairs(ArraySource(frames)):
+        if p.decision.kind != "interpolate":
+            continue
+        if not groups or groups[-1][0].index // pipe.group_size != p.index // pipe.group_size:
+            groups.append([])
+        groups[-1].append(p)
+    return pipe, groups
+
+
+def _row(name: str, timing: Timing, n_out: int) -> dict[str, Any]:
+    """One table row: a mode's timing as seconds and output frames per second (median, p10, p90)."""
+    return {
+        "mode": name,
+        "median_s": timing.median,
+        "p10_s": timing.p10,
+        "p90_s": timing.p90,
+        "output_fps": n_out / timing.median,
+        "output_fps_p10": n_out / timing.p90,
+        "output_fps_p90": n_out / timing.p10,
+        "repeats": timing.repeats,
+    }
 
 
 def pipeline_checks(t: InterleavedTiming) -> list[str]:
@@ -131,15 +152,8 @@ def benchmark_pipeline(
         t = h.measure_checked(limits or NoiseLimits(), pipeline_checks, warmup=max(warmup, 0), rounds=repeats)
     if t.stopped:
         raise RuntimeError("the pipeline benchmark failed: " + "; ".join(f"{m}: {w}" for m, w in t.stopped.items()))
-    n_out = (len(frames) - 1) * (multi - 1) + 1
-    rows = []
-    for name in MODES:
-        timing = t.timings[name]
-        rows.append({"mode": name, "median_s": timing.median, "p10_s": timing.p10, "p90_s": timing.p90,
-                     "output_fps": n_out / timing.median, "output_fps_p10": n_out / timing.p90,
-                     "output_fps_p90": n_out / timing.p10, "repeats": timing.repeats, "worker": t.workers[name],
-                     "noisy": t.noisy})
-    df = pd.DataFrame(rows)
+    n_out = cfg.output_count(len(frames))
+    df = pd.DataFrame([{**_row(m, t.timings[m], n_out), "worker": t.workers[m], "noisy": t.noisy} for m in MODES])
     base = df.loc[df["mode"] == "model only", "median_s"].iloc[0]
     df["model_share"] = base / df["median_s"]  # 1.0: I/O fully hidden behind the model
     h_, w_ = frames.shape[1:3]

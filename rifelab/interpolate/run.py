@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,30 +16,21 @@ from rifelab.engines.backends import model_from_args
 from rifelab.frames.images import (
     DataError,
 )
-from rifelab.interpolate.pipeline import (
-    _check_alpha_output,
-    _extra_settings,
-    _Out,
-    _Pipeline,
-    _progress,
-    _RetimePipeline,
-    _run_stages,
-    _to_frame,
-)
+from rifelab.interpolate.pipeline import InterpolationPipeline, OutputFrame
 from rifelab.interpolate.schedule import (
     LARGE_OUTPUT_FRAMES,
     InterpolateConfig,
     InterpolationSummary,
-    _as_fraction,
-    retime_count,
+    as_fraction,
 )
 from rifelab.interpolate.sinks import _FolderSink, _VideoSink
 from rifelab.interpolate.sources import (
     FrameSource,
-    _frame_size,
-    _is_video_path,
+    frame_size,
+    is_video_path,
     open_source,
 )
+from rifelab.interpolate.stages import ProgressBars, run_stages
 from rifelab.measure.profiling import resolve_device
 
 log = logging.getLogger(__name__)
@@ -48,13 +40,65 @@ def _warn_if_large(src: FrameSource, frames: int | None, out: Path) -> None:
     """Log the output's frame count and raw size before starting; a warning above LARGE_OUTPUT_FRAMES."""
     if frames is None:
         return
-    size = _frame_size(src)
+    size = frame_size(src)
     raw = f" of {size[0]}x{size[1]} ({frames * size[0] * size[1] * 3 / 1e9:.2f} GB as raw RGB)" if size else ""
     if frames > LARGE_OUTPUT_FRAMES:
         log.warning("this run writes %d frames%s to %s; stop it (Ctrl-C) if that is not what you meant", frames,
                     raw, out)
     else:
         log.info("writing %d frames%s to %s", frames, raw, out)
+
+
+def _check_alpha_output(src: FrameSource, out: Path, config: InterpolateConfig) -> None:
+    """Refuse an RGBA input whose output cannot store alpha (a video, or jpg frames)."""
+    if not src.alpha:
+        return
+    if is_video_path(out):
+        raise DataError(f"{src.path or 'the input'} has an alpha channel; write RGBA frames to a folder "
+                        "(--ext png, tif or webp) instead of a video")
+    if config.ext == "jpg":
+        raise DataError("the input has an alpha channel, which jpg cannot store; use --ext png, tif or webp")
+
+
+def _extra_settings(src: FrameSource, ratio: Fraction | None) -> dict[str, Any]:
+    """Manifest entries of retimed or RGBA runs (absent otherwise, so older manifests still resume)."""
+    extra: dict[str, Any] = {}
+    if ratio is not None:
+        extra["retime"] = {"ratio": str(ratio), "input_fps": str(as_fraction(src.fps))}
+    if src.alpha:
+        extra["alpha"] = True
+    return extra
+
+
+def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | None,
+          model_info: dict[str, Any] | None
+          ) -> tuple[FrameSource, Path, Any, Fraction | None, InterpolationSummary, int | None]:
+    """(source, output path, sink, retime ratio, summary, expected frames) of a run, checked; nothing written."""
+    config = config or InterpolateConfig()
+    config.validate()
+    src = open_source(source, config.input_fps, allow_damaged=config.allow_damaged_input)
+    out = Path(output)
+    if src.path is not None and out.resolve() == src.path.resolve():
+        raise DataError(f"the output {out} is the input; choose another folder or file")
+    summary = InterpolationSummary(output=str(out))
+    ratio = config.retime_ratio(src.fps)
+    _check_alpha_output(src, out, config)
+    if is_video_path(out):
+        summary.output_fps = config.output_fps(src.fps)
+        sink: Any = _VideoSink(out, summary.output_fps, config)
+    else:
+        manifest = {"input": src.describe(), **config.settings(), "model": model_info or {}}
+        manifest.update(_extra_settings(src, ratio))
+        sink = _FolderSink(out, config, manifest)
+    expected = config.output_count(src.count, src.fps)
+    sink.check()  # refusals come before the announcement of what the run will write
+    return src, out, sink, ratio, summary, expected
+
+
+def check_run(source: Any, output: str | os.PathLike, config: InterpolateConfig | None = None,
+              model_info: dict[str, Any] | None = None) -> None:
+    """Raise the error a run would stop with on its input, options or output, without loading a model or writing."""
+    _plan(source, output, config, model_info)
 
 
 def interpolate_sequence(
@@ -72,55 +116,33 @@ def interpolate_sequence(
     dtype...) joins the settings a resumed run must match. Returns the counts of the run.
     """
     config = config or InterpolateConfig()
-    config.validate()
-    src = open_source(source, config.input_fps, allow_damaged=config.allow_damaged_input)
-    out = Path(output)
-    if src.path is not None and out.resolve() == src.path.resolve():
-        raise DataError(f"the output {out} is the input; choose another folder or file")
-    summary = InterpolationSummary(output=str(out))
-    ratio = config.retime_ratio(src.fps)
-    _check_alpha_output(src, out, config)
-    if _is_video_path(out):
-        summary.output_fps = config.fps or src.fps * (config.multi - 1)
-        if ratio is not None:
-            summary.output_fps = config.fps or float(_as_fraction(src.fps) * ratio)
-        sink: Any = _VideoSink(out, summary.output_fps, config)
-    else:
-        manifest = {"input": src.describe(), **config.settings(), "model": model_info or {}}
-        manifest.update(_extra_settings(src, ratio))
-        sink = _FolderSink(out, config, manifest)
-    expected = (src.count - 1) * (config.multi - 1) + 1 if src.count else None
-    if ratio is not None:
-        expected = retime_count(src.count, ratio) if src.count else None
+    src, out, sink, ratio, summary, expected = _plan(source, output, config, model_info)
     _warn_if_large(src, expected, out)
     sink.prepare()
     summary.removed_temp_files = len(sink.removed_temps)
     summary.recomputed_frames = len(getattr(sink, "recomputed", ()))
-    pipe = _Pipeline(model, config, summary, sink.has, (src.count - 1) if src.count else None)
-    if ratio is not None:
-        pipe = _RetimePipeline(model, config, summary, ratio, sink.has, (src.count - 1) if src.count else None)
-    write_bar = _progress(expected, "write", 2, config.progress, "frame")
-
-    def write(item: _Out) -> None:
-        sink.write(item.index, _to_frame(item.data))
-        summary.written_frames += 1
-        write_bar.update(1)
-        if on_frame is not None:
-            on_frame(item.index, item.kind)
-
+    pipe = InterpolationPipeline(model, config, summary, config.output_schedule(src.fps), sink.has,
+                                 (src.count - 1) if src.count else None)
     t0 = time.perf_counter()
     try:
-        _run_stages(pipe, src, write, config)
-        summary.seconds = time.perf_counter() - t0
-        for damage in getattr(src, "damage", ()):
-            summary.damaged_input = damage.describe()
-            summary.lost_input_frames = list(damage.lost)
-        sink.finish(summary)
+        with ProgressBars(src.count, expected, config.progress) as bars:
+
+            def write(item: OutputFrame) -> None:
+                sink.write(item.index, item.to_array())
+                summary.written_frames += 1
+                bars.write.update(1)
+                if on_frame is not None:
+                    on_frame(item.index, item.kind)
+
+            run_stages(pipe, src, write, config, bars)
+            summary.seconds = time.perf_counter() - t0
+            for damage in getattr(src, "damage", ()):
+                summary.damaged_input = damage.describe()
+                summary.lost_input_frames = list(damage.lost)
+            sink.finish(summary)
     except BaseException:
         sink.abort()
         raise
-    finally:
-        write_bar.close()
     log.debug("interpolate: %s", summary.describe().replace("\n", "; "))
     return summary
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
+import shlex
+import socket
+import sys
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +27,7 @@ from rifelab.frames.images import (
 from rifelab.interpolate.schedule import (
     FRAME_DIGITS,
     JOURNAL_NAME,
+    LOCK_NAME,
     MANIFEST_NAME,
     OUTPUT_IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -32,6 +37,8 @@ from rifelab.interpolate.schedule import (
 from rifelab.publish.results import (
     atomic_path,
     atomic_write_text,
+    open_new,
+    refuse_link,
     temp_path_beside,
 )
 
@@ -56,7 +63,7 @@ def _remove_stale_temps(folder: Path, pattern: re.Pattern) -> list[str]:
     removed = []
     if folder.is_dir():
         for f in sorted(folder.iterdir()):
-            if pattern.match(f.name) and f.is_file():
+            if pattern.match(f.name) and f.is_file() and not f.is_symlink():
                 f.unlink()
                 removed.append(f.name)
     if removed:
@@ -75,6 +82,75 @@ def _sha256_file(path: Path) -> str | None:
     except OSError:
         return None
     return h.hexdigest()
+
+
+class OutputLock:
+    """Advisory lock (flock) of one output, in a file that names the process holding it.
+
+    A second writer is refused with that name instead of mixing its frames with the first one's.
+    The file is created without following links and removed when the lock is released.
+    """
+
+    def __init__(self, path: Path, what: str):
+        self.path = path
+        self.what = what  # "output folder out/", "output video out.mp4"
+        self._fd: int | None = None
+
+    def _refuse(self, fd: int) -> DataError:
+        try:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            holder = ""
+        holder = holder or "a process that did not say which"
+        return DataError(f"{self.what} is being written by another rifelab run ({holder}; lock {self.path}); wait "
+                         "for it to finish or stop it, then run again, or choose another output")
+
+    def probe(self) -> None:
+        """Raise DataError when another process holds the lock (takes nothing)."""
+        if self._fd is not None:
+            return
+        refuse_link(self.path)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._refuse(fd) from None
+        finally:
+            os.close(fd)
+
+    def acquire(self) -> None:
+        """Take the lock and write this process's pid and command into it; DataError if another holds it."""
+        while self._fd is None:
+            refuse_link(self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                err = self._refuse(fd)
+                os.close(fd)
+                raise err from None
+            st = os.fstat(fd)
+            try:
+                cur = os.stat(self.path, follow_symlinks=False)
+            except FileNotFoundError:
+                cur = None
+            if cur is None or (cur.st_ino, cur.st_dev) != (st.st_ino, st.st_dev):
+                os.close(fd)  # released and removed by its holder meanwhile: lock the new file
+                continue
+            os.ftruncate(fd, 0)
+            cmd = shlex.join(["rifelab", *sys.argv[1:]]) if sys.argv else "rifelab"
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {cmd}\n".encode())
+            self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self._fd)
+            self._fd = None
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -129,36 +205,64 @@ class _FolderSink:
         self._lock = threading.Lock()
         self._pattern = re.compile(rf"^(\d{{{FRAME_DIGITS}}})\.{re.escape(self.ext)}$")
         self._temps = _temp_pattern(rf"\d{{{FRAME_DIGITS}}}\.\w+|{re.escape(MANIFEST_NAME)}")
+        self.lock = OutputLock(folder / LOCK_NAME, f"output folder {folder}")
 
-    def prepare(self) -> None:
+    def check(self) -> None:
+        """Every refusal of `prepare`, touching nothing: a run can be refused before its model is loaded."""
         d = self.folder
         if d.exists() and not d.is_dir():
             raise DataError(f"output {d} exists and is not a folder; give a folder (or a video file name ending in "
                             f"{', '.join(VIDEO_EXTENSIONS)})")
+        if not d.is_dir():
+            return
+        for name in (MANIFEST_NAME, JOURNAL_NAME, LOCK_NAME):
+            refuse_link(d / name)
+        self.lock.probe()
+        entries = sorted(f.name for f in d.iterdir() if f.name != LOCK_NAME)
+        if not entries:
+            return
+        if not (self.config.resume or self.config.overwrite):
+            raise DataError(
+                f"output folder {d} is not empty ({len(entries)} entries); pass --resume to continue an "
+                "interrupted run, --overwrite to replace the frames of an earlier run, or choose another folder"
+            )
+        old = read_manifest(d)
+        recorded = old["frames"] if old else {}
+        ours = set(recorded) | {MANIFEST_NAME, JOURNAL_NAME}
+        foreign = [n for n in entries if n not in ours and not self._temps.match(n)]
+        links = [n for n in entries if n in recorded and (d / n).is_symlink()]
+        if foreign or links:
+            flag = "--resume" if self.config.resume else "--overwrite"
+            why = ("it has no rifelab manifest" if old is None else
+                   "its manifest does not list them" if foreign else "they are symbolic links now")
+            bad = foreign or links
+            raise DataError(
+                f"output folder {d} holds {len(bad)} file{'s' if len(bad) > 1 else ''} rifelab did not "
+                f"write ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}; {why}); {flag} only "
+                "touches what an earlier `rifelab interpolate` recorded there. Move those files out or choose "
+                "another folder"
+            )
+        if self.config.resume:
+            self._check_manifest(old)
+
+    def prepare(self) -> None:
+        d = self.folder
+        self.check()
         d.mkdir(parents=True, exist_ok=True)
-        entries = sorted(f.name for f in d.iterdir())
-        if entries:
-            if not (self.config.resume or self.config.overwrite):
-                raise DataError(
-                    f"output folder {d} is not empty ({len(entries)} entries); pass --resume to continue an "
-                    "interrupted run, --overwrite to replace the frames of an earlier run, or choose another folder"
-                )
-            old = read_manifest(d)
-            recorded = old["frames"] if old else {}
-            ours = set(recorded) | {MANIFEST_NAME, JOURNAL_NAME}
-            foreign = [n for n in entries if n not in ours and not self._temps.match(n)]
-            if foreign:
-                flag = "--resume" if self.config.resume else "--overwrite"
-                why = ("it has no rifelab manifest" if old is None else
-                       "its manifest does not list them")
-                raise DataError(
-                    f"output folder {d} holds {len(foreign)} file{'s' if len(foreign) > 1 else ''} rifelab did not "
-                    f"write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}; {why}); {flag} only "
-                    "touches what an earlier `rifelab interpolate` recorded there. Move those files out or choose "
-                    "another folder"
-                )
-            if self.config.resume:
-                self._check_manifest(old)
+        self.lock.acquire()
+        try:
+            self._take_over()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _take_over(self) -> None:
+        """With the lock held: check again, remove stale temporaries and (--overwrite) the recorded frames."""
+        d = self.folder
+        self.check()
+        old = read_manifest(d)
+        recorded = old["frames"] if old else {}
+        if any(f.name != LOCK_NAME for f in d.iterdir()):
             self.removed_temps = _remove_stale_temps(d, self._temps)
             if self.config.overwrite:
                 for name in sorted(recorded):
@@ -170,7 +274,7 @@ class _FolderSink:
         if self.existing:
             log.info("resume: %d frames already in %s are kept (checksums verified)", len(self.existing), d)
         self._save_manifest(complete=False)
-        self._journal = open(d / JOURNAL_NAME, "w", encoding="utf-8")  # starts empty: the manifest holds the rest
+        self._journal = open_new(d / JOURNAL_NAME)  # starts empty (the manifest holds the rest); never via a link
 
     def _verify(self, recorded: dict[str, str]) -> None:
         """Keep the recorded frames whose sha256 still matches; the others are computed again."""
@@ -235,16 +339,47 @@ class _FolderSink:
         (self.folder / JOURNAL_NAME).unlink(missing_ok=True)
 
     def finish(self, summary: InterpolationSummary) -> None:
-        self._close(complete=True, summary=summary.as_dict())
+        try:
+            self._close(complete=True, summary=summary.as_dict())
+        finally:
+            self.lock.release()
 
     def abort(self) -> None:
         """Complete frames stay for --resume (recorded in the manifest; the journal keeps them if that fails)."""
-        with contextlib.suppress(OSError):
-            self._close(complete=False)
+        try:
+            with contextlib.suppress(OSError):
+                self._close(complete=False)
+        finally:
+            self.lock.release()
+
+
+def video_record_path(path: Path) -> Path:
+    """The record beside a video that `rifelab interpolate` wrote: `.NAME.rifelab.json` (sha256 and size)."""
+    return path.parent / f".{path.name}.rifelab.json"
+
+
+def written_by_rifelab(path: Path) -> bool:
+    """Whether the video at `path` is the one rifelab last wrote there (its record's sha256 and size match)."""
+    record = video_record_path(path)
+    if record.is_symlink() or path.is_symlink():
+        return False
+    try:
+        rec = json.loads(record.read_text(encoding="utf-8"))
+        return (isinstance(rec, dict) and rec.get("name") == path.name and rec.get("size") == path.stat().st_size
+                and rec.get("sha256") == _sha256_file(path))
+    except (OSError, ValueError):
+        return False
+
+
+_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
 
 
 class _VideoSink:
-    """A video file encoded with PyAV into a temporary file that is renamed when complete."""
+    """A video file encoded with PyAV into a temporary file that is renamed when complete.
+
+    Beside it goes a record (`video_record_path`) of what was written, so that --overwrite replaces
+    only a video rifelab wrote, never a user's file of the same name.
+    """
 
     def __init__(self, path: Path, fps: float, config: InterpolateConfig):
         self.path = path
@@ -252,22 +387,44 @@ class _VideoSink:
         self.config = config
         self._container: Any = None
         self._stream: Any = None
+        self._file: Any = None
         self._tmp: Path | None = None
         self.removed_temps: list[str] = []
+        self.lock = OutputLock(path.parent / f".{path.name}.lock", f"output video {path}")
 
-    def prepare(self) -> None:
+    def check(self) -> None:
+        """Every refusal of `prepare`, touching nothing."""
         if self.config.resume:
             raise DataError(
                 "--resume works for frame-folder outputs only; write frames to a folder (and encode them with "
                 "`rifelab interpolate FOLDER out.mp4 --multi 2`), or rerun with --overwrite"
             )
+        refuse_link(self.path)
+        refuse_link(video_record_path(self.path))
         if self.path.exists():
             if self.path.is_dir():
                 raise DataError(f"output {self.path} is a folder, but its name ends like a video file; rename it")
             if not self.config.overwrite:
                 raise DataError(f"output video {self.path} exists; pass --overwrite to replace it")
+            if not written_by_rifelab(self.path):
+                raise DataError(
+                    f"output video {self.path} exists and was not written by rifelab (no matching record "
+                    f"{video_record_path(self.path).name} beside it), so --overwrite does not replace it; move it "
+                    "away or choose another name"
+                )
+        if self.path.parent.is_dir():
+            self.lock.probe()
+
+    def prepare(self) -> None:
+        self.check()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.removed_temps = _remove_stale_temps(self.path.parent, _temp_pattern(re.escape(self.path.name)))
+        self.lock.acquire()
+        try:
+            self.check()
+            self.removed_temps = _remove_stale_temps(self.path.parent, _temp_pattern(re.escape(self.path.name)))
+        except BaseException:
+            self.lock.release()
+            raise
 
     def has(self, index: int) -> bool:
         return False
@@ -276,9 +433,11 @@ class _VideoSink:
 
         h, w = frame.shape[:2]
 
-        self._tmp = temp_path_beside(self.path)
+        self._tmp = temp_path_beside(self.path)  # created with O_EXCL; written through this handle, not its name
         rate = Fraction(self.fps).limit_denominator(100000)
-        self._container = av.open(str(self._tmp), "w")
+        self._file = open(self._tmp, "r+b")
+        self._container = av.open(self._file, "w", format=_FORMATS.get(self.path.suffix.lower(), "mp4"))
+        self._container.metadata["comment"] = "written by rifelab interpolate"
         suffix = self.path.suffix.lower()
         if self.config.lossless:
             codec, pix_fmt, opts = "libx264rgb", "rgb24", {"crf": "0", "preset": "veryfast"}
@@ -307,17 +466,33 @@ class _VideoSink:
 
     def finish(self, summary: InterpolationSummary) -> None:
         if self._container is None:
+            self.lock.release()
             return
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
-        self._container = None
-        os.replace(self._tmp, self.path)
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None
+            self._file.close()
+            self._file = None
+            # the record first: killed before the rename, it names a file that is not there, which refuses safely
+            record = {"name": self.path.name, "size": self._tmp.stat().st_size, "sha256": _sha256_file(self._tmp),
+                      "written_by": "rifelab interpolate", "frames": summary.output_frames}
+            atomic_write_text(video_record_path(self.path), json.dumps(record, indent=2) + "\n")
+            refuse_link(self.path)
+            os.replace(self._tmp, self.path)
+        finally:
+            self.lock.release()
 
     def abort(self) -> None:
         if self._container is not None:
             with contextlib.suppress(Exception):
                 self._container.close()
             self._container = None
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
         if self._tmp is not None and self._tmp.exists():
             self._tmp.unlink()
+        self.lock.release()

@@ -152,11 +152,12 @@ def open_source(
     return VideoSource(p, fps=input_fps, allow_damaged=allow_damaged)
 
 
-def _is_video_path(path: Path) -> bool:
+def is_video_path(path: Path) -> bool:
+    """Whether `path` names a video file (by its suffix), as opposed to a folder of frames."""
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _frame_size(src: FrameSource) -> tuple[int, int] | None:
+def frame_size(src: FrameSource) -> tuple[int, int] | None:
     """(width, height) of a source's frames from its first frame's header, or None when unknown."""
     try:
         if isinstance(src, FolderSource):

@@ -14,8 +14,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from rifelab.engines.backends import calibration_pairs, load_backend
+from rifelab.engines.backends import load_backend
 from rifelab.frames.images import to_tensor, to_uint8
+from rifelab.frames.splits import range_pairs
 from rifelab.measure.profiling import PeakMemory, resolve_device, synchronize
 from rifelab.rife.checkpoints import load_rife
 from rifelab.rife.model import RIFE
@@ -99,7 +100,8 @@ def load_model(spec: ModelSpec) -> Any:
     if spec.calibration is not None:
         count, w, h, ranges = spec.calibration
         ranges = {c: list(r) for c, r in dict(ranges).items()}
-        opts.update(calibration=calibration_pairs(int(count), int(w), int(h), ranges), calibration_ranges=ranges)
+        opts.update(calibration=range_pairs(ranges, int(count), (int(w), int(h)), "int8 calibration"),
+                    calibration_ranges=ranges)
     return load_backend(spec.backend, model, dev, spec.precision, name=spec.name, options=opts)
 
 

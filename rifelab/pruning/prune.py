@@ -41,7 +41,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,8 +50,6 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch.nn.utils import prune as torch_prune
 
-from rifelab.frames.clips import Triplet, clip_triplets, load_clip
-from rifelab.frames.scenes import decide_pair
 from rifelab.measure.profiling import count_flops, resolve_device
 from rifelab.publish.results import atomic_path
 from rifelab.rife.checkpoints import load_rife
@@ -65,7 +63,7 @@ __all__ = [
     "LITE_RATIO", "conv_layers", "channel_groups", "layer_out_channels", "channel_importance", "importance_table",
     "importance_scores", "plan_naive_global", "plan_architecture_aware", "make_plan", "plan_from_ratios", "plan_lite",
     "apply_masks", "apply_physical", "prune_model", "save_pruned", "load_pruned", "read_pruned_meta", "model_gmac",
-    "nonzero_parameters", "exclude_scene_cuts", "clip_range_triplets", "check_disjoint_ranges",
+    "nonzero_parameters",
     "add_prune_parser", "cmd_prune_model",
 ]
 
@@ -820,58 +818,6 @@ def nonzero_parameters(net: nn.Module) -> int:
             eff = getattr(m, pname[: -len("_orig")] if pname.endswith("_orig") else pname)
             total += int((eff != 0).sum())
     return total
-
-
-def exclude_scene_cuts(triplets: Sequence[Any]) -> list[Any]:
-    """Drop triplets that straddle a scene cut (`rifelab.scenes.decide_pair` on either half):
-    interpolation across a cut has no right answer."""
-    kept = []
-    for tr in triplets:
-        if "cut" in (decide_pair(tr.frame0, tr.gt).kind, decide_pair(tr.gt, tr.frame2).kind):
-            log.info("triplet %s straddles a scene cut; skipped", getattr(tr, "name", "?"))
-        else:
-            kept.append(tr)
-    return kept
-
-
-def clip_range_triplets(
-    ranges: Mapping[str, Sequence[int]], count: int, loader: Callable[..., np.ndarray] | None = None
-) -> list[Any]:
-    """Up to `count` cut-free triplets per clip, spread evenly over each clip's [start, stop) frame range.
-
-    Triplet names are '<clip>:<first frame>'. `ranges` maps a clip name to (start, stop).
-    """
-    loader = loader or load_clip
-    if not isinstance(count, int) or count < 1:
-        raise PruningError(f"triplet count must be an integer >= 1, got {count!r}")
-    out: list[Any] = []
-    for clip, rng_ in ranges.items():
-        if len(rng_) != 2 or not (0 <= int(rng_[0]) < int(rng_[1])):
-            raise PruningError(f"frame range for clip {clip!r} must be [start, stop) with 0 <= start < stop, got {rng_!r}")
-        start, stop = int(rng_[0]), int(rng_[1])
-        frames = loader(clip, max_frames=stop - start, start=start)
-        if len(frames) < 3:
-            raise PruningError(f"clip {clip!r} has fewer than 3 frames in [{start}, {stop})")
-        all_tr = exclude_scene_cuts(list(clip_triplets(frames, step=1)))
-        if not all_tr:
-            raise PruningError(f"clip {clip!r} has no cut-free triplet in frames [{start}, {stop})")
-        idx = np.unique(np.linspace(0, len(all_tr) - 1, min(count, len(all_tr))).round().astype(int))
-        for i in idx:
-            tr = all_tr[i]
-            out.append(Triplet(f"{clip}:{start + int(tr.name)}", tr.frame0, tr.gt, tr.frame2))
-    return out
-
-
-def check_disjoint_ranges(train: Mapping[str, Sequence[int]], held_out: Mapping[str, Sequence[int]]) -> None:
-    """Refuse frame ranges where fine-tuning frames and held-out frames of one clip overlap."""
-    for clip, (a0, a1) in train.items():
-        if clip in held_out:
-            b0, b1 = held_out[clip]
-            if int(a0) < int(b1) and int(b0) < int(a1):
-                raise PruningError(
-                    f"clip {clip!r}: fine-tuning frames [{a0}, {a1}) overlap held-out frames [{b0}, {b1}); "
-                    "held-out triplets must not be used for fine-tuning"
-                )
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -7,21 +7,61 @@ interrupted run never leaves a half-written result. JSON metrics carry the envir
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import pandas as pd
 
 from rifelab.measure.profiling import environment_record
 
-__all__ = ["find_project_root", "atomic_path", "atomic_write_text", "temp_path_beside", "save_table", "save_figure", "save_json", "to_markdown"]
+__all__ = ["COMMITTED_RESULTS", "SCRATCH", "results_base", "input_folders", "find_project_root", "UnsafePathError",
+           "refuse_link", "open_new", "atomic_path", "atomic_write_text", "temp_path_beside", "save_table", "save_figure",
+           "save_json", "to_markdown"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+COMMITTED_RESULTS = "results"  # the pipeline's results, committed; written only by `dvc repro` (--results-root results)
+SCRATCH = "scratch"  # where every other run writes: trial runs in JupyterLab, Colab, `rifelab notebook` (git ignores it)
+
+
+class UnsafePathError(ValueError):
+    """A path where rifelab would write is a symbolic link (writing would change the file it points to)."""
+
+
+def refuse_link(path: str | os.PathLike) -> Path:
+    """`path`, or UnsafePathError naming it when it is a symbolic link (rifelab never writes through one)."""
+    p = Path(path)
+    if p.is_symlink():
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        raise UnsafePathError(
+            f"{p} is a symbolic link (to {target}); rifelab never writes through a link, which would change the "
+            "file it points to. Remove the link or choose another output"
+        )
+    return p
+
+
+def open_new(path: str | os.PathLike, mode: str = "w", exclusive: bool = False) -> IO:
+    """Open `path` for writing without following a link (O_NOFOLLOW): a link there raises UnsafePathError.
+
+    `exclusive`: the file must not exist yet (O_EXCL); otherwise an existing regular file is truncated.
+    `mode` is "w" (text, utf-8) or "wb".
+    """
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_EXCL if exclusive else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) or Path(path).is_symlink():
+            refuse_link(path)
+        raise
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
 def temp_path_beside(final: Path) -> Path:
@@ -57,12 +97,17 @@ _UMASK_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
-    final = Path(path)
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary is created with O_EXCL (never through a link), and a symbolic link at `path` is refused
+    (UnsafePathError naming it) before and after the block, so no file a link points to is replaced.
+    """
+    final = refuse_link(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = temp_path_beside(final)
     try:
         yield tmp_path
+        refuse_link(final)
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -85,6 +130,19 @@ def find_project_root(start: str | os.PathLike | None = None) -> Path:
     if (REPO_ROOT / "params.yaml").exists():
         return REPO_ROOT
     return here
+
+
+def results_base(profile: str, results_root: str | os.PathLike | None = None) -> Path:
+    """`<results_root>/<profile>`; without a root, the project's scratch folder (never the committed results)."""
+    return (Path(results_root) if results_root is not None else find_project_root() / SCRATCH) / profile
+
+
+def input_folders(profile: str, results_root: str | os.PathLike | None, name: str) -> list[Path]:
+    """Where a study looks for `name`, a read-only input made by an earlier stage: this run's root, then the committed
+    results of the project (so a trial run in any folder uses the pipeline's checkpoints)."""
+    own = results_base(profile, results_root) / name
+    committed = find_project_root() / COMMITTED_RESULTS / profile / name
+    return [own] if own.resolve() == committed.resolve() else [own, committed]
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:

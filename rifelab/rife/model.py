@@ -100,6 +100,9 @@ def check_pair(img0: Any, img1: Any) -> tuple[torch.Tensor, torch.Tensor]:
             else "clamp or rescale them to [0, 1]"
         )
         raise ValueError(f"float frames must lie in [0, 1], got values from {lo:g} to {hi:g}; {hint}")
+    if lo < 0.0 or hi > 1.0:  # within the tolerance (rounding of a resize, say): clamped, so the output stays in [0, 1]
+        log.warning("float frames range from %g to %g, slightly outside [0, 1]; clamped to [0, 1]", lo, hi)
+        img0, img1 = img0.clamp(0.0, 1.0), img1.clamp(0.0, 1.0)
     return img0, img1
 
 

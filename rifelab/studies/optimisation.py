@@ -28,7 +28,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from rifelab.publish import claims
 from rifelab.frames.assets import CLIPS
@@ -36,14 +35,12 @@ from rifelab.engines.backends import (
     BACKENDS,
     PRECISIONS,
     backend_problem,
-    calibration_frames,
     capabilities,
     missing_requirements,
-    overlapping_frames,
 )
 from rifelab.measure.benchmark import agreement, parse_resolution, real_frame_pair
-from rifelab.frames.clips import clip_triplets, load_clip
-from rifelab.frames.images import to_tensor, to_uint8
+from rifelab.frames.clips import Triplet
+from rifelab.frames.splits import SplitError, check_disjoint, range_frames, range_triplets
 from rifelab.engines.torch_engine import EngineConfig, parse_config
 from rifelab.measure.harness import Harness, InterleavedTiming, noise_limits
 from rifelab.measure.metrics import psnr, ssim
@@ -163,20 +160,16 @@ def frames_used(p: Mapping[str, Any]) -> dict[str, dict[str, range | list[int]]]
     """Frames each part of the study reads: quality pairs, held-out triplets, INT8 calibration (clip -> frames)."""
     quality = {p["clip"]: sorted({f for k in range(p["quality_pairs"]) for f in (k * QUALITY_PAIR_STEP,
                                                                                 k * QUALITY_PAIR_STEP + 1)})}
-    heldout = {c: range(int(a), int(b)) for c, (a, b) in p["heldout_ranges"].items()}
-    return {"quality pairs": quality, "held-out triplets": heldout,
-            "INT8 calibration": calibration_frames(p["int8_calibration"])}
+    return {"quality pairs": quality, "held-out triplets": range_frames(p["heldout_ranges"], "heldout_ranges"),
+            "INT8 calibration": range_frames(p["int8_calibration"], "int8_calibration")}
 
 
-def _check_disjoint(p: Mapping[str, Any]) -> None:
-    used = frames_used(p)
-    names = list(used)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            both = overlapping_frames(used[a], used[b])
-            if both:
-                where = "; ".join(f"{c} frames {v[0]}..{v[-1]}" for c, v in both.items())
-                raise ParamError(f"optimisation: {a} and {b} share frames ({where}); make the ranges disjoint")
+def check_splits(p: Mapping[str, Any]) -> None:
+    """Refuse ranges that are malformed or where calibration, held-out triplets and quality pairs share frames."""
+    try:
+        check_disjoint(frames_used(p))
+    except SplitError as exc:
+        raise ParamError(f"optimisation: {exc}") from None
 
 
 def _workload(c: StudyConfig, run: StudyRun) -> InterpolateWorkload:
@@ -219,29 +212,21 @@ def _checks(p: Mapping[str, Any], res: str, reference: Mapping[str, float]):
     return check
 
 
-def _score_heldout(preds: Mapping[str, list], triplets: list, baseline: str) -> pd.DataFrame:
+def _score_heldout(preds: Mapping[str, list], triplets: list[Triplet], baseline: str) -> pd.DataFrame:
     """PSNR/SSIM against the held-out ground truth, per configuration (means), from the workers' predictions."""
     rows = [{"config": name, "psnr": float(psnr(pred, tri.gt)[0]), "ssim": float(ssim(pred, tri.gt)[0])}
-            for name, ps in preds.items() for pred, (_, tri) in zip(ps, triplets)]
+            for name, ps in preds.items() for pred, tri in zip(ps, triplets)]
     gt = pd.DataFrame(rows).groupby("config", sort=False)[["psnr", "ssim"]].mean().reset_index()
     gt["n"] = len(triplets)
     gt["psnr_change_db"] = gt["psnr"] - float(gt.loc[gt.config == baseline, "psnr"].iloc[0])
     return gt
 
 
-def _heldout(p: Mapping[str, Any]) -> list:
-    """(clip, triplet) pairs from the held-out ranges, resized to the target resolution (where INT8 was calibrated)."""
-    w, h = (int(v) for v in p["target_resolution"].split("x"))
-    out = []
-    for clip, (start, stop) in p["heldout_ranges"].items():
-        frames = load_clip(clip, start=int(start), max_frames=int(stop) - int(start))
-        if frames.shape[1:3] != (h, w):
-            x = F.interpolate(to_tensor(frames), size=(h, w), mode="bicubic", align_corners=False)
-            frames = to_uint8(x)
-        n = p["heldout_triplets"]
-        step = max(3, (len(frames) - 2) // n)
-        out += [(clip, t) for t in clip_triplets(frames, stride=1, count=n, step=step)]
-    return out
+def heldout_triplets(p: Mapping[str, Any]) -> list[Triplet]:
+    """Held-out triplets, `heldout_triplets` per clip, none sharing a frame, resized to the target resolution (where
+    INT8 was calibrated); named '<clip>:<first frame>'."""
+    return range_triplets(p["heldout_ranges"], p["heldout_triplets"], layout="apart", skip_cuts=False,
+                          size=parse_resolution(p["target_resolution"]), name="heldout_ranges")
 
 
 def _speedup_figure(df: pd.DataFrame, title: str) -> plt.Figure:
@@ -300,7 +285,7 @@ def run(
     with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root) as run:
         p, dev = run.params, run.device
         configs = study_configs(p["configs"], p["baseline"])  # every check before the model loads
-        _check_disjoint(p)
+        check_splits(p)
         if p["target_resolution"] not in p["resolutions"]:
             raise ParamError(f"target_resolution {p['target_resolution']} is not among resolutions {p['resolutions']}")
         try:
@@ -309,7 +294,7 @@ def run(
             raise ParamError(f"optimisation.{exc}") from None
         skipped = {c.name: "; ".join(c.problems(dev)) for c in configs if c.problems(dev)}
         int8 = [c.name for c in configs if c.dtype == "int8" and c.name not in skipped]
-        triplets = _heldout(p) if int8 else []
+        triplets = heldout_triplets(p) if int8 else []
         reference = _baseline_reference(run)
         rows: list[dict[str, Any]] = []
         outputs: dict[tuple[str, str], torch.Tensor] = {}
@@ -324,10 +309,10 @@ def run(
             if p["baseline"] in h.stopped:
                 raise RuntimeError(f"the baseline {p['baseline']} could not be built: {h.stopped[p['baseline']]}")
             for res in p["resolutions"]:
-                w, h_ = (int(v) for v in res.split("x"))
+                w, h_ = parse_resolution(res)
                 pairs = [real_frame_pair(w, h_, p["clip"], k * QUALITY_PAIR_STEP, dev) for k in range(p["quality_pairs"])]
                 here = [c for c in configs if (c.resolutions is None or res in c.resolutions)]
-                scored = [tri for _, tri in triplets] if res == p["target_resolution"] else []
+                scored = triplets if res == p["target_resolution"] else []
                 h.prepare({c.name: FrameInputs.from_tensors(pairs, [(t.frame0, t.frame2) for t in scored]
                                                             if c.name in [p["baseline"], *int8] else [])
                            for c in here if c.name not in skipped})

@@ -36,6 +36,7 @@ import torch
 from rifelab.publish import claims
 from rifelab.frames.clips import Triplet, read_triplet_dataset
 from rifelab.frames.images import to_tensor
+from rifelab.frames.splits import SplitError, check_disjoint, clip_ranges, range_frames, range_triplets
 from rifelab.pruning.distill import distill, distillation_targets, loss_gradients, task_data
 from rifelab.measure.evaluation import evaluate_triplets
 from rifelab.rife.model import RIFE
@@ -44,7 +45,7 @@ from rifelab.publish.notebooks import parse_set
 from rifelab.measure.harness import Harness, InterleavedTiming, noise_limits
 from rifelab.measure.workloads import FrameInputs, InterpolateWorkload, ModelSpec
 from rifelab.measure.profiling import resolve_device, speedup_ci
-from rifelab.publish.results import atomic_path, find_project_root
+from rifelab.publish.results import atomic_path, input_folders, results_base
 from rifelab.pruning import prune as P
 from rifelab.pruning import sensitivity as S
 from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun, load_study_params
@@ -181,39 +182,46 @@ def spec_fingerprint(p: Mapping[str, Any], spec: FinetuneSpec) -> str:
 
 
 def finetune_dir(profile: str, results_root: str | os.PathLike | None = None) -> Path:
-    """Folder of a profile's fine-tuned checkpoints and planning tables (a committed DVC output)."""
-    return (Path(results_root) if results_root is not None else find_project_root() / "results") / profile / "finetune"
+    """Folder the finetune stage writes its checkpoints and planning tables to (the pipeline's: committed results)."""
+    return results_base(profile, results_root) / "finetune"
+
+
+def finetune_source(p: Mapping[str, Any], profile: str, results_root: str | os.PathLike | None) -> Path:
+    """Where the study reads the fine-tuned checkpoints: the run's own root if it holds all of them up to date, else
+    the committed results (a trial run anywhere uses the pipeline's), else the run's root (whose error names it)."""
+    specs = parse_finetune(p["finetune"], p)
+    for folder in input_folders(profile, results_root, "finetune"):
+        fresh = all(_finished_meta(folder / s.file, p, s) for s in specs)
+        if fresh and (not p["budgets_db"] or _fresh_tables(p, folder) is not None):
+            return folder
+    return finetune_dir(profile, results_root)
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def _ranges(p: Mapping[str, Any], key: str) -> dict[str, list[int]]:
-    r = p[key]
-    for clip, v in r.items():
-        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v) and 0 <= v[0] < v[1]):
-            raise ParamError(f"{key}[{clip!r}] = {v!r}: expected [start, stop) frame numbers, 0 <= start < stop")
-    return {c: list(v) for c, v in r.items()}
+SPLITS = {"fine-tuning": ("train_ranges", "train_triplets"),
+          "sensitivity (plans)": ("sensitivity_ranges", "sensitivity_triplets"),
+          "held-out evaluation": ("eval_ranges", "eval_triplets")}
 
 
 def _check_splits(p: Mapping[str, Any]) -> None:
-    train, sens, held = _ranges(p, "train_ranges"), _ranges(p, "sensitivity_ranges"), _ranges(p, "eval_ranges")
+    """Refuse malformed ranges, and training, sensitivity and evaluation ranges that share frames."""
     try:
-        P.check_disjoint_ranges(train, held)
-        P.check_disjoint_ranges(train, sens)
-        P.check_disjoint_ranges(sens, held)
-    except P.PruningError as exc:
+        check_disjoint({use: range_frames(p[key], key) for use, (key, _) in SPLITS.items()})
+    except SplitError as exc:
         raise ParamError(f"pruning: training, sensitivity and evaluation frames must not overlap: {exc}") from None
 
 
+def _triplets(p: Mapping[str, Any], use: str) -> list[Triplet]:
+    """The cut-free triplets of one split (`SPLITS`), spread evenly over its ranges."""
+    key, count = SPLITS[use]
+    return range_triplets(p[key], p[count], name=key)
+
+
 def _split_table(p: Mapping[str, Any]) -> pd.DataFrame:
-    rows = []
-    for use, key, n in (("fine-tuning", "train_ranges", "train_triplets"),
-                        ("sensitivity (plans)", "sensitivity_ranges", "sensitivity_triplets"),
-                        ("held-out evaluation", "eval_ranges", "eval_triplets")):
-        for clip, (a, b) in _ranges(p, key).items():
-            rows.append({"use": use, "clip": clip, "frames": f"[{a}, {b})", "triplets_per_clip": p[n]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"use": use, "clip": r.clip, "frames": f"[{r.start}, {r.stop})", "triplets_per_clip": p[n]}
+                         for use, (key, n) in SPLITS.items() for r in clip_ranges(p[key], key)])
 
 
 #: a pruned model cannot run much faster than its MAC reduction allows (the non-conv time is not cut at all)
@@ -248,7 +256,7 @@ def _mac_bound_check(gmac: Mapping[str, float]):
 
 
 def _timing_pair(clip: str) -> tuple[torch.Tensor, torch.Tensor]:
-    tr = P.clip_range_triplets({clip: [0, 3]}, 1)[0]
+    tr = range_triplets({clip: [0, 3]}, 1)[0]
     return to_tensor(tr.frame0[None]), to_tensor(tr.frame2[None])
 
 
@@ -273,7 +281,7 @@ def _planning_tables(model: RIFE, p: Mapping[str, Any], folder: Path, progress: 
     if fresh is not None:
         return fresh
     t0 = time.perf_counter()
-    sens_triplets = P.clip_range_triplets(_ranges(p, "sensitivity_ranges"), p["sensitivity_triplets"])
+    sens_triplets = _triplets(p, "sensitivity (plans)")
     sens = S.group_sensitivity(model, sens_triplets, p["sensitivity_ratios"], importance=_importance(model, p, p["importance"]),
                                protected=p["protected"], round_to=p["round_to"], progress=progress)
     t1 = time.perf_counter()
@@ -296,7 +304,7 @@ def _importance(model: RIFE, p: Mapping[str, Any], criterion: str) -> str | dict
     if criterion != "taylor":
         return criterion
     work = copy.deepcopy(model)
-    loss_gradients(work, task_data(P.clip_range_triplets(_ranges(p, "train_ranges"), p["train_triplets"])),
+    loss_gradients(work, task_data(_triplets(p, "fine-tuning")),
                    crop=min(256, p["finetune_crop"]))
     return P.importance_scores(work.net, "taylor")
 
@@ -360,7 +368,7 @@ def finetune(
     tables = _planning_tables(teacher, p, folder, p["progress"]) if p["budgets_db"] else None
     if not pending:
         return pd.DataFrame(rows)
-    train = P.clip_range_triplets(_ranges(p, "train_ranges"), p["train_triplets"])
+    train = _triplets(p, "fine-tuning")
     data = distillation_targets(teacher, train, progress=p["progress"])
     for spec, fp in pending:
         plan = _build_plan(teacher, p, spec.kind, spec.value, tables)
@@ -379,15 +387,20 @@ def finetune(
     return pd.DataFrame(rows)
 
 
-def _load_finetuned(p: Mapping[str, Any], profile: str, results_root: str | os.PathLike | None,
+def _finished_meta(path: Path, p: Mapping[str, Any], spec: FinetuneSpec) -> dict[str, Any] | None:
+    """The checkpoint's metadata if it is finished and trained with the current settings, else None."""
+    meta = P.read_pruned_meta(path) if path.is_file() else {}
+    return meta if meta.get("fingerprint") == spec_fingerprint(p, spec) and meta.get("finished") else None
+
+
+def _load_finetuned(p: Mapping[str, Any], profile: str, folder: Path,
                     device: torch.device) -> dict[str, tuple[RIFE, dict[str, Any], FinetuneSpec]]:
-    """Every checkpoint of `finetune`, checked against the current settings (else: run the finetune stage)."""
-    folder = finetune_dir(profile, results_root)
+    """Every checkpoint of `finetune` in `folder`, checked against the current settings (else: run the finetune stage)."""
     out = {}
     for spec in parse_finetune(p["finetune"], p):
         path = folder / spec.file
-        meta = P.read_pruned_meta(path) if path.is_file() else {}
-        if meta.get("fingerprint") != spec_fingerprint(p, spec) or not meta.get("finished"):
+        meta = _finished_meta(path, p, spec)
+        if meta is None:
             raise ParamError(f"the fine-tuned checkpoint {path} is missing or was trained with other settings; run "
                              f"`python -m rifelab.studies.pruning --profile {profile}` first (`dvc repro` runs it as finetune@{profile})")
         out[spec.config()] = (P.load_pruned(path, device=device), meta, spec)
@@ -591,11 +604,11 @@ def run(
             raise ParamError(f"pruning.{exc}") from None
         t_start = time.perf_counter()
         run_.table(_split_table(p), "data_split")
-        evals = P.clip_range_triplets(_ranges(p, "eval_ranges"), p["eval_triplets"])
+        evals = _triplets(p, "held-out evaluation")
         img0, img1 = _timing_pair(p["timing_clip"])
         h, w = img0.shape[-2:]
-        folder = finetune_dir(profile, results_root)
-        finetuned = _load_finetuned(p, profile, results_root, dev)
+        folder = finetune_source(p, profile, results_root)
+        finetuned = _load_finetuned(p, profile, folder, dev)
         tables = _fresh_tables(p, folder) if p["budgets_db"] else None
         if p["budgets_db"] and tables is None:
             raise ParamError(f"the sensitivity tables in {folder} are missing or were made with other settings; run "
@@ -781,13 +794,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m rifelab.studies.pruning",
         description="The finetune@PROFILE stage of the pruning study: measure each group's sensitivity and latency "
         "savings, build the plans named in pruning.finetune, fine-tune each by distillation and save it under "
-        "results/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
+        "<results root>/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
     parser.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
                         help="device profile whose params file and result folder are used (default: cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key of the pruning section for this run (VALUE as YAML), may repeat")
     parser.add_argument("--results-root", default=None, metavar="DIR",
-                        help="write under DIR/<profile>/finetune instead of the project's results/ (trial runs)")
+                        help="write under DIR/<profile>/finetune (the pipeline passes results, the committed "
+                        "results; default: the scratch folder scratch/, ignored by git)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

