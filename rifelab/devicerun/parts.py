@@ -201,14 +201,13 @@ def measure(bench: Bench, rec: Recorder, name: str, options: dict[str, Any], res
             calls, secs = throughput(call, dev, plan.throughput_s, lat.median)
             quality = agreement(bench.outputs(engines[0], res, batch), ref)
         per_s = calls * batch * n_streams / secs
-        eng = engines[0]
-        row = rec.row(name, res, "ran", batch=batch, streams=n_streams, first_call_s=first, **lat.as_dict(),
-                      throughput_calls=calls, throughput_s=secs, calls_per_s=per_s, output_fps_2x=2 * per_s,
-                      peak_mem_mib=mem.peak_mib, peak_mem_kind=mem.kind, **quality, options=options,
-                      applied="; ".join(f"{k}: {v}" for k, v in eng.applied.items()),
-                      options_skipped="; ".join(f"{k}: {v}" for k, v in eng.skipped.items()), **extra)
-        del engines, eng
-        return row
+        applied, skipped = engines[0].applied, engines[0].skipped
+        engines.clear()  # their GPU memory goes back before the next configuration (bench.free below)
+        return rec.row(name, res, "ran", batch=batch, streams=n_streams, first_call_s=first, **lat.as_dict(),
+                       throughput_calls=calls, throughput_s=secs, calls_per_s=per_s, output_fps_2x=2 * per_s,
+                       peak_mem_mib=mem.peak_mib, peak_mem_kind=mem.kind, **quality, options=options,
+                       applied="; ".join(f"{k}: {v}" for k, v in applied.items()),
+                       options_skipped="; ".join(f"{k}: {v}" for k, v in skipped.items()), **extra)
     except Exception as exc:  # noqa: BLE001 - one configuration failing (OOM, unsupported op) is a row, not an end
         log.exception("%s at %s failed", name, res)
         rec.row(name, res, "failed", f"{type(exc).__name__}: {str(exc).strip()[:300]}", batch=batch,

@@ -15,6 +15,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -99,7 +100,7 @@ class Payload:
                 f"sends (e.g. DVC-cached instead of committed), or run from a checkout without them.")
 
 
-def payload(root: str | os.PathLike, carry: list[str] = (INPUTS_DIR,)) -> Payload:  # type: ignore[assignment]
+def payload(root: str | os.PathLike, carry: Sequence[str] = (INPUTS_DIR,)) -> Payload:
     """Bytes a device call from `root` sends with `carry`, and the 5 largest files of the tree."""
     root = Path(root)
     listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")

@@ -30,6 +30,7 @@ from rifelab.interpolate.schedule import (
 )
 from rifelab.interpolate.sinks import read_manifest
 from rifelab.interpolate.sources import is_video_path, open_source
+from rifelab.rife.checkpoints import checkpoint_layout
 from rifelab.publish.results import (
     to_markdown,
 )
@@ -78,7 +79,7 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("output", nargs="?", default=None,
                    help="output folder (frames) or video file (.mp4, .mkv, .mov, .avi, .webm); not needed with --benchmark")
     g = p.add_argument_group("interpolation")
-    g.add_argument("--multi", type=int, default=3, metavar="N",
+    g.add_argument("--multi", type=int, default=None, metavar="N",
                    help="frames per input pair including both originals: 2 only copies, 3 (default) inserts 1 "
                    "(doubles the frame rate), N inserts N-2 at t = 1/(N-1), ..., (N-2)/(N-1)")
     g.add_argument("--recursive", action="store_true", help=RECURSIVE_HELP)
@@ -103,6 +104,10 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="make output frames at times k/F (e.g. 60 for a 24 fps input): each is interpolated from the "
                    "two input frames around it at its own t, or copied when it falls on an input frame; "
                    "floor((T-1) x F / input fps) + 1 frames, none duplicated or dropped. Replaces --multi")
+    g.add_argument("--allow-frame-drop", action="store_true",
+                   help="accept an output rate below the input's (--target-fps 12 on a 25 fps input skips input "
+                   "frames); refused without it. The retiming ratio is bounded like --multi: at most "
+                   "256 output frames per input pair")
     g.add_argument("--fps-ratio", default=None, metavar="R",
                    help="output rate = input rate x R, as a fraction or decimal (5/2 turns 24 fps into 60, 6/5 "
                    "turns 25 into 30); same frames as --target-fps")
@@ -125,6 +130,11 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--allow-damaged-input", action="store_true",
                    help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
                    "decode errors and frames missing from the container's count stop the run)")
+    g.add_argument("--allow-8bit", action="store_true",
+                   help="accept writing a 10-, 12- or 16-bit input (10-bit video, 16-bit PNG/TIFF) at 8 bits where the "
+                   "output cannot hold its depth (jpg/bmp/webp frames, .webm/.avi video, RGBA); without it such a run "
+                   "is refused. PNG/TIFF frames and .mp4/.mkv/.mov video keep the depth (16-bit frames; 10-bit HEVC, "
+                   "or 16-bit FFV1 in .mkv)")
     g = p.add_argument_group("model and pipeline")
     g.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
     g.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
@@ -147,14 +157,23 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
     """InterpolateConfig from the parsed `interpolate` options (validated)."""
     scale = args.scale if args.scale is not None else (0.5 if args.uhd else 1.0)
     cfg = InterpolateConfig(
-        multi=args.multi, recursive=args.recursive, scale=scale, ensemble=args.ensemble,
+        multi=3 if args.multi is None else args.multi, recursive=args.recursive, scale=scale, ensemble=args.ensemble,
         thresholds=SceneThresholds(args.static_ssim, args.cut_ssim, args.cut_hist),
         batch_size=args.batch_size, queue_size=args.queue_size, ext=args.ext, input_fps=args.input_fps,
         fps=args.fps, crf=args.crf, lossless=args.lossless, resume=args.resume, overwrite=args.overwrite,
         threaded=not args.serial, progress=not args.no_progress, allow_damaged_input=args.allow_damaged_input,
     )
+    cfg.allow_8bit = getattr(args, "allow_8bit", False)
     cfg.target_fps, cfg.fps_ratio = getattr(args, "target_fps", None), getattr(args, "fps_ratio", None)
+    if cfg.retiming and args.multi is not None:
+        raise ValueError(f"--multi {args.multi} and --target-fps/--fps-ratio both set how many frames are made; pass "
+                         "one (retiming places each output frame at its own time)")
+    cfg.allow_frame_drop = getattr(args, "allow_frame_drop", False)
     cfg.validate()
+    lay = checkpoint_layout(getattr(args, "checkpoint", None)) if cfg.ensemble else None
+    if lay is not None and not lay.ensemble:
+        raise ValueError(f"--ensemble is not supported by RIFE {lay.name} (its reference network has no ensemble "
+                         "mode, like every version from 4.21 on); run without --ensemble")
     return cfg
 
 
@@ -226,5 +245,5 @@ def _is_flag(arg: str, flag: str) -> bool:
 
 def _rebuild_argv(args: argparse.Namespace) -> list[str]:
     """The essential arguments of an `interpolate` call when the original command line is not known."""
-    argv = ["interpolate", str(args.input), str(args.output), "--multi", str(args.multi)]
+    argv = ["interpolate", str(args.input), str(args.output), "--multi", str(args.multi or 3)]
     return argv + (["--recursive"] if args.recursive else [])

@@ -17,6 +17,7 @@ import torch
 
 from rifelab.frames.images import (
     DataError,
+    rgb8_view,
     to_tensor,
     to_uint8,
 )
@@ -113,7 +114,7 @@ class InterpolationPipeline:
                 elif self.group_done(p):
                     decision = PairDecision("done")
                 else:
-                    decision = decide_pair(prev[..., :3], frame[..., :3], self.config.thresholds)
+                    decision = decide_pair(rgb8_view(prev), rgb8_view(frame), self.config.thresholds)
                 yield InputPair(p, prev, frame, decision)
             prev = frame
         if count < 2:

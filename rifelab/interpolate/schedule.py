@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from rifelab.frames.images import DataError
 from rifelab.frames.scenes import SceneThresholds
 from rifelab.rife.network import check_scale
 
@@ -165,6 +166,7 @@ class OutputSchedule:
     levels: int
     width: int
     pattern: tuple[Slot, ...] | None = None
+    times: tuple[Fraction, ...] | None = None  # retiming a variable-rate input: frame i's position (input frames)
 
     @classmethod
     def for_multi(cls, schedule: Schedule) -> OutputSchedule:
@@ -180,9 +182,22 @@ class OutputSchedule:
         return cls(Fraction(n - 1), len(schedule.levels), width, tuple(pattern))
 
     @classmethod
-    def for_ratio(cls, ratio: Fraction) -> OutputSchedule:
-        """Slots of a retimed run: output frame k at input position k / ratio, made from the frames around it."""
-        return cls(ratio, 1, max(1, _ceil(ratio)))
+    def for_ratio(cls, ratio: Fraction, times: Sequence[Fraction] | None = None) -> OutputSchedule:
+        """Slots of a retimed run: output frame k at input position k / ratio, made from the frames around it.
+
+        `times`: where each input frame lies on the input's time axis, in input frames (a variable-frame-rate
+        video's timestamps x its average rate); without them frame i lies at i.
+        """
+        return cls(ratio, 1, max(1, _ceil(ratio)), None, None if times is None else tuple(times))
+
+    def position(self, frame: int) -> Fraction:
+        """Where input frame `frame` lies on the input's time axis, in input frames."""
+        if self.times is None:
+            return Fraction(frame)
+        if frame >= len(self.times):
+            raise DataError(f"the input decoded more frames than its {len(self.times)} timestamps; re-export it at a "
+                            "constant frame rate, or pass --input-fps to treat it as one")
+        return self.times[frame]
 
     def slots(self, pair: int) -> list[Slot]:
         """The output slots between input frames `pair` and `pair`+1, in output order."""
@@ -190,9 +205,10 @@ class OutputSchedule:
             base = pair * int(self.ratio)
             return [Slot(base + s.index, s.at, s.left, s.right, s.t, s.level) for s in self.pattern]
         r = self.ratio
+        a, b = self.position(pair), self.position(pair + 1)
         out = []
-        for k in range(_ceil(pair * r), _ceil((pair + 1) * r)):
-            at = Fraction(k) / r - pair
+        for k in range(_ceil(a * r), _ceil(b * r)):
+            at = (Fraction(k) / r - a) / (b - a)
             out.append(Slot(k, at, _FIRST, _FIRST, 0.0, 0) if at == 0 else Slot(k, at, _FIRST, _SECOND, float(at), 1))
         return out
 
@@ -207,11 +223,13 @@ class OutputSchedule:
 
     def output_count(self, input_frames: int) -> int:
         """Output frames of `input_frames` input frames (see `retime_count`)."""
+        if self.times is not None:
+            return int(self.position(input_frames - 1) * self.ratio) + 1
         return retime_count(input_frames, self.ratio)
 
     def closing_index(self, pairs: int) -> int | None:
         """Output index of the last input frame after `pairs` pairs, or None when no output frame falls on it."""
-        end = pairs * self.ratio
+        end = self.position(pairs) * self.ratio
         return int(end) if end.denominator == 1 else None
 
 
@@ -239,6 +257,8 @@ class InterpolateConfig:
     resume: bool = False
     overwrite: bool = False
     allow_damaged_input: bool = False  # continue with the frames a damaged video decodes (the lost ones reported)
+    allow_frame_drop: bool = False  # accept retiming below the input rate (input frames are skipped)
+    allow_8bit: bool = False  # accept writing a 10/12/16-bit input at 8 bits where the output cannot hold its depth
     threaded: bool = True  # reader and writer threads; False runs all stages in one thread
     progress: bool = True
     target_fps: float | None = None  # retiming: output frames at times k / target_fps (replaces multi)
@@ -282,6 +302,9 @@ class InterpolateConfig:
                 raise ValueError(f"--target-fps must be a positive number of frames per second, got {v!r}")
         if self.fps_ratio is not None:
             self.fps_ratio = parse_ratio(self.fps_ratio)
+        if self.retiming and self.multi != 3:
+            raise ValueError(f"--multi {self.multi} and --target-fps/--fps-ratio both set how many frames are made; "
+                             "pass one (retiming places each output frame at its own time)")
         if self.retiming and self.recursive:
             raise ValueError("--recursive does not apply to --target-fps/--fps-ratio: every retimed frame is made "
                              "directly from the two input frames around it")

@@ -296,6 +296,7 @@ def run(
         int8 = [c.name for c in configs if c.dtype == "int8" and c.name not in skipped]
         triplets = heldout_triplets(p) if int8 else []
         reference = _baseline_reference(run)
+        model = run.model()  # names the network; the timed models are built in the workers
         rows: list[dict[str, Any]] = []
         outputs: dict[tuple[str, str], torch.Tensor] = {}
         held: dict[str, list] = {}
@@ -321,7 +322,8 @@ def run(
                     warmup=p["warmup"], rounds=p["repeats"], baseline=p["baseline"], max_slowdown=p["max_slowdown"])
                 base_t = timing.timings[p["baseline"]]
                 for c in here:
-                    row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res}
+                    row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res,
+                                           "model": f"RIFE {model.layout.name}"}
                     if c.name in skipped or c.name in timing.stopped:
                         reason = skipped.get(c.name) or timing.stopped[c.name]
                         status = "too slow" if reason.startswith("too slow") else (
@@ -362,9 +364,8 @@ def run(
                                           p["baseline"]), "int8_vs_ground_truth")
 
         # published anchors, labelled as theirs
-        variant = run.model().variant
-        best_fps = {("RIFE " + variant, r, "output fps"): float(g.fps.max()) for r, g in ran.groupby("resolution")}
-        run.table(claims.beside_ours(claims.claims("optimisation"), best_fps, f"ours (RIFE {variant}, this run)")
+        best_fps = {("RIFE " + model.variant, r, "output fps"): float(g.fps.max()) for r, g in ran.groupby("resolution")}
+        run.table(claims.beside_ours(claims.claims("optimisation"), best_fps, f"ours (RIFE {model.variant}, this run)")
                   .dropna(axis=1, how="all"), "published_anchors")
 
         # targets and sentences
