@@ -27,9 +27,10 @@ from rifelab.interpolate.schedule import (
     VIDEO_EXTENSIONS,
     InterpolateConfig,
     counted,
+    is_video_path,
 )
 from rifelab.interpolate.sinks import read_manifest
-from rifelab.interpolate.sources import is_video_path, open_source
+from rifelab.interpolate.sources import open_source
 from rifelab.rife.checkpoints import checkpoint_layout
 from rifelab.publish.results import (
     to_markdown,
