@@ -46,6 +46,8 @@ class Blend:
         t = torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1, 1, 1)
         return a * (1 - t) + b * t
 
+    interpolate_rgba = interpolate  # the RGBA path: all four planes blended alike
+
 
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
@@ -366,3 +368,93 @@ def test_retiming_has_bounds_and_says_when_it_drops_frames(frame_folder, tmp_pat
     rc = main(["interpolate", str(frame_folder), str(tmp_path / "x"), "--multi", "4", "--target-fps", "50",
                "--no-progress"])
     assert rc == 2 and "--multi 4 and --target-fps" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 8. metadata kept
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory, frames) -> Path:
+    """Real frames in an mp4 whose display matrix says: show rotated 90 degrees (as phones record)."""
+    path = tmp_path_factory.mktemp("rot") / "rot.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.set_display_rotation(90)
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_rotation_is_kept(rotated, frames, tmp_path):
+    out = tmp_path / "f"
+    interpolate_sequence(rotated, out, Blend(), _cfg(multi=2))
+    from rifelab.frames.images import read_image
+
+    first = read_image(out / "00000000.png")
+    assert first.shape == (frames.shape[2], frames.shape[1], 3)  # turned as a player shows it
+    with av.open(str(rotated)) as c:
+        shown = np.rot90(next(c.decode(video=0)).to_ndarray(format="rgb24"), k=1)
+    assert np.array_equal(first, shown)
+    video = tmp_path / "v.mp4"
+    interpolate_sequence(rotated, video, Blend(), _cfg(multi=3))
+    with av.open(str(video)) as c:
+        assert next(c.decode(video=0)).rotation == 90  # tagged like the input
+
+
+def test_palette_png_with_transparency_keeps_its_alpha(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "pal"
+    src.mkdir()
+    real = load_clip("carphone", max_frames=2)
+    for i, f in enumerate(real):
+        im = Image.fromarray(f).quantize(16)
+        im.save(src / f"{i}.png", transparency=0)  # palette entry 0 is transparent
+    out = tmp_path / "out"
+    interpolate_sequence(src, out, Blend(), _cfg(multi=3))
+    with Image.open(out / "00000000.png") as im:
+        rgba = np.asarray(im.convert("RGBA"))
+    with Image.open(src / "0.png") as im:
+        expected = np.asarray(im.convert("RGBA"))
+    assert (expected[..., 3] == 0).any() and np.array_equal(rgba[..., 3], expected[..., 3])
+
+
+@pytest.fixture(scope="module")
+def with_audio(tmp_path_factory, frames) -> Path:
+    """Real frames (25 fps) with an AAC audio track (a synthetic 440 Hz tone, labelled as such)."""
+    path = tmp_path_factory.mktemp("audio") / "sound.mp4"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        a = c.add_stream("aac", rate=48000)
+        a.layout = "mono"
+        for f in frames:
+            for p in v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(int(48000 * len(frames) / 25)) / 48000)).astype(np.float32)
+        for i in range(0, tone.size, 1024):
+            af = av.AudioFrame.from_ndarray(tone[None, i : i + 1024], format="fltp", layout="mono")
+            af.sample_rate, af.pts = 48000, i
+            for p in a.encode(af):
+                c.mux(p)
+        for s in (v, a):
+            for p in s.encode():
+                c.mux(p)
+    return path
+
+
+def test_audio_is_copied_when_the_duration_is_kept(with_audio, tmp_path, caplog):
+    out = tmp_path / "x2.mp4"
+    interpolate_sequence(with_audio, out, Blend(), _cfg(multi=3))
+    with av.open(str(out)) as c:
+        assert c.streams.audio and c.streams.audio[0].codec_context.name == "aac"
+        assert sum(1 for _ in c.demux(c.streams.audio[0])) > 3
+    with caplog.at_level("WARNING"):
+        interpolate_sequence(with_audio, tmp_path / "slow.mp4", Blend(), _cfg(multi=3, fps=25))
+    assert "audio is not copied: --fps 25 changes the duration" in caplog.text
+    with av.open(str(tmp_path / "slow.mp4")) as c:
+        assert not c.streams.audio
