@@ -458,3 +458,100 @@ def test_audio_is_copied_when_the_duration_is_kept(with_audio, tmp_path, caplog)
     assert "audio is not copied: --fps 25 changes the duration" in caplog.text
     with av.open(str(tmp_path / "slow.mp4")) as c:
         assert not c.streams.audio
+
+
+# ----------------------------------------------------------------------------- 9. batch edges
+
+
+def test_batch_rerun_with_its_output_root_under_the_glob(frames, tmp_path, monkeypatch, capsys):
+    import rifelab.interpolate.batch as batch
+
+    monkeypatch.setattr(batch, "load_interpolation_model", lambda args: Blend())
+    g = tmp_path / "e" / "g"
+    (g / "a").mkdir(parents=True)
+    for i, f in enumerate(frames):
+        write_image(g / "a" / f"{i}.png", f)
+    (g / "bad").mkdir()
+    (g / "bad" / "0.png").write_bytes(b"not a png")
+    (g / "bad" / "1.png").write_bytes(b"not a png")
+    argv = ["batch", str(g / "*"), "-o", str(g / "out"), "--no-ray", "--no-progress"]
+    assert main(argv) == 1  # 'bad' fails, 'a' is done
+    assert (g / "out" / "a").is_dir() and not (g / "out" / ".bad.partial").exists()  # no empty partial left
+    capsys.readouterr()
+    assert main(argv) == 1  # the rerun: out/ is not an input, a is skipped, bad fails again
+    out = capsys.readouterr().out
+    assert "out" not in [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("|")][2:]
+    assert "1 skipped" in out and "1 failed" in out
+
+
+def test_batch_overwrite_refusal_does_not_ask_for_overwrite(frame_folder, tmp_path):
+    from rifelab.interpolate.batch import plan_items, run_item
+
+    (tmp_path / "out" / frame_folder.name).mkdir(parents=True)
+    (tmp_path / "out" / frame_folder.name / "mine.txt").write_text("x")
+    item = plan_items([frame_folder], tmp_path / "out")[0]
+    res = run_item(item, Blend(), _cfg(overwrite=True))
+    assert res.status == "failed" and "not written by rifelab" in res.error and "pass --overwrite" not in res.error
+    assert (tmp_path / "out" / frame_folder.name / "mine.txt").read_text() == "x"
+
+
+DRIVER = """
+import subprocess, sys, time
+from rifelab.interpolate import raywatch
+raywatch.watch_descendants()
+time.sleep(1.0)  # the watchdog notes the driver's children from before it (none here)
+child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                          "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)"])
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_local_ray_processes_die_with_a_killed_driver(tmp_path):
+    """A stand-in driver (not Ray: a child that starts a grandchild, as the raylet starts its agents) is killed -9."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True)
+    child = int(driver.stdout.readline())
+    time.sleep(2.0)  # two polls of the watchdog
+    tree = [child] + [c.pid for c in psutil.Process(child).children(recursive=True)]
+    assert len(tree) == 2
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                                         for p in tree):
+        time.sleep(0.2)
+    alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    for p in alive:  # do not leave them behind if the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not alive
+
+
+def test_next_run_stops_what_a_killed_driver_left(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import psutil
+
+    from rifelab.interpolate import raywatch
+
+    monkeypatch.setattr(raywatch.tempfile, "gettempdir", lambda: str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        raywatch.record_dir().mkdir()
+        rec = raywatch.record_dir() / f"{gone.pid}.json"
+        rec.write_text(json.dumps({"driver": gone.pid,
+                                   "processes": {str(orphan.pid): psutil.Process(orphan.pid).create_time()}}))
+        assert raywatch.reap_orphans() == [orphan.pid]
+        assert orphan.wait(10) is not None and not rec.exists()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
