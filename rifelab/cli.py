@@ -220,21 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="HTML file to write, e.g. results/cpu/report.html")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("device-prepare", help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
+    p = sub.add_parser("device-prepare",
+                       help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
                        description="Decode real frame pairs (PyAV, here), write them as PNG with the RIFE flow weights "
                        "(the fast path's tensors only) and the commit into .device_inputs/, which the device tool "
                        "carries to the GPU machine; then add up what one device call would send (64 MiB limit). "
                        "Exit status 3 when it does not fit. See README, GPU run.")
     p.add_argument("--dest", default=None, help=f"folder to write (default: {INPUTS_DIR}/ in the project root)")
     p.add_argument("--pairs", type=int, default=3, help="real frame pairs (PSNR is measured on each; default 3)")
-    p.add_argument("--clip", default="bigbuckbunny", choices=list(CLIPS), help="bundled clip the pairs come from (default bigbuckbunny, 1280x720)")
-    p.add_argument("--no-size-check", action="store_true", help="skip the payload size check (e.g. a smoke run's temp inputs)")
+    p.add_argument("--clip", default="bigbuckbunny", choices=list(CLIPS),
+                   help="bundled clip the pairs come from (default bigbuckbunny, 1280x720)")
+    p.add_argument("--no-size-check", action="store_true",
+                   help="skip the payload size check (e.g. a smoke run's temporary inputs)")
     p.set_defaults(func=_cmd_device_prepare)
 
-    p = sub.add_parser("device-report", help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",
+    p = sub.add_parser("device-report",
+                       help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",
                        description="Check ARCHIVE (device_run.tar.gz from scripts/device_run.sh), copy it to "
-                       "<results root>/cuda/device_run.tar.gz, execute notebooks/05_device_run.ipynb on it (tables, figure, "
-                       "metrics under <results root>/cuda/ only) and build device_report.html there. Nothing is re-timed.")
+                       "<results root>/cuda/device_run.tar.gz, execute notebooks/05_device_run.ipynb on it (tables, "
+                       "figure, metrics under <results root>/cuda/ only) and build device_report.html there. Nothing "
+                       "is re-timed.")
     p.add_argument("archive", help="the device_run.tar.gz the GPU run wrote (or the landed copy in results/cuda/)")
     p.add_argument("--results-root", default=None, metavar="DIR",
                    help=f"write under DIR/cuda/: {COMMITTED_RESULTS} to land the run in the committed results (the DVC "
