@@ -6,7 +6,7 @@ process that notes the driver's descendants every half second and, when the driv
 closes), stops the ones still running: SIGTERM, then SIGKILL. It also keeps a record of them, so that if
 the watchdog itself was killed, the next batch run stops what the dead driver left (`reap_orphans`).
 
-    python -m rifelab.interpolate.raywatch DRIVER_PID RECORD    (what watch_descendants runs)
+    python rifelab/interpolate/raywatch.py DRIVER_PID RECORD    (what watch_descendants runs)
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def watch_descendants(driver: int | None = None) -> subprocess.Popen:
     folder = record_dir()
     folder.mkdir(mode=0o700, exist_ok=True)
     record = folder / f"{driver}.json"
-    return subprocess.Popen([sys.executable, "-m", "rifelab.interpolate.raywatch", str(driver), str(record)],
+    # run as a script, not `-m rifelab...`: the package's imports (torch) would cost the watchdog seconds and memory
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(driver), str(record)],
                             stdin=subprocess.PIPE, start_new_session=True)
 
 
