@@ -22,12 +22,12 @@ from rifelab.devicerun.render import PROFILE, land, render
 from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
 from rifelab.engines.backends import add_backend_options, model_from_args
 from rifelab.interpolate.batch import add_batch_parser
-from rifelab.measure.benchmark import bench_row
-from rifelab.engines.export import add_export_parser
+from rifelab.measure.benchmark import bench_row, model_macs
+from rifelab.engines.export import add_export_parser, padded_size
 from rifelab.interpolate.cli import add_interpolate_parser
 from rifelab.rife.checkpoints import load_rife
 from rifelab.publish.notebooks import parse_set, run_notebook
-from rifelab.measure.profiling import environment_record, resolve_device
+from rifelab.measure.profiling import count_parameters, environment_record, resolve_device
 from rifelab.pruning.prune import add_prune_parser
 from rifelab.publish.report import build_report
 from rifelab.publish.results import COMMITTED_RESULTS, find_project_root, results_base, save_json, to_markdown
@@ -48,8 +48,21 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _model_record(checkpoint: str) -> dict[str, Any]:
+    """Detected layout, parameters and MACs at 720p of a checkpoint (for `rifelab info --checkpoint`)."""
+    model = load_rife(checkpoint, device="cpu")
+    macs, _ = model_macs(model, 1280, 720)
+    lay = model.layout
+    return {"checkpoint": str(checkpoint), "layout": f"RIFE {lay.name}", "versions": ", ".join(lay.versions),
+            "structure": lay.describe(), "parameters": count_parameters(model.net),
+            "gmac_1280x720": round(macs / 1e9, 2), "padded_720p": "x".join(map(str, padded_size(1280, 720, 1.0, model))),
+            "ensemble": lay.ensemble}
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     rec = environment_record(resolve_device(args.device))
+    if args.checkpoint:
+        rec = {**rec, **_model_record(args.checkpoint)}
     if args.json:
         print(json.dumps(rec, indent=2))
     else:
@@ -170,9 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
     p.set_defaults(func=_cmd_fetch)
 
-    p = sub.add_parser("info", help="print the environment record every result file carries",
-                       description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit.")
+    p = sub.add_parser("info", help="print the environment record every result file carries (and a checkpoint's layout)",
+                       description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit. "
+                       "With --checkpoint also the RIFE layout detected from its keys (version range), the "
+                       "parameter count and the MACs of one frame at 1280x720.")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--checkpoint", default=None,
+                   help="a RIFE 4.0-4.26 checkpoint (.pkl/.pth) to describe: detected layout, parameters, GMAC at 720p")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_cmd_info)
 

@@ -269,7 +269,8 @@ def run(
                                       max_slowdown=p["max_slowdown"], progress=run.progress)
             base_t = timing.timings[p["baseline"]]
             for c in here:
-                row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res}
+                row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res,
+                                       "model": f"RIFE {model.layout.name}"}
                 if c.name in skipped or c.name in timing.stopped:
                     reason = skipped.get(c.name) or timing.stopped[c.name]
                     status = "too slow" if reason.startswith("too slow") else (
