@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 
 from rifelab.frames.images import DataError
+from rifelab.interpolate import raywatch
 from rifelab.interpolate.cli import add_interpolate_parser, config_from_args
 from rifelab.interpolate.pipeline import _model_device
 from rifelab.interpolate.run import interpolate_sequence, load_interpolation_model
@@ -440,8 +441,6 @@ def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig,
                 model_info: dict[str, Any], address: str | None, workers: int | None, threads: int | None,
                 bar: Any, finished: Callable[[int, ItemResult], None]) -> None:
     from ray.exceptions import RayActorError
-
-    from rifelab.interpolate import raywatch  # psutil comes with the ray extra
     from ray.util.actor_pool import ActorPool
     from ray.util.queue import Queue
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -74,8 +75,6 @@ def _save(record: Path, driver: int, procs: dict[int, float]) -> None:
 
 def _watch(driver: int, record: Path, pipe: IO[bytes]) -> None:
     """Poll the driver's descendants until `pipe` closes (the driver exited or died), then stop them."""
-    import selectors
-
     seen: dict[int, float] = {}
     before = _descendants(driver)  # the driver's children from before Ray started are not Ray's
     sel = selectors.DefaultSelector()
