@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from import_closure import ROOT
+from test_device_run import _fixture_archive
 
 from rifelab.cli import main as cli_main
 from rifelab.devicerun import payload as pl
@@ -157,3 +158,12 @@ def test_prepare_and_restore_from_the_command_line(repo, monkeypatch, capsys):
 def test_device_script_has_a_restore_mode():
     script = (ROOT / "scripts" / "device_run.sh").read_text()
     assert "--restore)" in script and "device-restore" in script
+
+
+def test_landing_puts_the_taken_out_files_back_first(repo, tmp_path, monkeypatch):
+    archive = _fixture_archive(tmp_path / "raw", tmp_path / "device_out")
+    take_out(repo, [".device_inputs"], margin=0)
+    monkeypatch.chdir(repo)
+    assert cli_main(["device-report", str(archive), "--results-root", str(tmp_path / "landed"), "--no-notebook"]) == 0
+    assert _clean(repo) and taken_out(repo) == []
+    assert (tmp_path / "landed" / "cuda" / "device_run.tar.gz").read_bytes() == archive.read_bytes()
