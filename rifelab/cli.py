@@ -23,12 +23,15 @@ from rifelab.devicerun.render import PROFILE, land, render
 from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
 from rifelab.engines.backends import add_backend_options, model_from_args
 from rifelab.interpolate.batch import add_batch_parser
-from rifelab.measure.benchmark import bench_row
-from rifelab.engines.export import add_export_parser
+from rifelab.frames.images import read_image
+from rifelab.measure.benchmark import bench_row, model_macs
+from rifelab.measure.compare import compare
+from rifelab.measure.harness import NoiseLimits
+from rifelab.engines.export import add_export_parser, padded_size
 from rifelab.interpolate.cli import add_interpolate_parser
 from rifelab.rife.checkpoints import load_rife
 from rifelab.publish.notebooks import parse_set, run_notebook
-from rifelab.measure.profiling import environment_record, resolve_device
+from rifelab.measure.profiling import count_parameters, environment_record, resolve_device
 from rifelab.pruning.prune import add_prune_parser
 from rifelab.publish.report import build_report
 from rifelab.publish.results import COMMITTED_RESULTS, find_project_root, results_base, save_json, to_markdown
@@ -49,8 +52,21 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _model_record(checkpoint: str) -> dict[str, Any]:
+    """Detected layout, parameters and MACs at 720p of a checkpoint (for `rifelab info --checkpoint`)."""
+    model = load_rife(checkpoint, device="cpu")
+    macs, _ = model_macs(model, 1280, 720)
+    lay = model.layout
+    return {"checkpoint": str(checkpoint), "layout": f"RIFE {lay.name}", "versions": ", ".join(lay.versions),
+            "structure": lay.describe(), "parameters": count_parameters(model.net),
+            "gmac_1280x720": round(macs / 1e9, 2), "padded_720p": "x".join(map(str, padded_size(1280, 720, 1.0, model))),
+            "ensemble": lay.ensemble}
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     rec = environment_record(resolve_device(args.device))
+    if args.checkpoint:
+        rec = {**rec, **_model_record(args.checkpoint)}
     if args.json:
         print(json.dumps(rec, indent=2))
     else:
@@ -63,6 +79,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.compare:
+        return _bench_compare(args, device)
+    if args.frames:
+        raise ValueError("--frames needs --compare (the single-configuration bench times the bundled clip pair)")
+    args.resolution = args.resolution or ["1280x720"]
     model = model_from_args(args, device)
     base = load_rife(args.checkpoint, device=device if args.backend == "torch" else "cpu")  # MACs / parameters
     rows = []
@@ -87,6 +108,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_compare(args: argparse.Namespace, device: torch.device) -> int:
+    """`rifelab bench --compare`: the configurations isolated (one process each) and interleaved."""
+    frames = None
+    if args.frames:
+        frames = (read_image(args.frames[0]), read_image(args.frames[1]))
+        if frames[0].shape != frames[1].shape:
+            raise ValueError(f"--frames: the two images differ in size ({frames[0].shape[1]}x{frames[0].shape[0]} "
+                             f"vs {frames[1].shape[1]}x{frames[1].shape[0]}); give two frames of one video")
+    resolutions = args.resolution or ([None] if frames is not None else ["1280x720"])
+    limits = NoiseLimits(max_spread=args.max_spread, attempts=args.attempts)
+    res = compare(args.compare, resolutions, frames, device=str(device), threads=args.threads,
+                  checkpoint=args.checkpoint, scale=args.scale, warmup=args.warmup, rounds=args.repeats,
+                  limits=limits, calibration_pairs=args.calibration_pairs, progress=True)
+    env = environment_record(device)
+    df = res.rows
+    cols = [c for c in ["config", "resolution", "worker", "median_ms", "p10_ms", "p90_ms", "speedup", "speedup_ci95_low",
+                        "speedup_ci95_high", "psnr_vs_fp32_db", "status", "reason"] if c in df.columns]
+    print(f"# {env['device_name']} | torch {env['torch_version']} | commit {env['git_commit']} | one worker process "
+          "per configuration, interleaved rounds; speedup over torch FP32 eager (paired bootstrap 95% interval)")
+    print(to_markdown(df[cols], floatfmt=".3f"))
+    for size, t in res.timings.items():
+        print(f"# load at {size}: {t.load.describe() if t.load else 'not recorded'} ({t.attempts} timing(s))")
+        if t.noisy:
+            print(f"# NOISY at {size}: these checks still failed, so the numbers above are not clean: "
+                  + "; ".join(t.problems))
+    if args.json:
+        save_json({"rows": df.to_dict("records"), "noisy": res.noisy,
+                   "timing": {k: {"load": t.load.as_dict() if t.load else None, "failed_checks": t.problems,
+                                  "attempts": t.attempts, "workers": t.workers} for k, t in res.timings.items()},
+                   "args": {k: v for k, v in vars(args).items() if k != "func"}}, args.json, device=str(device))
+        print(f"saved {args.json}")
+    return 0
+
+
 def _cmd_notebook(args: argparse.Namespace) -> int:
     from papermill.exceptions import PapermillExecutionError  # optional: the notebooks extra
 
@@ -95,7 +150,10 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
     results_root = Path(args.results_root).resolve() if args.results_root else None
     base = results_base(args.profile, results_root)
     out = Path(args.output) if args.output else base / "notebooks" / Path(args.notebook).name
-    params = {"profile": args.profile, "overrides": overrides, "results_root": results_root and str(results_root)}
+    # a root inside the project is passed relative to it (the kernel runs there): no machine path in the notebook
+    inside = results_root is not None and results_root.is_relative_to(root.resolve())
+    given = results_root.relative_to(root.resolve()).as_posix() if inside else results_root and str(results_root)
+    params = {"profile": args.profile, "overrides": overrides, "results_root": given}
     if results_root is None:
         print(f"trial run: results and the executed notebook go to {base} (scratch, ignored by git); "
               f"pass --results-root {COMMITTED_RESULTS} to write the committed results (dvc repro does)", flush=True)
@@ -198,9 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
     p.set_defaults(func=_cmd_fetch)
 
-    p = sub.add_parser("info", help="print the environment record every result file carries",
-                       description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit.")
+    p = sub.add_parser("info", help="print the environment record every result file carries (and a checkpoint's layout)",
+                       description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit. "
+                       "With --checkpoint also the RIFE layout detected from its keys (version range), the "
+                       "parameter count and the MACs of one frame at 1280x720.")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--checkpoint", default=None,
+                   help="a RIFE 4.0-4.26 checkpoint (.pkl/.pth) to describe: detected layout, parameters, GMAC at 720p")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_cmd_info)
 
@@ -208,17 +270,32 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Time one interpolated frame (t=0.5) on two real frames of the bundled "
                        "bigbuckbunny clip resized to each resolution: warm-up, repeats, median, p10/p90 and a "
                        "bootstrap 95%% interval; peak memory; GMAC and parameters through ptflops.")
-    p.add_argument("--resolution", nargs="+", default=["1280x720"], metavar="WxH",
-                   help="one or more frame sizes, width x height (default: 1280x720)")
+    p.add_argument("--resolution", nargs="+", default=None, metavar="WxH",
+                   help="one or more frame sizes, width x height (default: 1280x720; with --frames, their own size)")
     p.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
     p.add_argument("--scale", type=float, default=1.0, help="flow scale: 0.25, 0.5, 1 (default), 2 or 4")
     p.add_argument("--warmup", type=int, default=3, help="unrecorded warm-up calls (default: 3)")
-    p.add_argument("--repeats", type=int, default=10, help="recorded calls (default: 10)")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="recorded calls (default: 10); with --compare, interleaved rounds (one call of each per round)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-macs", action="store_true", help="skip the GMAC count (ptflops)")
     p.add_argument("--json", default=None, metavar="PATH", help="also save the rows and environment as JSON here")
     add_backend_options(p)
+    g = p.add_argument_group("comparison (one worker process per configuration, interleaved rounds)")
+    g.add_argument("--compare", nargs="+", default=None, metavar="CONFIG",
+                   help="time several configurations side by side instead of one: each BACKEND[:PRECISION][+SWITCH...]"
+                   ", e.g. torch openvino openvino:int8 torch:bf16+channels_last; torch FP32 eager is the baseline "
+                   "(added when missing) and the PSNR reference; the --backend/--dtype/switch options are not used")
+    g.add_argument("--frames", nargs=2, default=None, metavar=("FIRST", "SECOND"),
+                   help="with --compare: your two consecutive frames (image files) instead of the bundled clip pair; "
+                   "timed at their own size unless --resolution is given")
+    g.add_argument("--max-spread", type=float, default=1.5, metavar="X",
+                   help="with --compare: p90/p10 of a configuration's rounds above which the timing counts as "
+                   "disturbed (default 1.5)")
+    g.add_argument("--attempts", type=int, default=3, metavar="N",
+                   help="with --compare: timings in all while a check fails (spread, outside load) before the result "
+                   "is printed flagged NOISY (default 3)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("notebook", help="run a study notebook headless with papermill (used by dvc.yaml)",

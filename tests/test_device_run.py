@@ -155,7 +155,7 @@ def test_cuda_report_renders_from_a_stored_archive_and_touches_nothing_else(tmp_
 def test_device_run_stage_renders_the_landed_archive_into_the_cuda_profile_only():
     st = DVC["stages"]["device_run"]
     assert st["cmd"] == "rifelab device-report results/cuda/device_run.tar.gz --results-root results"
-    assert "results/cuda/device_run.tar.gz" in st["deps"] and "notebooks/05_device_run.ipynb" in st["deps"]
+    assert "results/cuda/device_run.tar.gz" in st["deps"] and "notebooks/py/05_device_run.py" in st["deps"]
     assert sorted(d for d in st["deps"] if d.startswith("rifelab/")) == stage_code("device_run")
     outs = [next(iter(o)) for o in st["outs"] + st["metrics"]]
     assert outs and all(o.startswith("results/cuda/") for o in outs)

@@ -707,6 +707,7 @@ def prune_model(model: RIFE, plan: ChannelPlan, mode: str = "physical", mask_bia
     """A pruned copy of `model` (or the model itself with `inplace=True`); `mode` is 'mask' or 'physical'."""
     if mode not in MODES:
         raise PruningError(f"unknown pruning mode {mode!r}; expected 'mask' (zeroed weights) or 'physical' (channels removed)")
+    check_prunable(model)
     if getattr(model, "pruning_info", None) is not None:
         raise PruningError("this model is already pruned; start from the unpruned model (load_rife())")
     out = model if inplace else copy.deepcopy(model)
@@ -848,9 +849,19 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def check_prunable(model: RIFE) -> None:
+    """Pruning (plans, groups, the study) is built and checked for RIFE 4.0, the only real weights here."""
+    if model.variant != "4.0":
+        raise PruningError(
+            f"pruning supports RIFE 4.0 only (the layout its channel groups and study were built and checked on, "
+            f"and the only real weights here); this checkpoint is RIFE {model.layout.name}. "
+            "Run without --checkpoint to prune the bundled RIFE 4.0 weights")
+
+
 def cmd_prune_model(args: argparse.Namespace) -> int:
     """Run `rifelab prune`: load, plan, prune, save (nothing is written when the request is refused)."""
     model = load_rife(args.checkpoint)
+    check_prunable(model)
     if args.method == "lite":
         plan = plan_lite(model.net, args.sparsity, round_to=args.round_to, importance=args.importance)
     elif args.method == "architecture_aware":
