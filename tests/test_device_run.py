@@ -30,7 +30,6 @@ from rifelab.devicerun.archive import (
     write_archive,
 )
 from rifelab.devicerun.parts import Plan
-from rifelab.devicerun.prepare import DEVICE_LIMIT_BYTES, Payload, payload
 from rifelab.engines.torch_engine import parse_config
 
 # what the lent GPU machine lacks (KINDS.md): the device side must import without any of them
@@ -219,11 +218,3 @@ def test_every_planned_configuration_is_a_valid_engine_configuration(tmp_path):
         assert parse_config({**plan.configs[plan.base], "compile": True, "compile_mode": mode}).compile_mode == mode
     assert plan.base in plan.configs and set(plan.hires_configs) <= set(plan.configs)
     assert plan.configs[plan.base]["cuda_graphs"] and plan.configs[plan.base]["static_buffers"]
-
-
-def test_payload_counts_the_tree_and_the_carried_inputs(tmp_path):
-    p = payload(ROOT, [])
-    assert p.tree_bytes > 0 and p.carry_bytes == 0 and len(p.largest) == 5
-    over = Payload(DEVICE_LIMIT_BYTES - 2**20, 2 * 2**20, [("results/x.pt", 10 * 2**20)])
-    assert not over.fits and "does NOT fit" in over.describe() and "results/x.pt" in over.describe()
-    assert Payload(2**20, 2**20, []).fits
