@@ -18,8 +18,10 @@ import pandas as pd
 import torch
 
 from rifelab.devicerun.inputs import INPUTS_DIR
-from rifelab.devicerun.prepare import payload, prepare_inputs
+from rifelab.devicerun.payload import TakeOutError, payload, restore, take_out
+from rifelab.devicerun.prepare import prepare_inputs
 from rifelab.devicerun.render import PROFILE, land, render
+from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
 from rifelab.engines.cli import (
     add_backend_options,
     add_device_option,
@@ -28,23 +30,25 @@ from rifelab.engines.cli import (
     add_scale_option,
 )
 from rifelab.engines.spec import ModelSpec, load_checkpoint, load_model
-from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
-from rifelab.interpolate.cli import add_batch_parser, add_interpolate_parser
+from rifelab.frames.images import read_image
 from rifelab.measure.benchmark import bench_row, model_macs
+from rifelab.measure.compare import compare
+from rifelab.measure.harness import NoiseLimits
+from rifelab.interpolate.cli import add_batch_parser, add_interpolate_parser
+from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.measure.profiling import count_parameters, environment_record, resolve_device
 from rifelab.pruning.cli import add_prune_parser
-from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.publish.report import build_report
-from rifelab.rife.contract import padded_size
 from rifelab.publish.results import (
     COMMITTED_RESULTS,
-    PROFILE_FILES,
     PROFILES,
+    PROFILE_FILES,
     find_project_root,
     results_base,
     save_json,
     to_markdown,
 )
+from rifelab.rife.contract import padded_size
 
 log = logging.getLogger("rifelab")
 
@@ -69,7 +73,7 @@ def _model_record(checkpoint: str) -> dict[str, Any]:
     lay = model.layout
     return {"checkpoint": str(checkpoint), "layout": f"RIFE {lay.name}", "versions": ", ".join(lay.versions),
             "structure": lay.describe(), "parameters": count_parameters(model.net),
-            "gmac_1280x720": round(macs / 1e9, 2), "padded_720p": "x".join(map(str, padded_size(1280, 720, model.padding_multiple(1.0))[::-1])),
+            "gmac_1280x720": round(macs / 1e9, 2), "padded_720p": "{1}x{0}".format(*padded_size(720, 1280, model.padding_multiple(1.0))),
             "ensemble": lay.ensemble}
 
 
@@ -88,8 +92,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.compare:
+        return _bench_compare(args, device)
+    if args.frames:
+        raise ValueError("--frames needs --compare (the single-configuration bench times the bundled clip pair)")
+    args.resolution = args.resolution or ["1280x720"]
     spec = ModelSpec.from_args(args)
-    device = resolve_device(spec.device)
     model = load_model(spec)
     base = load_checkpoint(spec if spec.backend == "torch" else replace(spec, device="cpu"))  # MACs / parameters
     rows = []
@@ -114,6 +123,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_compare(args: argparse.Namespace, device: torch.device) -> int:
+    """`rifelab bench --compare`: the configurations isolated (one process each) and interleaved."""
+    frames = None
+    if args.frames:
+        frames = (read_image(args.frames[0]), read_image(args.frames[1]))
+        if frames[0].shape != frames[1].shape:
+            raise ValueError(f"--frames: the two images differ in size ({frames[0].shape[1]}x{frames[0].shape[0]} "
+                             f"vs {frames[1].shape[1]}x{frames[1].shape[0]}); give two frames of one video")
+    resolutions = args.resolution or ([None] if frames is not None else ["1280x720"])
+    limits = NoiseLimits(max_spread=args.max_spread, attempts=args.attempts)
+    res = compare(args.compare, resolutions, frames, device=str(device), threads=args.threads,
+                  checkpoint=args.checkpoint, scale=args.scale, warmup=args.warmup, rounds=args.repeats,
+                  limits=limits, calibration_pairs=args.calibration_pairs, progress=True)
+    env = environment_record(device)
+    df = res.rows
+    cols = [c for c in ["config", "resolution", "worker", "median_ms", "p10_ms", "p90_ms", "speedup", "speedup_ci95_low",
+                        "speedup_ci95_high", "psnr_vs_fp32_db", "status", "reason"] if c in df.columns]
+    print(f"# {env['device_name']} | torch {env['torch_version']} | commit {env['git_commit']} | one worker process "
+          "per configuration, interleaved rounds; speedup over torch FP32 eager (paired bootstrap 95% interval)")
+    print(to_markdown(df[cols], floatfmt=".3f"))
+    for size, t in res.timings.items():
+        print(f"# load at {size}: {t.load.describe() if t.load else 'not recorded'} ({t.attempts} timing(s))")
+        if t.noisy:
+            print(f"# NOISY at {size}: these checks still failed, so the numbers above are not clean: "
+                  + "; ".join(t.problems))
+    if args.json:
+        save_json({"rows": df.to_dict("records"), "noisy": res.noisy,
+                   "timing": {k: {"load": t.load.as_dict() if t.load else None, "failed_checks": t.problems,
+                                  "attempts": t.attempts, "workers": t.workers} for k, t in res.timings.items()},
+                   "args": {k: v for k, v in vars(args).items() if k != "func"}}, args.json, device=str(device))
+        print(f"saved {args.json}")
+    return 0
+
+
 def _cmd_notebook(args: argparse.Namespace) -> int:
     from papermill.exceptions import PapermillExecutionError  # optional: the notebooks extra
 
@@ -122,7 +165,10 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
     results_root = Path(args.results_root).resolve() if args.results_root else None
     base = results_base(args.profile, results_root)
     out = Path(args.output) if args.output else base / "notebooks" / Path(args.notebook).name
-    params = {"profile": args.profile, "overrides": overrides, "results_root": results_root and str(results_root)}
+    # a root inside the project is passed relative to it (the kernel runs there): no machine path in the notebook
+    inside = results_root is not None and results_root.is_relative_to(root.resolve())
+    given = results_root.relative_to(root.resolve()).as_posix() if inside else results_root and str(results_root)
+    params = {"profile": args.profile, "overrides": overrides, "results_root": given}
     if results_root is None:
         print(f"trial run: results and the executed notebook go to {base} (scratch, ignored by git); "
               f"pass --results-root {COMMITTED_RESULTS} to write the committed results (dvc repro does)", flush=True)
@@ -153,13 +199,41 @@ def _cmd_device_prepare(args: argparse.Namespace) -> int:
     print(f"prepared {dest}: {args.pairs} real pairs of {args.clip}, fast-path weights, commit record")
     if args.no_size_check:
         return 0
-    report = payload(root, [os.path.relpath(dest, root)])
-    print(report.describe())
-    return 0 if report.fits else 3
+    carry = [os.path.relpath(dest, root)]
+    if args.no_take_out:
+        report = payload(root, carry)
+        print(report.describe())
+        return 0 if report.fits else 3
+    try:
+        done = take_out(root, carry)
+    except TakeOutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(done.describe())
+    return 0 if done.after.fits else 3
+
+
+def _cmd_device_restore(args: argparse.Namespace) -> int:
+    root = find_project_root()
+    try:
+        back = restore(root)
+    except TakeOutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    listed = f": {', '.join(back)}" if back else " (none were out)"
+    print(f"restored {len(back)} committed files from HEAD{listed}")
+    return 0
 
 
 def _cmd_device_report(args: argparse.Namespace) -> int:
     root = find_project_root()
+    try:  # the files --prepare took out for the device call come back before anything lands
+        back = restore(root)
+    except TakeOutError as exc:
+        print(f"error: {exc}. Nothing landed: fix that, then `bash scripts/device_run.sh --restore`.", file=sys.stderr)
+        return 1
+    if back:
+        print(f"restored {len(back)} committed files from HEAD: {', '.join(back)}")
     results = Path(args.results_root) if args.results_root else None
     base = results_base(PROFILE, results)
     if results is None:
@@ -212,15 +286,30 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Time one interpolated frame (t=0.5) on two real frames of the bundled "
                        "bigbuckbunny clip resized to each resolution: warm-up, repeats, median, p10/p90 and a "
                        "bootstrap 95%% interval; peak memory; GMAC and parameters through ptflops.")
-    p.add_argument("--resolution", nargs="+", default=["1280x720"], metavar="WxH",
-                   help="one or more frame sizes, width x height (default: 1280x720)")
+    p.add_argument("--resolution", nargs="+", default=None, metavar="WxH",
+                   help="one or more frame sizes, width x height (default: 1280x720; with --frames, their own size)")
     add_model_options(p)
     add_scale_option(p)
     p.add_argument("--warmup", type=int, default=3, help="unrecorded warm-up calls (default: 3)")
-    p.add_argument("--repeats", type=int, default=10, help="recorded calls (default: 10)")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="recorded calls (default: 10); with --compare, interleaved rounds (one call of each per round)")
     p.add_argument("--no-macs", action="store_true", help="skip the GMAC count (ptflops)")
     p.add_argument("--json", default=None, metavar="PATH", help="also save the rows and environment as JSON here")
     add_backend_options(p)
+    g = p.add_argument_group("comparison (one worker process per configuration, interleaved rounds)")
+    g.add_argument("--compare", nargs="+", default=None, metavar="CONFIG",
+                   help="time several configurations side by side instead of one: each BACKEND[:PRECISION][+SWITCH...]"
+                   ", e.g. torch openvino openvino:int8 torch:bf16+channels_last; torch FP32 eager is the baseline "
+                   "(added when missing) and the PSNR reference; the --backend/--dtype/switch options are not used")
+    g.add_argument("--frames", nargs=2, default=None, metavar=("FIRST", "SECOND"),
+                   help="with --compare: your two consecutive frames (image files) instead of the bundled clip pair; "
+                   "timed at their own size unless --resolution is given")
+    g.add_argument("--max-spread", type=float, default=1.5, metavar="X",
+                   help="with --compare: p90/p10 of a configuration's rounds above which the timing counts as "
+                   "disturbed (default 1.5)")
+    g.add_argument("--attempts", type=int, default=3, metavar="N",
+                   help="with --compare: timings in all while a check fails (spread, outside load) before the result "
+                   "is printed flagged NOISY (default 3)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("notebook", help="run a study notebook headless with papermill (used by dvc.yaml)",
@@ -254,15 +343,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
                        description="Decode real frame pairs (PyAV, here), write them as PNG with the RIFE flow weights "
                        "(the fast path's tensors only) and the commit into .device_inputs/, which the device tool "
-                       "carries to the GPU machine; then add up what one device call would send (64 MiB limit). "
-                       "Exit status 3 when it does not fit. See README, GPU run.")
+                       "carries to the GPU machine; then add up what one device call would send (64 MiB limit) and, "
+                       "if it is over, take the largest committed files under results/ out of the working tree, only "
+                       "files byte-identical to HEAD (recorded; `rifelab device-restore` or device-report puts them "
+                       "back from git). Exit status 3 when it does not fit or a file it would take out is modified "
+                       "or untracked. See README, GPU run.")
     p.add_argument("--dest", default=None, help=f"folder to write (default: {INPUTS_DIR}/ in the project root)")
     p.add_argument("--pairs", type=int, default=3, help="real frame pairs (PSNR is measured on each; default 3)")
     p.add_argument("--clip", default="bigbuckbunny", choices=list(CLIPS),
                    help="bundled clip the pairs come from (default bigbuckbunny, 1280x720)")
     p.add_argument("--no-size-check", action="store_true",
                    help="skip the payload size check (e.g. a smoke run's temporary inputs)")
+    p.add_argument("--no-take-out", action="store_true",
+                   help="only report the payload size; take no committed file out of the working tree")
     p.set_defaults(func=_cmd_device_prepare)
+
+    p = sub.add_parser("device-restore", help="put back the committed files device-prepare took out (from git HEAD)",
+                       description="Restore every file `rifelab device-prepare` took out of the working tree for a "
+                       "device call, with `git checkout HEAD -- PATHS`, and check each against HEAD. A file that "
+                       "reappeared with other content is never overwritten (named, exit status 1). Run in the "
+                       "checkout that was prepared; device-report does it first on its own.")
+    p.set_defaults(func=_cmd_device_restore)
 
     p = sub.add_parser("device-report",
                        help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",

@@ -167,12 +167,12 @@ def load_model(spec: ModelSpec, model: RIFE | None = None) -> Interpolator:
     """The model `spec` describes, on its backend (raises BackendUnavailable saying why when it cannot run here).
 
     `model` (a loaded or pruned RIFE) replaces loading `spec.checkpoint`; the backend works on a copy of it.
-    Plain and pruned specs give the RIFE itself, on `spec.threads` CPU threads (set for the process).
+    Plain and pruned specs give the RIFE itself. `spec.threads` is set for the process (torch.set_num_threads).
     """
     dev = resolve_device(spec.device)
+    if spec.threads:  # the process's CPU threads (workers and commands run one model; the engine also scopes them)
+        torch.set_num_threads(spec.threads)
     if spec.plain or spec.pruned:
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
         if spec.pruned:
             prune = importlib.import_module("rifelab.pruning.prune")
             return prune.load_pruned(spec.checkpoint, device=dev)

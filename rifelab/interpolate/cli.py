@@ -128,8 +128,9 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="continue an interrupted run into the same output folder: keep its complete frames, remove "
                    "stale temporary files, compute the rest (the options must match the first run)")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace the frames an earlier run recorded in OUTPUT's manifest (a non-empty output is refused "
-                   "otherwise, and so is any file rifelab did not write)")
+                   help="replace the frames an earlier run recorded in OUTPUT's manifest, or a video rifelab wrote (its "
+                   "record .NAME.rifelab.json beside it still matches); a non-empty output is refused otherwise, and "
+                   "so is any file rifelab did not write")
     g.add_argument("--allow-damaged-input", action="store_true",
                    help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
                    "decode errors and frames missing from the container's count stop the run)")
@@ -193,11 +194,14 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
             raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
         src = open_source(args.input, cfg.input_fps)
         frames = np.stack(list(src))
-        model = load_interpolation_model(args)
-        df = benchmark_pipeline(model, frames, multi=cfg.multi, batch_size=cfg.batch_size, scale=cfg.scale,
-                                repeats=args.repeats, thresholds=cfg.thresholds)
+        df = benchmark_pipeline(ModelSpec.from_args(args), frames, multi=cfg.multi, batch_size=cfg.batch_size,
+                                scale=cfg.scale, repeats=args.repeats, thresholds=cfg.thresholds)
+        t = df.attrs["timing"]
 
         print(to_markdown(df, floatfmt=".3f"))
+        print(f"# each mode in its own worker process; load: {t.load.describe() if t.load else 'not recorded'}")
+        if t.noisy:
+            print("# NOISY: these checks still failed, so the numbers above are not clean: " + "; ".join(t.problems))
         return 0
     if args.output is None:
         raise ValueError("give an OUTPUT folder or video file (or --benchmark)")
@@ -314,7 +318,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
-    items = plan_items(collect_inputs(args.inputs, args.manifest), args.output_root, args.video_ext)
+    items = plan_items(collect_inputs(args.inputs, args.manifest, exclude=args.output_root), args.output_root,
+                       args.video_ext)
     spec = ModelSpec.from_args(args)
     results = run_batch(items, cfg, spec, spec.model_info(), use_ray=not args.no_ray, ray_address=args.ray_address,
                         workers=args.workers, threads=args.threads, progress=not args.no_progress)

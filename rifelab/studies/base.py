@@ -2,8 +2,9 @@
 
 A study run writes into a hidden temporary folder beside its result folder and swaps it into place only when the
 run succeeds, so a failed or interrupted run never leaves a mix of old and new results. Files land under
-`<results root>/<profile>/`: `<study>/<device_key>/` (everything), `metrics/<study>.json` (a short headline for
-`dvc metrics show`) and `plots/<study>/*.csv` (for `dvc plots show`).
+`<results root>/<profile>/`: `<study>/<device_key>/` (everything), `metrics/<study>.json` (the headline, with the
+environment) and `plots/<study>/*.csv` (for `dvc plots show`), and `<results root>/headlines/<profile>/<study>.json`
+(two or three numbers under shared column names: one row of `dvc metrics show`).
 
 Only the pipeline writes the committed `results/`: its stages pass `--results-root results`. Any other run (a
 notebook in JupyterLab or Colab, `rifelab notebook` without `--results-root`) writes into the scratch folder
@@ -31,9 +32,11 @@ import torch
 import yaml
 
 from rifelab.measure.benchmark import parse_resolution
+from rifelab.params import FOLDER as PACKAGED_PARAMS
 from rifelab.rife.model import RIFE
 from rifelab.rife.checkpoints import load_rife
 from rifelab.measure.profiling import environment_record, resolve_device
+from rifelab.publish.headlines import headline_path, short_headline
 from rifelab.publish.inline import figures_as_png
 from rifelab.publish.results import (COMMITTED_RESULTS, PROFILE_FILES, PROFILES, atomic_path, find_project_root,
                                     results_base, save_figure, save_json, save_table)
@@ -145,10 +148,14 @@ COMMON: dict[str, Param] = {
 
 
 def params_file(profile: str, root: str | os.PathLike | None = None) -> Path:
-    """The params file of a profile (params.yaml for cpu, params-cuda.yaml, params-mps.yaml)."""
+    """The params file of a profile (params.yaml for cpu, params-cuda.yaml, params-mps.yaml) in `root`.
+
+    Without `root`: the project's file, else (outside a project: Colab, an installed wheel) the package's copy.
+    """
     if profile not in PROFILES:
         raise ParamError(f"unknown profile {profile!r}; expected one of {list(PROFILES)}")
-    return Path(root or find_project_root()) / PROFILE_FILES[profile]
+    local = Path(root or find_project_root()) / PROFILE_FILES[profile]
+    return local if root is not None or local.is_file() else PACKAGED_PARAMS / PROFILE_FILES[profile]
 
 
 def read_params_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -332,6 +339,8 @@ class StudyRun:
         shutil.rmtree(old, ignore_errors=True)
         env = {k: self.env[k] for k in ("device_name", "torch_version", "git_commit", "profile")}
         save_json({**headline, "environment": env}, self.base / "metrics" / f"{self.study}.json")
+        save_json(short_headline(self.study, headline), headline_path(self.base.parent, self.profile, self.study),
+                  with_environment=False)
         for name, df in (plots or {}).items():
             with atomic_path(self.base / "plots" / self.study / f"{name}.csv") as tmp:
                 df.to_csv(tmp, index=False)
