@@ -31,11 +31,13 @@ def test_only_the_cli_layer_imports_argparse():
     assert not offenders, f"argparse outside the CLI layer (move the parser to the package's cli.py): {offenders}"
 
 
-def test_the_interpolation_tool_and_the_interactive_study_do_not_depend_on_the_engines():
+def test_the_interpolation_tool_and_the_interactive_study_do_not_depend_on_the_exported_backends():
     """An ONNX Runtime / OpenVINO / export edit must not rerun notebook 00 (its dvc deps are this closure)."""
-    for module in ("rifelab.interpolate.run", "rifelab.interpolate.pipeline", "rifelab.studies.interactive"):
+    for module in ("rifelab.interpolate.run", "rifelab.interpolate.pipeline"):
         engines = sorted(str(p.relative_to(ROOT)) for p in closure(module) if p.parent.name == "engines")
         assert not engines, f"{module} imports {engines}"
+    exported = {PKG / "engines" / "backends.py", PKG / "engines" / "export.py"}
+    assert not exported & closure("rifelab.studies.interactive")
 
 
 def test_the_top_package_imports_nothing_at_import_time():
