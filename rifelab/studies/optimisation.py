@@ -48,7 +48,7 @@ from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PARAMS", "NOTEBOOK", "StudyConfig", "study_configs", "frames_used", "run"]
+__all__ = ["PARAMS", "NOTEBOOK", "StudyConfig", "study_configs", "frames_used", "check_splits", "heldout_triplets", "run"]
 
 NOTEBOOK = "02_optimisation.ipynb"
 QUALITY_PAIR_STEP = 8  # quality pair k starts at frame k * 8 of the clip
@@ -232,6 +232,218 @@ def _verdict(value: float | None, target: float, above: bool = True) -> str:
     return f"{'met' if ok else 'missed'} ({value:.2f} vs target {'>=' if above else '<='} {target:g})"
 
 
+@dataclass
+class Setup:
+    """The checked configurations, the model, what was built and why the rest was skipped."""
+
+    configs: list[StudyConfig]
+    model: RIFE
+    built: dict[str, Any]
+    skipped: dict[str, str]
+
+
+@dataclass
+class Targets:
+    """The rows the targets are judged on, at the target resolution."""
+
+    at: pd.DataFrame
+    best: pd.Series | None  # fastest at FP32 quality
+    fastest: pd.Series | None
+    int8: pd.DataFrame  # INT8 rows with their change against the ground truth
+    int8_pick: pd.Series | None  # the fastest INT8 path within the loss budget, else the fastest
+    int8_loss: float | None
+
+
+def prepare(run: StudyRun) -> Setup:
+    """Check every config and the splits before the model loads; build what can run here, note why the rest cannot."""
+    p, dev = run.params, run.device
+    configs = study_configs(p["configs"], p["baseline"])
+    check_splits(p)
+    if p["target_resolution"] not in p["resolutions"]:
+        raise ParamError(f"target_resolution {p['target_resolution']} is not among resolutions {p['resolutions']}")
+    model = run.model()
+    skipped: dict[str, str] = {}
+    built: dict[str, Any] = {}
+    for c in configs:
+        problems = c.problems(dev)
+        if problems:
+            skipped[c.name] = "; ".join(problems)
+            continue
+        try:
+            built[c.name] = _build(c, model, run)
+        except BackendUnavailable as exc:
+            skipped[c.name] = str(exc)
+    return Setup(configs, model, built, skipped)
+
+
+def _not_run_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    status = "too slow" if reason.startswith("too slow") else ("failed" if reason.startswith("failed") else "skipped")
+    return {**row, "status": status, "reason": reason}
+
+
+def measure_resolution(run: StudyRun, setup: Setup, res: str, outputs: dict[tuple[str, str], torch.Tensor]
+                       ) -> list[dict[str, Any]]:
+    """Time the configs of one resolution interleaved with the baseline, then score each against its output."""
+    p, dev = run.params, run.device
+    w, h = parse_resolution(res)
+    pairs = [real_frame_pair(w, h, p["clip"], k * QUALITY_PAIR_STEP, dev) for k in range(p["quality_pairs"])]
+    a, b = pairs[0]
+    here = [c for c in setup.configs if c.resolutions is None or res in c.resolutions]
+    fns = {c.name: (lambda m=setup.built[c.name]: m.interpolate(a, b, p["timestep"], p["scale"]))
+           for c in here if c.name in setup.built}
+    timing = time_interleaved(fns, dev, warmup=p["warmup"], rounds=p["repeats"], baseline=p["baseline"],
+                              max_slowdown=p["max_slowdown"], progress=run.progress)
+    base_t = timing.timings[p["baseline"]]
+    rows = []
+    for c in here:
+        row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res}
+        if c.name in setup.skipped or c.name in timing.stopped:
+            rows.append(_not_run_row(row, setup.skipped.get(c.name) or timing.stopped[c.name]))
+            continue
+        m, t = setup.built[c.name], timing.timings[c.name]
+        with PeakMemory(dev) as mem:
+            out = torch.cat([m.interpolate(x, y, p["timestep"], p["scale"]) for x, y in pairs]).float().cpu()
+        outputs[(c.name, res)] = out
+        rows.append({**row, "status": "ran", "reason": "", **t.as_dict(),
+                     "speedup": base_t.median / t.median, "speedup_p10": base_t.median / t.p90,
+                     "speedup_p90": base_t.median / t.p10, "first_call_s": timing.first_call_s[c.name],
+                     "peak_mem_mib": mem.peak_mib, "peak_mem_kind": mem.kind,
+                     **agreement(out, outputs[(p["baseline"], res)]),
+                     "applied": "; ".join(f"{k}: {v}" for k, v in m.applied.items()),
+                     "options_skipped": "; ".join(f"{k}: {v}" for k, v in m.skipped.items())})
+    return rows
+
+
+def publish_timings(run: StudyRun, setup: Setup) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every resolution measured; the results, speedup and skipped tables and both figures. Returns (ran, not run)."""
+    outputs: dict[tuple[str, str], torch.Tensor] = {}
+    rows = [r for res in run.params["resolutions"] for r in measure_resolution(run, setup, res, outputs)]
+    df = run.table(pd.DataFrame(rows), "results")
+    ran = df[df.status == "ran"]
+    run.table(ran.pivot_table(index="config", columns="resolution", values="speedup", sort=False), "speedup")
+    not_run = run.table(df[df.status != "ran"][["config", "resolution", "status", "reason"]], "skipped_or_stopped")
+    title = run.env["device_name"]
+    run.figure(_speedup_figure(df, f"Speedup over FP32 eager, same run ({title})"), "speedup_bars")
+    run.figure(_quality_figure(df, f"Quality against speed ({title})"), "quality_vs_speed")
+    return ran, not_run
+
+
+def int8_vs_ground_truth(run: StudyRun, setup: Setup, ran: pd.DataFrame) -> pd.DataFrame:
+    """INT8 configs that ran (and the baseline) scored against the ground truth of the held-out triplets."""
+    p = run.params
+    int8 = [c.name for c in setup.configs
+            if c.dtype == "int8" and c.name in setup.built and not ran[ran.config == c.name].empty]
+    if not int8:
+        return pd.DataFrame()
+    triplets = heldout_triplets(p)
+    parts = []
+    for name in [p["baseline"], *int8]:
+        for tri in triplets:
+            clip = tri.name.split(":")[0]
+            q, _ = evaluate_triplets(setup.built[name], [tri], clip, methods=["rife"], scale=p["scale"], progress=False)
+            parts.append(q.assign(config=name))
+    per = pd.concat(parts, ignore_index=True)
+    gt = per.groupby("config", sort=False)[["psnr", "ssim"]].mean().reset_index()
+    gt["n"] = len(triplets)
+    gt["psnr_change_db"] = gt["psnr"] - float(gt.loc[gt.config == p["baseline"], "psnr"].iloc[0])
+    run.table(gt, "int8_vs_ground_truth")
+    return gt
+
+
+def publish_anchors(run: StudyRun, model: RIFE, ran: pd.DataFrame) -> None:
+    """Published figures beside our best output fps, labelled as theirs."""
+    best_fps = {("RIFE " + model.variant, r, "output fps"): float(g.fps.max()) for r, g in ran.groupby("resolution")}
+    run.table(claims.beside_ours(claims.claims("optimisation"), best_fps, f"ours (RIFE {model.variant}, this run)")
+              .dropna(axis=1, how="all"), "published_anchors")
+
+
+def pick_targets(p: Mapping[str, Any], ran: pd.DataFrame, gt: pd.DataFrame) -> Targets:
+    """The rows each target is judged on at the target resolution."""
+    at = ran[ran.resolution == p["target_resolution"]]
+    fp32q = at[at.psnr_vs_fp32_db >= p["fp32_quality_db"]]
+    best = fp32q.loc[fp32q.speedup.idxmax()] if not fp32q.empty else None
+    fastest = at.loc[at.speedup.idxmax()] if not at.empty else None
+    i8 = at[at.dtype == "int8"].merge(gt[["config", "psnr_change_db"]], on="config", how="left") if not gt.empty \
+        else at[at.dtype == "int8"].assign(psnr_change_db=float("nan"))
+    within = i8[-i8.psnr_change_db <= p["int8_max_loss_db"]]
+    pool = within if not within.empty else i8  # the fastest INT8 path within the loss budget, else the fastest
+    i8row = pool.loc[pool.speedup.idxmax()] if not pool.empty else None
+    i8loss = None if i8row is None or pd.isna(i8row["psnr_change_db"]) else float(-i8row["psnr_change_db"])
+    return Targets(at, best, fastest, i8, i8row, i8loss)
+
+
+def judge_targets(p: Mapping[str, Any], t: Targets) -> dict[str, str]:
+    """Each target: met or missed, with the measured value."""
+    verdicts = {}
+    if t.best is not None:
+        verdicts["fp32_quality"] = _verdict(t.best["speedup"], p["target_speedup"])
+    if p["target_fps"] is not None and t.best is not None:
+        verdicts["fps"] = _verdict(t.best["fps"], p["target_fps"])
+    if t.int8_pick is not None:
+        verdicts["int8_speedup"] = _verdict(t.int8_pick["speedup"], p["int8_target_speedup"])
+        verdicts["int8_loss"] = _verdict(t.int8_loss, p["int8_max_loss_db"], above=False)
+    return verdicts
+
+
+def summary_lines(p: Mapping[str, Any], ran: pd.DataFrame, not_run: pd.DataFrame, gt: pd.DataFrame, t: Targets,
+                  verdicts: Mapping[str, str], cap: Any) -> list[str]:
+    """The sentences of the summary: per resolution, each target, INT8 variants, the CPU ISA, what did not run."""
+    lines = []
+    for r, g in ran.groupby("resolution", sort=False):
+        f = g.loc[g.speedup.idxmax()]
+        lines.append(f"**{r}**: FP32 eager {g.loc[g.config == p['baseline'], 'median_ms'].iloc[0]:.1f} ms; "
+                     f"fastest **{f['config']}** ({f['backend']}, {f['dtype']}) {f['median_ms']:.1f} ms "
+                     f"(p10-p90 {f['p10_ms']:.1f}-{f['p90_ms']:.1f}), **{f['speedup']:.2f}x**, {f['fps']:.2f} fps, "
+                     f"PSNR vs FP32 {f['psnr_vs_fp32_db']:.1f} dB")
+    best, i8row = t.best, t.int8_pick
+    if best is not None:
+        lines.append(f"fastest path at FP32 quality (PSNR vs FP32 >= {p['fp32_quality_db']:g} dB) at "
+                     f"{p['target_resolution']}: **{best['config']}**, {best['speedup']:.2f}x FP32 eager: target "
+                     f"{verdicts['fp32_quality']}")
+    if t.fastest is not None:
+        lines.append(f"every engine timed in this run is a rifelab backend, so none is faster than rifelab's best; "
+                     f"the fastest at {p['target_resolution']} is {t.fastest['config']} ({t.fastest['speedup']:.2f}x)")
+    if "fps" in verdicts:
+        lines.append(f"output fps of {best['config']} at {p['target_resolution']}: {verdicts['fps']}")
+    if i8row is not None:
+        lines.append(f"INT8 ({i8row['config']}): {i8row['speedup']:.2f}x FP32 eager, target {verdicts['int8_speedup']}; "
+                     f"PSNR {i8row['psnr_vs_fp32_db']:.1f} dB vs the FP32 output; change against the ground truth "
+                     f"of {int(gt['n'].iloc[0])} held-out triplets {-(t.int8_loss or 0):+.2f} dB, target "
+                     f"{verdicts['int8_loss']}")
+    lines += [f"INT8 variant {r.config}: {r.speedup:.2f}x FP32 eager, {r.psnr_change_db:+.2f} dB against the ground "
+              f"truth" for r in t.int8.itertuples() if i8row is not None and r.config != i8row["config"]]
+    lines.append(f"CPU ISA: {cap.isa}. bf16/fp16 paths need native support (skipped otherwise); INT8 speed "
+                 f"depends on VNNI/AMX ({'present' if cap.vnni or cap.amx else 'absent here'})")
+    lines += [f"{r.config} @ {r.resolution}: {r.status}: {r.reason}" for r in not_run.itertuples()]
+    return lines
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or pd.isna(x) else round(float(x), 4)
+
+
+def _headline(p: Mapping[str, Any], t: Targets, not_run: pd.DataFrame) -> dict[str, Any]:
+    at, best, i8row = t.at, t.best, t.int8_pick
+    return {
+        "baseline_ms": _num(at.loc[at.config == p["baseline"], "median_ms"].iloc[0]) if not at.empty else None,
+        "best_fp32_quality_speedup": _num(best["speedup"]) if best is not None else None,
+        "best_fp32_quality_config": best["config"] if best is not None else None,
+        "int8_speedup": _num(i8row["speedup"]) if i8row is not None else None,
+        "int8_loss_vs_gt_db": _num(t.int8_loss),
+        "not_run": int(len(not_run)),
+    }
+
+
+def _metrics(p: Mapping[str, Any], ran: pd.DataFrame, not_run: pd.DataFrame, gt: pd.DataFrame,
+             verdicts: Mapping[str, str], cap: Any) -> dict[str, Any]:
+    return {"isa": cap.isa, "verdicts": verdicts,
+            "speedup": {f"{r.config}@{r.resolution}": r.speedup for r in ran.itertuples()},
+            "psnr_vs_fp32_db": {f"{r.config}@{r.resolution}": r.psnr_vs_fp32_db for r in ran.itertuples()},
+            "not_run": {f"{r.config}@{r.resolution}": f"{r.status}: {r.reason}" for r in not_run.itertuples()},
+            "int8_vs_ground_truth": gt.to_dict("records"), "frames_used": {
+                k: {c: [min(v), max(v)] for c, v in d.items()} for k, d in frames_used(p).items()}}
+
+
 def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
@@ -239,143 +451,14 @@ def run(
 ) -> StudyResult:
     """Time every configuration interleaved at every resolution, score it, report skips, publish."""
     with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root) as run:
-        p, dev = run.params, run.device
-        configs = study_configs(p["configs"], p["baseline"])  # every check before the model loads
-        check_splits(p)
-        if p["target_resolution"] not in p["resolutions"]:
-            raise ParamError(f"target_resolution {p['target_resolution']} is not among resolutions {p['resolutions']}")
-        model = run.model()
-        skipped: dict[str, str] = {}
-        built: dict[str, Any] = {}
-        for c in configs:
-            problems = c.problems(dev)
-            if problems:
-                skipped[c.name] = "; ".join(problems)
-                continue
-            try:
-                built[c.name] = _build(c, model, run)
-            except BackendUnavailable as exc:
-                skipped[c.name] = str(exc)
-        rows: list[dict[str, Any]] = []
-        outputs: dict[tuple[str, str], torch.Tensor] = {}
-        for res in p["resolutions"]:
-            w, h = parse_resolution(res)
-            pairs = [real_frame_pair(w, h, p["clip"], k * QUALITY_PAIR_STEP, dev) for k in range(p["quality_pairs"])]
-            a, b = pairs[0]
-            here = [c for c in configs if c.resolutions is None or res in c.resolutions]
-            fns = {c.name: (lambda m=built[c.name]: m.interpolate(a, b, p["timestep"], p["scale"]))
-                   for c in here if c.name in built}
-            timing = time_interleaved(fns, dev, warmup=p["warmup"], rounds=p["repeats"], baseline=p["baseline"],
-                                      max_slowdown=p["max_slowdown"], progress=run.progress)
-            base_t = timing.timings[p["baseline"]]
-            for c in here:
-                row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res}
-                if c.name in skipped or c.name in timing.stopped:
-                    reason = skipped.get(c.name) or timing.stopped[c.name]
-                    status = "too slow" if reason.startswith("too slow") else (
-                        "failed" if reason.startswith("failed") else "skipped")
-                    rows.append({**row, "status": status, "reason": reason})
-                    continue
-                m, t = built[c.name], timing.timings[c.name]
-                with PeakMemory(dev) as mem:
-                    out = torch.cat([m.interpolate(x, y, p["timestep"], p["scale"]) for x, y in pairs]).float().cpu()
-                outputs[(c.name, res)] = out
-                rows.append({**row, "status": "ran", "reason": "", **t.as_dict(),
-                             "speedup": base_t.median / t.median, "speedup_p10": base_t.median / t.p90,
-                             "speedup_p90": base_t.median / t.p10, "first_call_s": timing.first_call_s[c.name],
-                             "peak_mem_mib": mem.peak_mib, "peak_mem_kind": mem.kind,
-                             **agreement(out, outputs[(p["baseline"], res)]),
-                             "applied": "; ".join(f"{k}: {v}" for k, v in m.applied.items()),
-                             "options_skipped": "; ".join(f"{k}: {v}" for k, v in m.skipped.items())})
-        df = run.table(pd.DataFrame(rows), "results")
-        ran = df[df.status == "ran"]
-        run.table(ran.pivot_table(index="config", columns="resolution", values="speedup", sort=False), "speedup")
-        not_run = run.table(df[df.status != "ran"][["config", "resolution", "status", "reason"]], "skipped_or_stopped")
-        title = run.env["device_name"]
-        run.figure(_speedup_figure(df, f"Speedup over FP32 eager, same run ({title})"), "speedup_bars")
-        run.figure(_quality_figure(df, f"Quality against speed ({title})"), "quality_vs_speed")
-
-        # INT8 (and the baseline) against the ground truth of held-out triplets
-        int8 = [c.name for c in configs if c.dtype == "int8" and c.name in built and not ran[ran.config == c.name].empty]
-        gt = pd.DataFrame()
-        if int8:
-            triplets = heldout_triplets(p)
-            parts = []
-            for name in [p["baseline"], *int8]:
-                for tri in triplets:
-                    clip = tri.name.split(":")[0]
-                    q, _ = evaluate_triplets(built[name], [tri], clip, methods=["rife"], scale=p["scale"], progress=False)
-                    parts.append(q.assign(config=name))
-            per = pd.concat(parts, ignore_index=True)
-            gt = per.groupby("config", sort=False)[["psnr", "ssim"]].mean().reset_index()
-            gt["n"] = len(triplets)
-            gt["psnr_change_db"] = gt["psnr"] - float(gt.loc[gt.config == p["baseline"], "psnr"].iloc[0])
-            run.table(gt, "int8_vs_ground_truth")
-
-        # published anchors, labelled as theirs
-        best_fps = {("RIFE " + model.variant, r, "output fps"): float(g.fps.max()) for r, g in ran.groupby("resolution")}
-        run.table(claims.beside_ours(claims.claims("optimisation"), best_fps, f"ours (RIFE {model.variant}, this run)")
-                  .dropna(axis=1, how="all"), "published_anchors")
-
-        # targets and sentences
+        p = run.params
+        setup = prepare(run)
+        ran, not_run = publish_timings(run, setup)
+        gt = int8_vs_ground_truth(run, setup, ran)
+        publish_anchors(run, setup.model, ran)
+        targets = pick_targets(p, ran, gt)
+        verdicts = judge_targets(p, targets)
         cap = capabilities()
-        at = ran[ran.resolution == p["target_resolution"]]
-        fp32q = at[at.psnr_vs_fp32_db >= p["fp32_quality_db"]]
-        best = fp32q.loc[fp32q.speedup.idxmax()] if not fp32q.empty else None
-        fastest = at.loc[at.speedup.idxmax()] if not at.empty else None
-        i8 = at[at.dtype == "int8"].merge(gt[["config", "psnr_change_db"]], on="config", how="left") if not gt.empty \
-            else at[at.dtype == "int8"].assign(psnr_change_db=float("nan"))
-        within = i8[-i8.psnr_change_db <= p["int8_max_loss_db"]]
-        pool = within if not within.empty else i8  # the fastest INT8 path within the loss budget, else the fastest
-        i8row = pool.loc[pool.speedup.idxmax()] if not pool.empty else None
-        i8loss = None if i8row is None or pd.isna(i8row["psnr_change_db"]) else float(-i8row["psnr_change_db"])
-        lines = []
-        for r, g in ran.groupby("resolution", sort=False):
-            f = g.loc[g.speedup.idxmax()]
-            lines.append(f"**{r}**: FP32 eager {g.loc[g.config == p['baseline'], 'median_ms'].iloc[0]:.1f} ms; "
-                         f"fastest **{f['config']}** ({f['backend']}, {f['dtype']}) {f['median_ms']:.1f} ms "
-                         f"(p10-p90 {f['p10_ms']:.1f}-{f['p90_ms']:.1f}), **{f['speedup']:.2f}x**, {f['fps']:.2f} fps, "
-                         f"PSNR vs FP32 {f['psnr_vs_fp32_db']:.1f} dB")
-        verdicts = {}
-        if best is not None:
-            verdicts["fp32_quality"] = _verdict(best["speedup"], p["target_speedup"])
-            lines.append(f"fastest path at FP32 quality (PSNR vs FP32 >= {p['fp32_quality_db']:g} dB) at "
-                         f"{p['target_resolution']}: **{best['config']}**, {best['speedup']:.2f}x FP32 eager: target "
-                         f"{verdicts['fp32_quality']}")
-        if fastest is not None:
-            lines.append(f"every engine timed in this run is a rifelab backend, so none is faster than rifelab's best; "
-                         f"the fastest at {p['target_resolution']} is {fastest['config']} ({fastest['speedup']:.2f}x)")
-        if p["target_fps"] is not None and best is not None:
-            verdicts["fps"] = _verdict(best["fps"], p["target_fps"])
-            lines.append(f"output fps of {best['config']} at {p['target_resolution']}: {verdicts['fps']}")
-        if i8row is not None:
-            verdicts["int8_speedup"] = _verdict(i8row["speedup"], p["int8_target_speedup"])
-            verdicts["int8_loss"] = _verdict(i8loss, p["int8_max_loss_db"], above=False)
-            lines.append(f"INT8 ({i8row['config']}): {i8row['speedup']:.2f}x FP32 eager, target {verdicts['int8_speedup']}; "
-                         f"PSNR {i8row['psnr_vs_fp32_db']:.1f} dB vs the FP32 output; change against the ground truth "
-                         f"of {int(gt['n'].iloc[0])} held-out triplets {-(i8loss or 0):+.2f} dB, target {verdicts['int8_loss']}")
-        lines += [f"INT8 variant {r.config}: {r.speedup:.2f}x FP32 eager, {r.psnr_change_db:+.2f} dB against the ground "
-                  f"truth" for r in i8.itertuples() if i8row is not None and r.config != i8row["config"]]
-        lines.append(f"CPU ISA: {cap.isa}. bf16/fp16 paths need native support (skipped otherwise); INT8 speed "
-                     f"depends on VNNI/AMX ({'present' if cap.vnni or cap.amx else 'absent here'})")
-        lines += [f"{r.config} @ {r.resolution}: {r.status}: {r.reason}" for r in not_run.itertuples()]
-
-        def num(x: Any) -> float | None:
-            return None if x is None or pd.isna(x) else round(float(x), 4)
-
-        headline = {
-            "baseline_ms": num(at.loc[at.config == p["baseline"], "median_ms"].iloc[0]) if not at.empty else None,
-            "best_fp32_quality_speedup": num(best["speedup"]) if best is not None else None,
-            "best_fp32_quality_config": best["config"] if best is not None else None,
-            "int8_speedup": num(i8row["speedup"]) if i8row is not None else None,
-            "int8_loss_vs_gt_db": num(i8loss),
-            "not_run": int(len(not_run)),
-        }
-        metrics = {"isa": cap.isa, "verdicts": verdicts,
-                   "speedup": {f"{r.config}@{r.resolution}": r.speedup for r in ran.itertuples()},
-                   "psnr_vs_fp32_db": {f"{r.config}@{r.resolution}": r.psnr_vs_fp32_db for r in ran.itertuples()},
-                   "not_run": {f"{r.config}@{r.resolution}": f"{r.status}: {r.reason}" for r in not_run.itertuples()},
-                   "int8_vs_ground_truth": gt.to_dict("records"), "frames_used": {
-                       k: {c: [min(v), max(v)] for c, v in d.items()} for k, d in frames_used(p).items()}}
+        lines = summary_lines(p, ran, not_run, gt, targets, verdicts, cap)
         plots = {"speedup": ran.assign(config_at=ran.config + " @ " + ran.resolution)[["config_at", "speedup"]]}
-        return run.finish(metrics, headline, plots, lines)
+        return run.finish(_metrics(p, ran, not_run, gt, verdicts, cap), _headline(p, targets, not_run), plots, lines)
