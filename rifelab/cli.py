@@ -16,7 +16,10 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import torch
 
-from rifelab.frames.assets import ASSETS, AssetError, fetch
+from rifelab.devicerun.inputs import INPUTS_DIR
+from rifelab.devicerun.prepare import payload, prepare_inputs
+from rifelab.devicerun.render import PROFILE, land, render
+from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
 from rifelab.engines.backends import add_backend_options, model_from_args
 from rifelab.interpolate.batch import add_batch_parser
 from rifelab.measure.benchmark import bench_row
@@ -27,7 +30,7 @@ from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.measure.profiling import environment_record, resolve_device
 from rifelab.pruning.cli import add_prune_parser
 from rifelab.publish.report import build_report
-from rifelab.publish.results import find_project_root, save_json, to_markdown
+from rifelab.publish.results import COMMITTED_RESULTS, find_project_root, results_base, save_json, to_markdown
 
 log = logging.getLogger("rifelab")
 
@@ -88,10 +91,13 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
 
     overrides = parse_set(args.set)
     root = find_project_root()
-    out = Path(args.output) if args.output else root / "results" / args.profile / "notebooks" / Path(args.notebook).name
-    params = {"profile": args.profile, "overrides": overrides}
-    if args.results_root:
-        params["results_root"] = str(Path(args.results_root).resolve())
+    results_root = Path(args.results_root).resolve() if args.results_root else None
+    base = results_base(args.profile, results_root)
+    out = Path(args.output) if args.output else base / "notebooks" / Path(args.notebook).name
+    params = {"profile": args.profile, "overrides": overrides, "results_root": results_root and str(results_root)}
+    if results_root is None:
+        print(f"trial run: results and the executed notebook go to {base} (scratch, ignored by git); "
+              f"pass --results-root {COMMITTED_RESULTS} to write the committed results (dvc repro does)", flush=True)
     log.info("running %s -> %s with %s", args.notebook, out, params)
     try:
         run_notebook(args.notebook, out, parameters=params, cwd=root, log_output=args.log_output,
@@ -106,6 +112,43 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     out = build_report(args.notebooks, args.output)
     print(f"report written to {out}")
+    return 0
+
+
+DEVICE_NOTEBOOK = "05_device_run.ipynb"
+
+
+def _cmd_device_prepare(args: argparse.Namespace) -> int:
+    root = find_project_root()
+    dest = Path(args.dest) if args.dest else root / INPUTS_DIR
+    prepare_inputs(dest, root, pairs=args.pairs, clip=args.clip)
+    print(f"prepared {dest}: {args.pairs} real pairs of {args.clip}, fast-path weights, commit record")
+    if args.no_size_check:
+        return 0
+    report = payload(root, [os.path.relpath(dest, root)])
+    print(report.describe())
+    return 0 if report.fits else 3
+
+
+def _cmd_device_report(args: argparse.Namespace) -> int:
+    root = find_project_root()
+    results = Path(args.results_root) if args.results_root else None
+    base = results_base(PROFILE, results)
+    if results is None:
+        print(f"trial rendering: everything goes to {base} (scratch, ignored by git); pass --results-root "
+              f"{COMMITTED_RESULTS} to land the run in the committed results", flush=True)
+    landed = land(args.archive, results)
+    print(f"archive landed: {landed}")
+    if args.no_notebook:
+        print(render(landed, base.parent).summary_markdown())
+        return 0
+    rel = lambda p: os.path.relpath(p, root) if Path(p).resolve().is_relative_to(root.resolve()) else str(p)  # noqa: E731
+    notebook = base / "notebooks" / DEVICE_NOTEBOOK
+    run_notebook(root / "notebooks" / DEVICE_NOTEBOOK, notebook, cwd=root,
+                 parameters={"archive": rel(landed), "results_root": rel(base.parent)})
+    report = build_report([notebook], base / "device_report.html",
+                          title="rifelab cuda profile: the device run (rendered from its archive, not re-timed)")
+    print(f"executed {notebook}; report written to {report}")
     return 0
 
 
@@ -158,12 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
                    help="device profile whose params file and result folder are used (default: cpu)")
     p.add_argument("--output", "-o", default=None,
-                   help="where to save the executed notebook (default: results/<profile>/notebooks/<name>.ipynb)")
+                   help="where to save the executed notebook (default: <results root>/<profile>/notebooks/<name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter of the study for this run (VALUE as YAML), may repeat; "
                    "an unknown KEY or a bad value stops the run before anything is written")
     p.add_argument("--results-root", default=None, metavar="DIR",
-                   help="write results under DIR/<profile>/ instead of the project's results/ (trial runs)")
+                   help="write the results and the executed notebook under DIR/<profile>/; the pipeline passes "
+                   f"{COMMITTED_RESULTS} (the committed results); default: the scratch folder scratch/ of the project, "
+                   "ignored by git")
     p.add_argument("--log-output", action="store_true", help="stream the notebook's output to the log")
     p.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
                    help="fail a cell that runs longer than this (default: $RIFELAB_CELL_TIMEOUT, else no limit)")
@@ -174,6 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="+", help="executed .ipynb files, e.g. results/cpu/notebooks/*.ipynb")
     p.add_argument("--output", "-o", required=True, help="HTML file to write, e.g. results/cpu/report.html")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("device-prepare", help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
+                       description="Decode real frame pairs (PyAV, here), write them as PNG with the RIFE flow weights "
+                       "(the fast path's tensors only) and the commit into .device_inputs/, which the device tool "
+                       "carries to the GPU machine; then add up what one device call would send (64 MiB limit). "
+                       "Exit status 3 when it does not fit. See README, GPU run.")
+    p.add_argument("--dest", default=None, help=f"folder to write (default: {INPUTS_DIR}/ in the project root)")
+    p.add_argument("--pairs", type=int, default=3, help="real frame pairs (PSNR is measured on each; default 3)")
+    p.add_argument("--clip", default="bigbuckbunny", choices=list(CLIPS), help="bundled clip the pairs come from (default bigbuckbunny, 1280x720)")
+    p.add_argument("--no-size-check", action="store_true", help="skip the payload size check (e.g. a smoke run's temp inputs)")
+    p.set_defaults(func=_cmd_device_prepare)
+
+    p = sub.add_parser("device-report", help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",
+                       description="Check ARCHIVE (device_run.tar.gz from scripts/device_run.sh), copy it to "
+                       "<results root>/cuda/device_run.tar.gz, execute notebooks/05_device_run.ipynb on it (tables, figure, "
+                       "metrics under <results root>/cuda/ only) and build device_report.html there. Nothing is re-timed.")
+    p.add_argument("archive", help="the device_run.tar.gz the GPU run wrote (or the landed copy in results/cuda/)")
+    p.add_argument("--results-root", default=None, metavar="DIR",
+                   help=f"write under DIR/cuda/: {COMMITTED_RESULTS} to land the run in the committed results (the DVC "
+                   "stage does); default: the scratch folder scratch/ of the project, ignored by git")
+    p.add_argument("--no-notebook", action="store_true", help="render tables, figure and metrics only (no papermill)")
+    p.set_defaults(func=_cmd_device_report)
 
     add_interpolate_parser(sub)
     add_batch_parser(sub)

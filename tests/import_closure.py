@@ -70,6 +70,9 @@ RUNNER = ("rifelab/__init__.py", "rifelab/cli.py", "rifelab/publish/__init__.py"
 
 def stage_code(stage: str) -> list[str]:
     """The rifelab files a dvc.yaml stage depends on: its study's import closure (+ the notebook runner)."""
+    if stage == "device_run":  # `rifelab device-report`: notebook 05 renders the archive, then the report
+        files = {str(p.relative_to(ROOT)) for p in closure("rifelab.devicerun.render")}
+        return sorted(files | set(RUNNER) | {"rifelab/publish/report.py"})
     study = "pruning" if stage == "finetune" else stage
     files = {str(p.relative_to(ROOT)) for p in closure(f"rifelab.studies.{study}")}
     return sorted(files if stage == "finetune" else files | set(RUNNER))

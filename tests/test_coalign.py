@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dvc_checks import assert_plots_readable
+from notebook_checks import assert_figures_render
 from rifelab.depth.coalign import AlignConfig, align, coalign_loss, coalign_loss_dense, identity_alignment, loss_step, merge, prepare
 from rifelab.depth.lsq import solve_lsq
 from rifelab.depth.metrics import affine_fit, agreement_metrics, depth_metrics
@@ -374,6 +375,7 @@ def test_notebook_runs_with_tiny_parameters(tmp_path):
     assert (tmp_path / "cpu" / "metrics" / "coalign.json").exists()
     executed = (tmp_path / "out.ipynb").read_text()
     assert "Target solver" in executed and "synthetic" in executed  # the generated summary was shown
+    assert_figures_render(tmp_path / "out.ipynb", min_images=3)
 
 
 # ---------------------------------------------------------------- degenerate input (issue 14)

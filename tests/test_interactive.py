@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dvc_checks import assert_plots_readable
+from notebook_checks import assert_figures_render
 from rifelab.frames.images import to_tensor, to_uint8
 from rifelab.interpolate.viewer import TimestepViewer, relative_cost
 from rifelab.rife.checkpoints import load_rife
@@ -166,4 +167,5 @@ def test_notebook_00_runs_headless(tmp_path):
                  *sets]) == 0
     text = out.read_text()
     assert "Live controls are off" in text and "dB** PSNR" in text  # headless: no widgets, generated sentences
+    assert assert_figures_render(out) == 3  # view, strip, benchmark: images, not "<Figure size ...>"
     assert (tmp_path / "r" / "cpu" / "metrics" / "interactive.json").exists()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dvc_checks import assert_plots_readable
+from notebook_checks import assert_figures_render
 from rifelab.engines.backends import CALIBRATION_RANGES
 from rifelab.frames.splits import overlapping_frames, range_frames
 from rifelab.publish.notebooks import run_notebook
@@ -151,3 +152,4 @@ def test_notebook_runs_thin_with_tiny_params(tmp_path):
                  {"profile": "cpu", "overrides": tiny, "results_root": str(tmp_path)}, cwd=ROOT)
     text = json.dumps(nbformat.read(out, as_version=4))
     assert "What this run measured" in text and "skipped" in text and "426.8" in text
+    assert_figures_render(out, min_images=2)

@@ -17,6 +17,7 @@ import yaml
 from dvc_checks import DVC, assert_plots_readable
 from dvc_checks import stage as _stage
 from import_closure import PKG, ROOT, closure, direct_imports, module_file
+from notebook_checks import assert_figures_render
 from rifelab.cli import main as cli_main
 from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.publish.report import build_report
@@ -49,7 +50,9 @@ def test_stage_tracks_exactly_the_keys_the_study_reads(name):
     schema = _study(name).PARAMS
     expected = [f"common.{k}" for k in COMMON] + [f"{name}.{k}" for k, p in schema.items() if p.tracked]
     assert sorted(keys) == sorted(expected)
-    assert _stage(name)["cmd"] == f"rifelab notebook notebooks/{_study(name).NOTEBOOK} --profile ${{key}}"
+    # the pipeline, and only the pipeline, writes the committed results (trial runs default to scratch/)
+    assert _stage(name)["cmd"] == (f"rifelab notebook notebooks/{_study(name).NOTEBOOK} --profile ${{key}} "
+                                   "--results-root results")
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -230,6 +233,7 @@ def test_notebook_command_runs_baseline_and_report_reads_well(tmp_path, capsys):
     text = json.dumps(nb)
     assert str(ROOT) not in text  # no machine paths of the project in the executed notebook
     assert "RIFE" in text and "dB PSNR" in text  # the generated sentences
+    assert_figures_render(out_nb, min_images=3)
     report = build_report([out_nb], tmp_path / "report.html")
     html = report.read_text()
     assert "baseline.run(" not in html  # code hidden
@@ -316,7 +320,7 @@ def test_dvc_plots_folder_is_ignored():
 
 
 OPTIONAL_HEAVY = {"papermill", "nbconvert", "onnx", "onnxruntime", "openvino", "nncf", "torch_tensorrt", "tensorrt",
-                  "ray", "pynvml", "ipywidgets", "IPython"}
+                  "ray", "pynvml", "ipywidgets", "IPython", "ptflops"}
 
 
 def test_imports_sit_at_the_top_except_optional_heavy_dependencies():
@@ -368,3 +372,21 @@ def test_cuda_profile_without_cuda_stops_before_writing(tmp_path):
     with pytest.raises(ParamError, match="profile 'cuda'.*CUDA is not available"):
         _study("baseline").run("cuda", TINY, tmp_path)
     assert not (tmp_path / "cuda").exists()
+
+
+def test_figures_made_without_pyplot_display_as_png():
+    """A Figure built without pyplot (the viewer's) gets an image/png form once a study or the viewer ran."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from matplotlib.figure import Figure
+
+    from rifelab.publish.inline import figures_as_png
+
+    shell = InteractiveShell.instance()
+    try:
+        fig = Figure(figsize=(2, 1))
+        fig.subplots().plot([0, 1])
+        assert figures_as_png()
+        data, _ = shell.display_formatter.format(fig)
+        assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        InteractiveShell.clear_instance()

@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from notebook_checks import assert_figures_render
 from rifelab.pruning.apply import apply_physical, load_pruned, nonzero_parameters, prune_model, read_pruned_meta, save_pruned
 from rifelab.pruning.cli import add_prune_parser
 from rifelab.pruning.groups import PruningError, channel_groups, conv_layers, layer_out_channels
@@ -448,6 +449,7 @@ def test_finetune_stage_is_cached_and_the_study_notebook_runs(tmp_path):
     assert set(changed["status"]) == {"trained"}
     run_notebook(ROOT / "notebooks" / "03_pruning.ipynb", tmp_path / "03.ipynb", cwd=ROOT, parameters={
         "overrides": {**TINY, "finetune_lr": 1e-4}, "results_root": str(tmp_path)})
+    assert_figures_render(tmp_path / "03.ipynb", min_images=4)
     (out,) = (tmp_path / "cpu" / "pruning").iterdir()
     for name in ("sweep.csv", "sensitivity.csv", "latency_share.png", "sensitivity.png", "pareto.png", "best.pt",
                  "mask_trap.md", "published_claims.md", "finetuning_loss.png", "importance_comparison.csv"):
@@ -525,7 +527,7 @@ def test_finetune_stage_tracks_exactly_the_keys_that_feed_it():
 @pytest.mark.parametrize("profile", PROFILES)
 def test_committed_finetune_outputs_match_the_derived_fingerprints(profile):
     """The derived key sets hash as the hand-written ones did: the committed checkpoints and tables stay current."""
-    folder = study.finetune_dir(profile)
+    folder = ROOT / "results" / profile / "finetune"
     if not (folder / "planning.json").is_file():
         pytest.skip(f"no committed finetune outputs for {profile}")
     p = load_study_params("pruning", study.PARAMS, profile)

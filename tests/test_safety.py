@@ -223,3 +223,146 @@ def test_float_frames_slightly_above_one_are_clamped_with_a_warning(caplog):
         a2, b2 = check_pair(a, b)
     assert float(a2.max()) <= 1.0 and float(b2.min()) >= 0.0
     assert "clamped" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 2. 10-bit video and 16-bit PNG
+
+
+def _deep(frames: np.ndarray) -> np.ndarray:
+    """Real frames widened to 16 bits with low bits set (so an 8-bit round trip cannot reproduce them)."""
+    ramp = (np.arange(frames.shape[2], dtype=np.uint16) % 200)[None, None, :, None]
+    return (frames.astype(np.uint16) * 257 + ramp).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def video10(tmp_path_factory, frames) -> Path:
+    """A lossless 10-bit (FFV1 yuv420p10le) Matroska file of real frames."""
+    path = tmp_path_factory.mktemp("deep") / "d10.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p10le"
+        for f in _deep(frames):
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb48le")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _png16(path: Path, frame: np.ndarray) -> None:
+    ctx = av.codec.CodecContext.create("png", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = frame.shape[1], frame.shape[0], "rgb48be"
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb48le")
+    path.write_bytes(b"".join(bytes(p) for p in [*ctx.encode(vf), *ctx.encode(None)]))
+
+
+def _read16(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return next(c.decode(video=0)).to_ndarray(format="rgb48le")
+
+
+def test_10bit_video_keeps_its_depth_in_frames_and_video(video10, tmp_path):
+    with av.open(str(video10)) as c:
+        decoded = [f.to_ndarray(format="rgb48le") for f in c.decode(video=0)]
+    out = tmp_path / "frames"
+    interpolate_sequence(video10, out, Blend(), _cfg(multi=3))
+    first, middle = _read16(out / "00000000.png"), _read16(out / "00000001.png")
+    assert first.dtype == np.uint16 and np.array_equal(first, decoded[0])  # the original, all 16 bits
+    assert (middle % 257 != 0).any()  # the model's frame is not an 8-bit value widened
+    for name in ("v.mp4", "v.mkv"):
+        interpolate_sequence(video10, tmp_path / name, Blend(), _cfg(multi=3))
+        with av.open(str(tmp_path / name)) as c:
+            assert c.streams.video[0].codec_context.format.components[0].bits >= 10
+
+
+def test_16bit_png_frames_stay_16bit(frames, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    deep = _deep(frames)
+    for i, f in enumerate(deep):
+        _png16(src / f"{i:03d}.png", f)
+    out = tmp_path / "out"
+    interpolate_sequence(src, out, Blend(), _cfg(multi=3))
+    assert np.array_equal(_read16(out / "00000002.png"), deep[1])
+    assert (_read16(out / "00000001.png") % 257 != 0).any()
+    assert json.loads((out / MANIFEST_NAME).read_text())["depth"] == 16
+
+
+def test_depth_reduction_is_refused_unless_allowed(video10, tmp_path, caplog):
+    with pytest.raises(DataError, match=r"10-bit samples.*--allow-8bit"):
+        interpolate_sequence(video10, tmp_path / "j", Blend(), _cfg(ext="jpg"))
+    with pytest.raises(DataError, match=r"10-bit samples.*--allow-8bit"):
+        interpolate_sequence(video10, tmp_path / "v.webm", Blend(), _cfg())
+    with caplog.at_level("WARNING"):
+        interpolate_sequence(video10, tmp_path / "j", Blend(), _cfg(ext="jpg", allow_8bit=True))
+    assert "reduced to 8 bits" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 3. variable frame rate
+
+VFR_MS = [0, 40, 80, 200, 240, 400, 440, 480]  # the issue's file: valid, 8 frames, no frame count in the container
+
+
+@pytest.fixture(scope="module")
+def vfr(tmp_path_factory) -> Path:
+    frames = load_clip("carphone", max_frames=len(VFR_MS))
+    path = tmp_path_factory.mktemp("vfr") / "vfr.mkv"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for f, ms in zip(frames, VFR_MS):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = ms, Fraction(1, 1000)
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _times(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        return sorted(float(f.pts * st.time_base) for f in c.decode(st))
+
+
+def test_vfr_video_is_not_called_damaged(vfr, tmp_path):
+    s = interpolate_sequence(vfr, tmp_path / "o", Blend(), _cfg(multi=2))
+    assert s.input_frames == 8 and not s.damaged_input and not s.lost_input_frames
+
+
+def test_vfr_retiming_keeps_the_duration(vfr, tmp_path):
+    out = tmp_path / "r.mp4"
+    s = interpolate_sequence(vfr, out, Blend(), _cfg(target_fps=50))
+    assert s.output_frames == 25  # frames at 0, 20, ..., 480 ms: the input's 0.48 s, not 0.28 s
+    times = _times(out)
+    assert len(times) == 25 and times[-1] == pytest.approx(0.48, abs=1e-3)
+    frames = interpolate_sequence(vfr, tmp_path / "rf", Blend(), _cfg(target_fps=50))
+    assert frames.output_frames == 25 and frames.original_frames == len(VFR_MS)  # every input time is a k/50
+
+
+def test_vfr_multi_writes_each_output_timestamp(vfr, tmp_path, caplog):
+    out = tmp_path / "m.mkv"
+    interpolate_sequence(vfr, out, Blend(), _cfg(multi=3))
+    expected = sorted({*VFR_MS, *[(a + b) / 2 for a, b in zip(VFR_MS, VFR_MS[1:])]})
+    assert _times(out) == pytest.approx([ms / 1000 for ms in expected], abs=2e-3)
+    with caplog.at_level("WARNING"):
+        interpolate_sequence(vfr, tmp_path / "f", Blend(), _cfg(multi=3))
+    assert "variable frame rate" in caplog.text and "assumes a constant rate" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 7. bounds and words
+
+
+def test_retiming_has_bounds_and_says_when_it_drops_frames(frame_folder, tmp_path, capsys):
+    with pytest.raises(DataError, match="--allow-frame-drop"):  # first: the old code computes 1e6 fps for minutes
+        interpolate_sequence(frame_folder, tmp_path / "slow", Blend(), _cfg(target_fps=12))
+    with pytest.raises(DataError, match="above the limit of 256"):
+        interpolate_sequence(frame_folder, tmp_path / "big", Blend(), _cfg(target_fps=1e6))
+    assert not (tmp_path / "big").exists()
+    s = interpolate_sequence(frame_folder, tmp_path / "slow", Blend(), _cfg(target_fps=12, allow_frame_drop=True))
+    assert s.output_frames == 2
+    rc = main(["interpolate", str(frame_folder), str(tmp_path / "x"), "--multi", "4", "--target-fps", "50",
+               "--no-progress"])
+    assert rc == 2 and "--multi 4 and --target-fps" in capsys.readouterr().err

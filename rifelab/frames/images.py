@@ -11,6 +11,7 @@ from typing import Sequence
 import imageio.v3 as iio
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from rifelab.publish.results import atomic_path
@@ -163,6 +164,53 @@ def read_image_rgba(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([rgb, a], axis=2))
 
 
+def image_bit_depth(path: str | os.PathLike) -> int:
+    """Bits per colour sample of an image file: 16 for 16-bit PNG or TIFF, else 8 (read from the header only)."""
+    p = Path(path)
+    try:
+        if p.suffix.lower() == ".png":
+            with open(p, "rb") as fh:
+                head = fh.read(26)
+            return 16 if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16 else 8
+        if p.suffix.lower() in (".tif", ".tiff"):
+            return 16 if iio.improps(p).dtype.itemsize == 2 else 8
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the reader
+        return 8
+    return 8
+
+
+def read_image_deep(path: str | os.PathLike) -> np.ndarray:
+    """Read a 16-bit image (PNG, TIFF; gray or RGB, opaque) as uint16 RGB (H, W, 3) at its full depth.
+
+    Pillow, behind imageio, decodes 16-bit RGB PNG as 8 bits; FFmpeg's PNG decoder (PyAV) keeps them.
+    """
+    p = Path(path)
+    orientation, _ = _inspect_image(p)
+    if p.suffix.lower() == ".png":
+        import av  # FFmpeg's PNG decoder
+
+        try:
+            with av.open(str(p)) as c:
+                frame = next(c.decode(video=0))
+                alpha = "a" in frame.format.name.replace("gray", "")
+                arr = frame.to_ndarray(format="rgba64le" if alpha else "rgb48le")
+        except (av.error.FFmpegError, StopIteration) as exc:
+            raise DataError(f"cannot read image {p}: the file is corrupt or not a 16-bit PNG ({exc})") from exc
+    else:
+        arr = np.asarray(iio.imread(p))
+    arr = _apply_orientation(arr, orientation)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] in (2, 4):
+        if (arr[:, :, -1] != np.iinfo(arr.dtype).max).any():
+            raise DataError(f"{p}: 16-bit image with transparency; rifelab keeps 16 bits for opaque frames only. "
+                            "Flatten it, or pass --allow-8bit to interpolate it as 8-bit RGBA")
+        arr = arr[:, :, :-1] if arr.shape[2] == 4 else np.repeat(arr[:, :, :1], 3, axis=2)
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise DataError(f"{p}: expected a 16-bit gray or RGB image, got {arr.dtype} {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
 def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
     """Write an RGB uint8 frame atomically (temporary name, then rename); format from the suffix."""
     p = Path(path)
@@ -173,8 +221,28 @@ def write_image(path: str | os.PathLike, frame: np.ndarray) -> Path:
 
 
 def encode_image(frame: np.ndarray, ext: str = "png") -> bytes:
-    """An RGB uint8 frame encoded as an image file's bytes (format from `ext`: png, jpg, tif, bmp, webp)."""
-    return iio.imwrite("<bytes>", frame, extension="." + ext.lower().lstrip("."))
+    """An RGB uint8 frame encoded as an image file's bytes (format from `ext`: png, jpg, tif, bmp, webp).
+
+    A uint16 RGB frame is written at 16 bits: PNG by FFmpeg's encoder (Pillow cannot), TIFF by imageio.
+    """
+    ext = ext.lower().lstrip(".")
+    if frame.dtype == np.uint16:
+        if ext == "png":
+            return _encode_png16(frame)
+        if ext not in ("tif", "tiff"):
+            raise DataError(f"{ext} cannot store 16-bit frames; use png or tif")
+    return iio.imwrite("<bytes>", frame, extension="." + ext)
+
+
+def _encode_png16(frame: np.ndarray) -> bytes:
+    """A uint16 (H, W, 3) frame as 16-bit RGB PNG bytes (FFmpeg's PNG encoder through PyAV)."""
+    import av
+
+    h, w = frame.shape[:2]
+    ctx = av.codec.CodecContext.create("png", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = w, h, "rgb48be"
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb48le")
+    return b"".join(bytes(p) for p in [*ctx.encode(vf), *ctx.encode(None)])
 
 
 def list_frames(folder: str | os.PathLike, allow_other_files: bool = False) -> list[Path]:
@@ -215,14 +283,35 @@ def check_same_size(a: np.ndarray, b: np.ndarray, what: str = "frames") -> None:
 
 
 def to_tensor(frames: np.ndarray | Sequence[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:
-    """uint8 (H,W,3) or (N,H,W,3) frames -> float32 (N,3,H,W) in [0, 1]."""
+    """uint8 (H,W,3) or (N,H,W,3) frames -> float32 (N,3,H,W) in [0, 1]; uint16 frames (16-bit) are divided by 65535."""
     arr = np.asarray(frames)
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise DataError(f"expected uint8 frames (N,H,W,3), got shape {arr.shape}")
+    if arr.dtype == np.uint16:  # torch has no uint16 arithmetic on every version: widen first
+        return torch.from_numpy(arr.astype(np.float32)).to(device).permute(0, 3, 1, 2).div_(65535.0)
     t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def rgb8_view(frame: np.ndarray) -> np.ndarray:
+    """The RGB planes of a frame as uint8 (16-bit frames shifted down): what scene tests compare."""
+    rgb = frame[..., :3]
+    return rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)
+
+
+def to_uint16(frames: torch.Tensor) -> np.ndarray:
+    """float (N,3,H,W) in [0, 1] -> uint16 (N,H,W,3) (16-bit frames), rounded."""
+    x = frames.detach().float().clamp(0, 1).mul(65535.0).round().to(torch.int32)
+    return x.permute(0, 2, 3, 1).cpu().numpy().astype(np.uint16)
+
+
+def resize(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """float (N,3,H,W) frames in [0, 1] resized (bicubic, clamped to [0, 1]) to width x height; same tensor if they fit."""
+    if frames.shape[-2:] == (height, width):
+        return frames
+    return F.interpolate(frames, size=(height, width), mode="bicubic", align_corners=False).clamp_(0, 1)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -69,10 +70,11 @@ def _ranges(indices: Sequence[int], limit: int = 8) -> str:
     return ", ".join(text) + (", ..." if len(runs) > limit else "")
 
 
-def _expected_frames(container: Any, stream: Any) -> tuple[int | None, bool]:
-    """(frames the container states, exact?): its frame count, or its duration x average rate when that is
-    smaller (an edit list that trims frames, as `ffmpeg -ss ... -c copy` writes, keeps them in the count)
-    or when there is no count (Matroska). A count from the duration is approximate (+-1 frame)."""
+def _expected_frames(container: Any, stream: Any) -> tuple[int | None, bool, float | None]:
+    """(frames the container states, exact?, seconds it states): its frame count, or its duration x average rate
+    when that is smaller (an edit list that trims frames, as `ffmpeg -ss ... -c copy` writes, keeps them in the
+    count) or when there is no count (Matroska). A count from the duration is approximate (+-1 frame), and for a
+    variable-frame-rate file it is no count at all: `read_video` then checks the decoded frames' time span instead."""
     counted = int(stream.frames) if stream.frames else None
     rate = stream.average_rate or stream.guessed_rate
     timed: int | None = None
@@ -86,8 +88,33 @@ def _expected_frames(container: Any, stream: Any) -> tuple[int | None, bool]:
     if rate and seconds is not None:
         timed = int(round(seconds * float(rate)))
     if counted is not None and (timed is None or counted <= timed):
-        return counted, True
-    return timed, False
+        return counted, True, seconds
+    return timed, False, seconds
+
+
+def frame_times(path: str | os.PathLike) -> list[Fraction] | None:
+    """Presentation times (seconds, exact, from the first frame) of a video's frames, read from its packets
+    without decoding; None when the container gives no timestamps."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+            base = stream.time_base
+    except (av.error.FFmpegError, IndexError):
+        return None
+    if not pts or base is None:
+        return None
+    return [Fraction(p - pts[0]) * base for p in pts]
+
+
+def constant_rate(times: Sequence[Fraction]) -> bool:
+    """True when frame times are evenly spaced (within a timestamp tick and 1%), i.e. not variable frame rate."""
+    steps = [b - a for a, b in zip(times, times[1:])]
+    if len(steps) < 2:
+        return True
+    mean = (times[-1] - times[0]) / len(steps)
+    tick = min((st for st in steps if st > 0), default=mean) / 50
+    return all(abs(st - mean) <= max(mean / 100, tick, Fraction(1, 1000)) for st in steps)
 
 
 def _tag_seconds(tag: str | None) -> float | None:
@@ -97,7 +124,8 @@ def _tag_seconds(tag: str | None) -> float | None:
 
 
 def read_video(
-    name_or_path: str | os.PathLike, allow_damaged: bool = False, damage: list[VideoDamage] | None = None
+    name_or_path: str | os.PathLike, allow_damaged: bool = False, damage: list[VideoDamage] | None = None,
+    deep: bool = False,
 ) -> Iterator[np.ndarray]:
     """Decode every frame of a video as uint8 RGB (H, W, 3), checking that none was lost.
 
@@ -105,9 +133,11 @@ def read_video(
     duration x frame rate) raises DataError once the stream ends, naming the lost frames; with
     `allow_damaged` the frames that did decode are used and the VideoDamage is logged and appended to
     `damage`. Bad packets are skipped, so decoding continues after a damaged stretch.
+    `deep`: frames are uint16 RGB (rgb48), keeping 10-, 12- or 16-bit samples.
     """
     path = _resolve_clip(name_or_path)
     found = VideoDamage(str(path), None, 0)
+    span: list[float] = []  # [first pts, last pts + its duration] in seconds
     gaps: list[int] = []  # frame indices skipped by the timestamps (a VFR video has such gaps too)
     last_index = -1
     level, skip = av.logging.get_level(), av.logging.get_skip_repeated()
@@ -118,7 +148,7 @@ def read_video(
             if not container.streams.video:
                 raise DataError(f"{path} has no video stream")
             stream = container.streams.video[0]
-            found.expected, exact = _expected_frames(container, stream)
+            found.expected, exact, stated_seconds = _expected_frames(container, stream)
             rate = stream.average_rate or stream.guessed_rate
             step = float(1 / (rate * stream.time_base)) if rate and stream.time_base else None
             first_pts: int | None = None
@@ -147,12 +177,17 @@ def read_video(
                     index = max(index, int(round((frame.pts - first_pts) / step)))
                 gaps.extend(range(last_index + 1, index))
                 last_index = index
+                if frame.pts is not None and stream.time_base:
+                    start = float(frame.pts * stream.time_base)
+                    length = float(frame.duration * stream.time_base) if frame.duration else (step or 0) * float(
+                        stream.time_base)
+                    span[:] = [span[0] if span else start, start + length]
                 logged = new_errors()
                 if logged:
                     found.errors.extend(logged)
                     found.error_frames.append(index)
                 found.decoded += 1
-                yield frame.to_ndarray(format="rgb24")
+                yield frame.to_ndarray(format="rgb48le" if deep else "rgb24")
             found.errors.extend(new_errors())
     except av.error.FFmpegError as exc:
         raise DataError(f"cannot decode video {path}: {exc}; the file is damaged or not a video") from exc
@@ -160,9 +195,19 @@ def read_video(
         av.logging.set_level(level)
         av.logging.set_skip_repeated(skip)
     del found.errors[MAX_REPORTED_ERRORS:]
-    short = found.expected is not None and found.decoded < found.expected - (0 if exact else 1)
-    if short:  # name the lost frames: gaps in the timestamps, then the missing tail
-        found.lost = gaps + list(range(last_index + 1, found.expected))
+    if exact or found.errors:  # a stated count, or decode errors: frames missing by timestamp are lost
+        short = found.expected is not None and found.decoded < found.expected - (0 if exact else 1)
+        if short:  # name the lost frames: gaps in the timestamps, then the missing tail
+            found.lost = gaps + list(range(last_index + 1, found.expected))
+    else:  # no count (Matroska, WebM): gaps between timestamps are a variable frame rate, not a loss;
+        # only a decoded span shorter than the stated duration (a cut-off tail) is
+        tail = 0
+        if rate and span and stated_seconds is not None:
+            tail = int(round((stated_seconds - (span[1] - span[0])) * float(rate)))
+        short = tail >= 2
+        found.expected = last_index + 1 + tail if short else None
+        if short:
+            found.lost = list(range(last_index + 1, last_index + 1 + tail))
     if short or found.errors:
         if not allow_damaged:
             raise DataError(

@@ -1,10 +1,11 @@
 """Insert frames between every pair of a numbered image folder or a video: `rifelab interpolate`.
 
-    from rifelab.interpolate import InterpolateConfig, interpolate_sequence
+    from rifelab.interpolate.run import interpolate_sequence
+    from rifelab.interpolate.schedule import InterpolateConfig
     summary = interpolate_sequence("frames/", "out/", load_rife(), InterpolateConfig(multi=4))
 
 Works with any model object that has `.interpolate(img0, img1, timestep, scale, ensemble)` on
-(N,3,H,W) float tensors in [0, 1] (rifelab.models.RIFE, rifelab.engine.Engine).
+(N,3,H,W) float tensors in [0, 1] (rifelab.rife.model.RIFE, rifelab.engines.torch_engine.Engine).
 
 Timesteps. `multi` N is the number of frames per input pair including both originals, so N-2
 frames are inserted and a sequence of T frames becomes (N-1)(T-1)+1 frames. Output frame
@@ -23,13 +24,21 @@ p*(N-1)+i is the frame at time i/(N-1) between input frames p and p+1.
 
 Pair decisions (made in the reader thread, before the model): a pair whose SSIM is at least
 `static_ssim` is static, and a pair whose SSIM is below `cut_ssim` or whose colour histograms
-differ by more than `cut_hist` (total variation distance) is a scene cut (rifelab.scenes, the one
+differ by more than `cut_hist` (total variation distance) is a scene cut (rifelab.frames.scenes, the one
 detector). Neither is sent to the model: each inserted frame repeats the original nearest in time
 (t < 0.5: the first, otherwise the second), so a cut stays a cut instead of a morph.
 
-Pipeline: a reader thread (decode, pair decisions) -> the model (this thread) -> a writer
-thread (uint8 conversion, encode, atomic write), joined by bounded queues, so memory stays
-bounded on long inputs. Folder outputs are written frame by frame to a temporary name and
+Retiming (`target_fps` or `fps_ratio` R instead of `multi`): output frame k is at input position
+k / R, copied when that falls on an input frame and otherwise made directly from the two input
+frames around it at its own timestep; floor((T-1) R) + 1 frames. `multi` N is retiming by N-1.
+
+One pipeline for all three: the schedule (schedule.py) gives every input pair its output slots
+(index, position, left and right source, timestep, level), and `InterpolationPipeline`
+(pipeline.py) fills them for `multi`, recursive mode and retiming alike: a copy, a model frame
+(batched level by level over fixed groups of pairs) or a duplicate. `InterpolateConfig.output_count`
+is the one output-frame-count formula. A reader thread (decode, pair decisions) -> the model (this
+thread) -> a writer thread (uint8 conversion, encode, atomic write), joined by bounded queues
+(stages.py), so memory stays bounded on long inputs. Folder outputs are written frame by frame to a temporary name and
 renamed, so an interrupted run leaves only complete frames; `resume=True` keeps them and
 computes the rest, giving the same files as one uninterrupted run (pairs are batched in fixed
 groups, so every model call sees the same batch either way). A non-empty output is refused

@@ -38,7 +38,6 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from rifelab.frames.images import DataError
 from rifelab.interpolate.cli import add_interpolate_parser, config_from_args
@@ -48,10 +47,10 @@ from rifelab.interpolate.schedule import (
     JOURNAL_NAME,
     MANIFEST_NAME,
     InterpolateConfig,
-    retime_count,
 )
 from rifelab.interpolate.sinks import read_manifest
 from rifelab.interpolate.sources import open_source
+from rifelab.interpolate.stages import logging_through_tqdm, progress_bar
 from rifelab.publish.results import atomic_write_text, to_markdown
 
 log = logging.getLogger(__name__)
@@ -279,10 +278,7 @@ def expected_frames(item: BatchItem, config: InterpolateConfig) -> int | None:
         src = open_source(item.input, config.input_fps)
     except Exception:  # noqa: BLE001 - the worker reports the error
         return None
-    if not src.count:
-        return None
-    ratio = config.retime_ratio(src.fps)
-    return retime_count(src.count, ratio) if ratio is not None else (src.count - 1) * (config.multi - 1) + 1
+    return config.output_count(src.count, src.fps)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -364,15 +360,15 @@ def run_batch(
               "process (pip install 'rifelab[ray]' to spread them over workers)", file=sys.stderr)
     totals = [expected_frames(it, config) for it in items]
     total = sum(totals) if totals and all(t is not None for t in totals) else None
-    bar = tqdm(total=total, unit="frame", desc="batch", disable=not progress, dynamic_ncols=True, file=sys.stderr)
     results: dict[int, ItemResult] = {}
+    # log lines go above the bar, not through it; the bar is closed before the caller prints its summary
+    with logging_through_tqdm(progress), progress_bar(total, "batch", enabled=progress, leave=True) as bar:
 
-    def finished(i: int, res: ItemResult) -> None:
-        results[i] = res
-        failed = sum(r.status == "failed" for r in results.values())
-        bar.set_postfix_str(f"items {len(results)}/{len(items)}" + (f", {failed} failed" if failed else ""))
+        def finished(i: int, res: ItemResult) -> None:
+            results[i] = res
+            failed = sum(r.status == "failed" for r in results.values())
+            bar.set_postfix_str(f"items {len(results)}/{len(items)}" + (f", {failed} failed" if failed else ""))
 
-    try:
         if ray is None:
             if model is None:
                 if threads:
@@ -382,8 +378,6 @@ def run_batch(
                 finished(i, run_item(item, model, config, model_info, bar.update, f"{socket.gethostname()}:{os.getpid()}"))
         else:
             _run_on_ray(ray, items, config, model_args, model_info or {}, ray_address, workers, threads, bar, finished)
-    finally:
-        bar.close()
     for i, item in enumerate(items):  # items whose worker died before answering
         if i not in results:
             results[i] = ItemResult(item.name, item.input, item.output, "failed",

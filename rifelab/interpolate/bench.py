@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from rifelab.frames.images import (
     write_image,
 )
 from rifelab.frames.scenes import SceneThresholds
-from rifelab.interpolate.pipeline import _model_device, _Pair, _Pipeline
+from rifelab.interpolate.pipeline import InputPair, InterpolationPipeline, _model_device
 from rifelab.interpolate.run import interpolate_sequence
 from rifelab.interpolate.schedule import InterpolateConfig, InterpolationSummary
 from rifelab.interpolate.sinks import output_frame_name
@@ -38,7 +38,7 @@ def benchmark_pipeline(
     repeats: int = 3,
     workdir: str | os.PathLike | None = None,
     thresholds: SceneThresholds | None = None,
-) -> "Any":
+) -> pd.DataFrame:
     """Output frames per second of the model alone vs the whole folder-to-folder pipeline, threaded and serial.
 
     Same input and same model calls in every row: `frames` (uint8 T,H,W,3) are written as PNGs once;
@@ -49,32 +49,20 @@ def benchmark_pipeline(
     rifelab.profiling.Timing (median, p10/p90). Returns a DataFrame with one row per mode;
     `model_share` = model-only median / mode median (1.0: the I/O is fully hidden).
     """
-
-
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup must be >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
     thresholds = thresholds if thresholds is not None else SceneThresholds()
     device = _model_device(model)
     cfg = InterpolateConfig(multi=multi, batch_size=batch_size, scale=scale, thresholds=thresholds, progress=False)
     cfg.validate()
+    n_out = cfg.output_count(len(frames))
     with contextlib.ExitStack() as stack:
         root = Path(workdir) if workdir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         inp = root / "input"
         inp.mkdir(parents=True, exist_ok=True)
         for i, f in enumerate(frames):
             write_image(inp / output_frame_name(i), f)
-        n_out = (len(frames) - 1) * (multi - 1) + 1
-
-        # the pairs and decisions the pipeline will see, made once for the model-only row
-        summary = InterpolationSummary()
-        pipe = _Pipeline(model, cfg, summary)
-        pairs = list(pipe.pairs(ArraySource(frames)))
-        todo = [p for p in pairs if p.decision.kind == "interpolate"]
-        groups: list[list[_Pair]] = []
-        for p in todo:
-            if not groups or groups[-1][0].index // pipe.group_size != p.index // pipe.group_size:
-                groups.append([])
-            groups[-1].append(p)
+        pipe, groups = _model_groups(model, cfg, frames)
 
         def model_only() -> None:
             for g in groups:
@@ -89,36 +77,58 @@ def benchmark_pipeline(
             return go
 
         modes = (("model only", model_only), ("pipeline (threads)", run(True)), ("pipeline (serial)", run(False)))
-        for _, fn in modes:  # warm-up
-            for _ in range(warmup):
-                fn()
-        samples: dict[str, list[float]] = {name: [] for name, _ in modes}
-        for _ in range(repeats):  # interleaved, so a change in machine load hits every mode alike
-            for name, fn in modes:
-                synchronize(device)
-                t0 = time.perf_counter()
-                fn()
-                synchronize(device)
-                samples[name].append(time.perf_counter() - t0)
-        rows = []
-        for name, _ in modes:
-            timing = Timing.from_samples(samples[name], warmup=warmup)
-            rows.append({
-                "mode": name,
-                "median_s": timing.median,
-                "p10_s": timing.p10,
-                "p90_s": timing.p90,
-                "output_fps": n_out / timing.median,
-                "output_fps_p10": n_out / timing.p90,
-                "output_fps_p90": n_out / timing.p10,
-                "repeats": timing.repeats,
-            })
-    df = pd.DataFrame(rows)
+        samples = _time_modes(modes, warmup, repeats, device)
+    df = pd.DataFrame([_row(name, Timing.from_samples(samples[name], warmup=warmup), n_out) for name, _ in modes])
     base = df.loc[df["mode"] == "model only", "median_s"].iloc[0]
     df["model_share"] = base / df["median_s"]  # 1.0: I/O fully hidden behind the model
     h, w = frames.shape[1:3]
     df.insert(1, "input_frames", len(frames))
     df.insert(2, "output_frames", n_out)
-    df.insert(3, "model_frames", len(todo) * (multi - 2))
+    df.insert(3, "model_frames", sum(len(g) for g in groups) * (multi - 2))
     df.insert(4, "resolution", f"{w}x{h}")
     return df
+
+
+def _model_groups(model: Any, cfg: InterpolateConfig, frames: np.ndarray
+                  ) -> tuple[InterpolationPipeline, list[list[InputPair]]]:
+    """The pipeline and the groups of pairs it sends to the model, decided once for the model-only row."""
+    pipe = InterpolationPipeline(model, cfg, InterpolationSummary())
+    groups: list[list[InputPair]] = []
+    for p in pipe.pairs(ArraySource(frames)):
+        if p.decision.kind != "interpolate":
+            continue
+        if not groups or groups[-1][0].index // pipe.group_size != p.index // pipe.group_size:
+            groups.append([])
+        groups[-1].append(p)
+    return pipe, groups
+
+
+def _time_modes(modes: Sequence[tuple[str, Callable[[], None]]], warmup: int, repeats: int,
+                device: Any) -> dict[str, list[float]]:
+    """Seconds of each mode's runs: `warmup` untimed runs each, then `repeats` timed runs, interleaved."""
+    for _, fn in modes:
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name, _ in modes}
+    for _ in range(repeats):  # interleaved, so a change in machine load hits every mode alike
+        for name, fn in modes:
+            synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
+def _row(name: str, timing: Timing, n_out: int) -> dict[str, Any]:
+    """One table row: a mode's timing as seconds and output frames per second (median, p10, p90)."""
+    return {
+        "mode": name,
+        "median_s": timing.median,
+        "p10_s": timing.p10,
+        "p90_s": timing.p90,
+        "output_fps": n_out / timing.median,
+        "output_fps_p10": n_out / timing.p90,
+        "output_fps_p90": n_out / timing.p10,
+        "repeats": timing.repeats,
+    }

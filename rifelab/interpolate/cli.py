@@ -25,10 +25,10 @@ from rifelab.interpolate.schedule import (
     OUTPUT_IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     InterpolateConfig,
-    _count,
+    counted,
 )
 from rifelab.interpolate.sinks import read_manifest
-from rifelab.interpolate.sources import _is_video_path, open_source
+from rifelab.interpolate.sources import is_video_path, open_source
 from rifelab.publish.results import (
     to_markdown,
 )
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def _threshold(text: str) -> float | None:
+    """argparse type of the scene thresholds: a number in [0, 1], or off."""
     if str(text).lower() in ("off", "none", "no"):
         return None
     try:
@@ -76,7 +77,7 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("output", nargs="?", default=None,
                    help="output folder (frames) or video file (.mp4, .mkv, .mov, .avi, .webm); not needed with --benchmark")
     g = p.add_argument_group("interpolation")
-    g.add_argument("--multi", type=int, default=3, metavar="N",
+    g.add_argument("--multi", type=int, default=None, metavar="N",
                    help="frames per input pair including both originals: 2 only copies, 3 (default) inserts 1 "
                    "(doubles the frame rate), N inserts N-2 at t = 1/(N-1), ..., (N-2)/(N-1)")
     g.add_argument("--recursive", action="store_true", help=RECURSIVE_HELP)
@@ -101,6 +102,10 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="make output frames at times k/F (e.g. 60 for a 24 fps input): each is interpolated from the "
                    "two input frames around it at its own t, or copied when it falls on an input frame; "
                    "floor((T-1) x F / input fps) + 1 frames, none duplicated or dropped. Replaces --multi")
+    g.add_argument("--allow-frame-drop", action="store_true",
+                   help="accept an output rate below the input's (--target-fps 12 on a 25 fps input skips input "
+                   "frames); refused without it. The retiming ratio is bounded like --multi: at most "
+                   "256 output frames per input pair")
     g.add_argument("--fps-ratio", default=None, metavar="R",
                    help="output rate = input rate x R, as a fraction or decimal (5/2 turns 24 fps into 60, 6/5 "
                    "turns 25 into 30); same frames as --target-fps")
@@ -123,6 +128,11 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--allow-damaged-input", action="store_true",
                    help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
                    "decode errors and frames missing from the container's count stop the run)")
+    g.add_argument("--allow-8bit", action="store_true",
+                   help="accept writing a 10-, 12- or 16-bit input (10-bit video, 16-bit PNG/TIFF) at 8 bits where the "
+                   "output cannot hold its depth (jpg/bmp/webp frames, .webm/.avi video, RGBA); without it such a run "
+                   "is refused. PNG/TIFF frames and .mp4/.mkv/.mov video keep the depth (16-bit frames; 10-bit HEVC, "
+                   "or 16-bit FFV1 in .mkv)")
     g = p.add_argument_group("model and pipeline")
     g.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
     g.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
@@ -145,18 +155,24 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
     """InterpolateConfig from the parsed `interpolate` options (validated)."""
     scale = args.scale if args.scale is not None else (0.5 if args.uhd else 1.0)
     cfg = InterpolateConfig(
-        multi=args.multi, recursive=args.recursive, scale=scale, ensemble=args.ensemble,
+        multi=3 if args.multi is None else args.multi, recursive=args.recursive, scale=scale, ensemble=args.ensemble,
         thresholds=SceneThresholds(args.static_ssim, args.cut_ssim, args.cut_hist),
         batch_size=args.batch_size, queue_size=args.queue_size, ext=args.ext, input_fps=args.input_fps,
         fps=args.fps, crf=args.crf, lossless=args.lossless, resume=args.resume, overwrite=args.overwrite,
         threaded=not args.serial, progress=not args.no_progress, allow_damaged_input=args.allow_damaged_input,
     )
+    cfg.allow_8bit = getattr(args, "allow_8bit", False)
     cfg.target_fps, cfg.fps_ratio = getattr(args, "target_fps", None), getattr(args, "fps_ratio", None)
+    if cfg.retiming and args.multi is not None:
+        raise ValueError(f"--multi {args.multi} and --target-fps/--fps-ratio both set how many frames are made; pass "
+                         "one (retiming places each output frame at its own time)")
+    cfg.allow_frame_drop = getattr(args, "allow_frame_drop", False)
     cfg.validate()
     return cfg
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
+    """`rifelab interpolate`: run (or --benchmark) and print the summary; a stop is one line and an exit code."""
     cfg = config_from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,7 +214,7 @@ def stopped_message(args: argparse.Namespace, what: str) -> str:
     """One line for a run that stopped early: what happened, what was kept, the command that continues it."""
     out = Path(args.output)
     argv = [a for a in getattr(args, "argv", None) or _rebuild_argv(args) if not _is_flag(a, "--resume")]
-    if _is_video_path(out):
+    if is_video_path(out):
         kept = f"the unfinished video was removed ({out} is as it was before)"
         again = shlex.join(["rifelab", *argv])
         return f"rifelab interpolate: {what}; {kept}; once fixed, run again: {again}"
@@ -208,7 +224,7 @@ def stopped_message(args: argparse.Namespace, what: str) -> str:
     except DataError:
         manifest = None
     done = sum((out / n).is_file() for n in manifest["frames"]) if manifest else 0
-    kept = f"{_count(done, 'complete frame')} kept in {out}" if done else f"no frames written to {out}"
+    kept = f"{counted(done, 'complete frame')} kept in {out}" if done else f"no frames written to {out}"
     again = shlex.join(["rifelab", *argv, "--resume"])
     return f"rifelab interpolate: {what}; {kept}; once fixed, continue with: {again}"
 
@@ -220,5 +236,5 @@ def _is_flag(arg: str, flag: str) -> bool:
 
 def _rebuild_argv(args: argparse.Namespace) -> list[str]:
     """The essential arguments of an `interpolate` call when the original command line is not known."""
-    argv = ["interpolate", str(args.input), str(args.output), "--multi", str(args.multi)]
+    argv = ["interpolate", str(args.input), str(args.output), "--multi", str(args.multi or 3)]
     return argv + (["--recursive"] if args.recursive else [])

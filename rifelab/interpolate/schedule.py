@@ -1,14 +1,20 @@
-"""What an interpolation run produces: output schedules, retiming ratios, `InterpolateConfig` and the run summary."""
+"""What an interpolation run produces: the output slots of every input pair, `InterpolateConfig` and the run summary.
+
+`make_schedule` gives the model calls inside one pair for `--multi` (direct or recursive); `OutputSchedule`
+turns that, or a retiming ratio, into output slots (index, position, sources, timestep, level), which the
+one pipeline (rifelab.interpolate.pipeline) consumes. `InterpolateConfig.output_count` is the frame count.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from rifelab.frames.images import DataError
 from rifelab.frames.scenes import SceneThresholds
 from rifelab.rife.network import check_scale
 
@@ -75,10 +81,12 @@ class Schedule:
 
     @property
     def steps(self) -> tuple[Step, ...]:
+        """Every model call of a pair, level after level."""
         return tuple(s for level in self.levels for s in level)
 
 
 def _check_multi(multi: int) -> int:
+    """`multi` as an int, or ValueError saying what --multi means and its limits."""
     if isinstance(multi, bool) or not isinstance(multi, (int, np.integer)) or multi < 2:
         raise ValueError(
             f"--multi must be an integer >= 2 (frames per input pair including both originals: 2 only copies "
@@ -119,6 +127,117 @@ def make_schedule(multi: int, recursive: bool = False) -> Schedule:
     return Schedule(n, True, levels)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One output frame between input frames p and p+1, and where it comes from.
+
+    `index` is its output frame number and `at` its position between the two input frames (0: the first,
+    below 1). Level 0 is a copy of the first input frame; a slot of level L >= 1 is made by the model at
+    local timestep `t` from the frames at positions `left` and `right` of the same pair (0 and 1 are the
+    input frames, anything between is a slot of an earlier level).
+    """
+
+    index: int
+    at: Fraction
+    left: Fraction
+    right: Fraction
+    t: float
+    level: int
+
+    @property
+    def is_original(self) -> bool:
+        return self.level == 0
+
+
+_FIRST, _SECOND = Fraction(0), Fraction(1)
+
+
+@dataclass(frozen=True)
+class OutputSchedule:
+    """The output slots of every input pair, for `--multi` (direct or recursive) and retiming alike.
+
+    `ratio` is output frames per input frame (N-1 for `--multi N`); `levels` the number of model-call
+    levels (0: every output frame is a copy); `width` the model frames one pair needs in a level, which
+    fixes how many pairs share a model batch. `--multi` repeats the slots of pair 0 (`pattern`) every N-1
+    output frames; retiming derives each pair's slots from the ratio.
+    """
+
+    ratio: Fraction
+    levels: int
+    width: int
+    pattern: tuple[Slot, ...] | None = None
+    times: tuple[Fraction, ...] | None = None  # retiming a variable-rate input: frame i's position (input frames)
+
+    @classmethod
+    def for_multi(cls, schedule: Schedule) -> OutputSchedule:
+        """Slots of `--multi`: the original, then one slot per model call of `schedule` (level = its depth + 1)."""
+        n = schedule.multi
+        made = {st.target: (st, depth + 1) for depth, level in enumerate(schedule.levels) for st in level}
+        pattern = [Slot(0, _FIRST, _FIRST, _FIRST, 0.0, 0)]
+        for k in range(1, n - 1):
+            st, level = made[k]
+            pattern.append(Slot(k, Fraction(k, n - 1), Fraction(st.left, n - 1), Fraction(st.right, n - 1), st.t,
+                                level))
+        width = len(schedule.levels[0]) if schedule.levels else 1
+        return cls(Fraction(n - 1), len(schedule.levels), width, tuple(pattern))
+
+    @classmethod
+    def for_ratio(cls, ratio: Fraction, times: Sequence[Fraction] | None = None) -> OutputSchedule:
+        """Slots of a retimed run: output frame k at input position k / ratio, made from the frames around it.
+
+        `times`: where each input frame lies on the input's time axis, in input frames (a variable-frame-rate
+        video's timestamps x its average rate); without them frame i lies at i.
+        """
+        return cls(ratio, 1, max(1, _ceil(ratio)), None, None if times is None else tuple(times))
+
+    def position(self, frame: int) -> Fraction:
+        """Where input frame `frame` lies on the input's time axis, in input frames."""
+        if self.times is None:
+            return Fraction(frame)
+        if frame >= len(self.times):
+            raise DataError(f"the input decoded more frames than its {len(self.times)} timestamps; re-export it at a "
+                            "constant frame rate, or pass --input-fps to treat it as one")
+        return self.times[frame]
+
+    def slots(self, pair: int) -> list[Slot]:
+        """The output slots between input frames `pair` and `pair`+1, in output order."""
+        if self.pattern is not None:
+            base = pair * int(self.ratio)
+            return [Slot(base + s.index, s.at, s.left, s.right, s.t, s.level) for s in self.pattern]
+        r = self.ratio
+        a, b = self.position(pair), self.position(pair + 1)
+        out = []
+        for k in range(_ceil(a * r), _ceil(b * r)):
+            at = (Fraction(k) / r - a) / (b - a)
+            out.append(Slot(k, at, _FIRST, _FIRST, 0.0, 0) if at == 0 else Slot(k, at, _FIRST, _SECOND, float(at), 1))
+        return out
+
+    @property
+    def makes_frames(self) -> bool:
+        """Whether any slot comes from the model (`--multi 2` only copies)."""
+        return self.levels > 0
+
+    def pairs_per_group(self, batch_size: int) -> int:
+        """Pairs sent to the model together: fixed groups, so a resumed run makes the same model calls."""
+        return max(1, batch_size // max(1, self.width))
+
+    def output_count(self, input_frames: int) -> int:
+        """Output frames of `input_frames` input frames (see `retime_count`)."""
+        if self.times is not None:
+            return int(self.position(input_frames - 1) * self.ratio) + 1
+        return retime_count(input_frames, self.ratio)
+
+    def closing_index(self, pairs: int) -> int | None:
+        """Output index of the last input frame after `pairs` pairs, or None when no output frame falls on it."""
+        end = self.position(pairs) * self.ratio
+        return int(end) if end.denominator == 1 else None
+
+
+def _ceil(x: Fraction) -> int:
+    """Exact ceiling of a fraction."""
+    return int(-(-x // 1))
+
+
 @dataclass
 class InterpolateConfig:
     """Every option of a run (the CLI maps its flags onto these fields)."""
@@ -138,6 +257,8 @@ class InterpolateConfig:
     resume: bool = False
     overwrite: bool = False
     allow_damaged_input: bool = False  # continue with the frames a damaged video decodes (the lost ones reported)
+    allow_frame_drop: bool = False  # accept retiming below the input rate (input frames are skipped)
+    allow_8bit: bool = False  # accept writing a 10/12/16-bit input at 8 bits where the output cannot hold its depth
     threaded: bool = True  # reader and writer threads; False runs all stages in one thread
     progress: bool = True
     target_fps: float | None = None  # retiming: output frames at times k / target_fps (replaces multi)
@@ -172,6 +293,7 @@ class InterpolateConfig:
                              "written, overwrite deletes them; pass one")
 
     def _validate_retime(self) -> None:
+        """Check --target-fps / --fps-ratio (one of them, positive, not with --recursive)."""
         if self.target_fps is not None and self.fps_ratio is not None:
             raise ValueError("--target-fps and --fps-ratio both set the output frame rate; pass one")
         if self.target_fps is not None:
@@ -180,6 +302,9 @@ class InterpolateConfig:
                 raise ValueError(f"--target-fps must be a positive number of frames per second, got {v!r}")
         if self.fps_ratio is not None:
             self.fps_ratio = parse_ratio(self.fps_ratio)
+        if self.retiming and self.multi != 3:
+            raise ValueError(f"--multi {self.multi} and --target-fps/--fps-ratio both set how many frames are made; "
+                             "pass one (retiming places each output frame at its own time)")
         if self.retiming and self.recursive:
             raise ValueError("--recursive does not apply to --target-fps/--fps-ratio: every retimed frame is made "
                              "directly from the two input frames around it")
@@ -194,12 +319,37 @@ class InterpolateConfig:
         if self.fps_ratio is not None:
             return parse_ratio(self.fps_ratio)
         if self.target_fps is not None:
-            return _as_fraction(self.target_fps) / _as_fraction(input_fps)
+            return as_fraction(self.target_fps) / as_fraction(input_fps)
         return None
 
     @property
     def schedule(self) -> Schedule:
+        """The model calls inside one pair for `multi` (direct or recursive)."""
         return make_schedule(self.multi, self.recursive)
+
+    def frame_ratio(self, input_fps: float = DEFAULT_INPUT_FPS) -> Fraction:
+        """Output frames per input frame: the retiming ratio, or N-1 for --multi N."""
+        ratio = self.retime_ratio(input_fps)
+        return Fraction(self.multi - 1) if ratio is None else ratio
+
+    def output_schedule(self, input_fps: float = DEFAULT_INPUT_FPS) -> OutputSchedule:
+        """The output slots of a run on an input at `input_fps`."""
+        ratio = self.retime_ratio(input_fps)
+        return OutputSchedule.for_multi(self.schedule) if ratio is None else OutputSchedule.for_ratio(ratio)
+
+    def output_count(self, input_frames: int | None, input_fps: float = DEFAULT_INPUT_FPS) -> int | None:
+        """Output frames of a run on `input_frames` frames at `input_fps` (None when the input count is unknown).
+
+        The one frame-count formula: floor((T-1) x ratio) + 1, i.e. (N-1)(T-1)+1 for --multi N.
+        """
+        return retime_count(input_frames, self.frame_ratio(input_fps)) if input_frames else None
+
+    def output_fps(self, input_fps: float) -> float:
+        """Frame rate of a video output: --fps, else the input rate times the frame ratio (same duration)."""
+        ratio = self.retime_ratio(input_fps)
+        if ratio is None:
+            return self.fps or input_fps * (self.multi - 1)
+        return self.fps or float(as_fraction(input_fps) * ratio)
 
     def settings(self) -> dict[str, Any]:
         """The options that determine the output frames (compared on --resume)."""
@@ -247,11 +397,13 @@ class InterpolationSummary:
         return self.written_frames / self.seconds if self.seconds > 0 else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
+        """The counts as a plain dict (JSON records), with frames_per_second."""
         d = asdict(self)
         d["frames_per_second"] = self.frames_per_second
         return d
 
     def describe(self) -> str:
+        """The summary the CLI prints: a few lines of counts."""
         parts = [
             f"{self.input_frames} input frames, {self.pairs} pairs -> {self.output_frames} output frames in {self.output}",
             f"pairs: {self.interpolated_pairs} interpolated, {self.static_pairs} static (duplicated), "
@@ -267,19 +419,19 @@ class InterpolationSummary:
             parts.append(f"damaged input, continued without {len(self.lost_input_frames)} lost frames: "
                          f"{self.damaged_input}")
         if self.recomputed_frames:
-            parts.append(f"{_count(self.recomputed_frames, 'frame')} of the earlier run no longer matched their "
+            parts.append(f"{counted(self.recomputed_frames, 'frame')} of the earlier run no longer matched their "
                          "checksum and were computed again")
         if self.removed_temp_files:
-            parts.append(f"removed {_count(self.removed_temp_files, 'temporary file')} left by an interrupted run")
+            parts.append(f"removed {counted(self.removed_temp_files, 'temporary file')} left by an interrupted run")
         return "\n".join(parts)
 
 
-def _count(n: int, noun: str) -> str:
+def counted(n: int, noun: str) -> str:
     """'1 frame', '3 frames'."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _as_fraction(value: float | Fraction | str) -> Fraction:
+def as_fraction(value: float | Fraction | str) -> Fraction:
     """A frame rate as an exact fraction (30000/1001 stays 30000/1001 when given as a float)."""
     if isinstance(value, Fraction):
         return value
@@ -291,7 +443,7 @@ def _as_fraction(value: float | Fraction | str) -> Fraction:
 def parse_ratio(value: Fraction | str | float | int) -> Fraction:
     """A positive frame-rate ratio from "5/2", "2.5", 2.5 or Fraction(5, 2); ValueError otherwise."""
     try:
-        r = _as_fraction(value) if not isinstance(value, bool) else None
+        r = as_fraction(value) if not isinstance(value, bool) else None
     except (ValueError, ZeroDivisionError, TypeError, OverflowError):
         r = None
     if r is None or r <= 0:
@@ -300,7 +452,10 @@ def parse_ratio(value: Fraction | str | float | int) -> Fraction:
 
 
 def retime_count(input_frames: int, ratio: Fraction) -> int:
-    """Output frames of a retimed run: every k with k / ratio <= T-1, i.e. floor((T-1) * ratio) + 1."""
+    """Output frames at `ratio` output frames per input frame: every k with k / ratio <= T-1.
+
+    That is floor((T-1) * ratio) + 1; `--multi N` is ratio N-1, giving (N-1)(T-1)+1.
+    """
     return int((input_frames - 1) * ratio) + 1
 
 

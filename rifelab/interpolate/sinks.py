@@ -371,6 +371,7 @@ def written_by_rifelab(path: Path) -> bool:
         return False
 
 
+_VFR_TIME_BASE = Fraction(1, 90000)
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
 
 
@@ -390,6 +391,8 @@ class _VideoSink:
         self._file: Any = None
         self._tmp: Path | None = None
         self.removed_temps: list[str] = []
+        self.frame_time: Any = None  # output index -> seconds, for a variable-frame-rate output (else constant)
+        self.depth = 8  # bits per sample to keep: above 8, 10-bit HEVC or (.mkv) 16-bit FFV1
         self.lock = OutputLock(path.parent / f".{path.name}.lock", f"output video {path}")
 
     def check(self) -> None:
@@ -438,29 +441,45 @@ class _VideoSink:
         self._file = open(self._tmp, "r+b")
         self._container = av.open(self._file, "w", format=_FORMATS.get(self.path.suffix.lower(), "mp4"))
         self._container.metadata["comment"] = "written by rifelab interpolate"
-        suffix = self.path.suffix.lower()
-        if self.config.lossless:
-            codec, pix_fmt, opts = "libx264rgb", "rgb24", {"crf": "0", "preset": "veryfast"}
-        elif suffix == ".webm":
-            codec, pix_fmt, opts = "libvpx-vp9", "yuv420p", {"crf": str(self.config.crf), "b": "0"}
-        else:
-            codec, opts = "libx264", {"crf": str(self.config.crf), "preset": "medium"}
-            pix_fmt = "yuv420p" if w % 2 == 0 and h % 2 == 0 else "yuv444p"
-        if suffix == ".webm" and (w % 2 or h % 2):
-            pix_fmt = "yuv444p"
+        codec, pix_fmt, opts = self._codec(w, h)
         try:
             stream = self._container.add_stream(codec, rate=rate)
         except (av.error.FFmpegError, ValueError) as exc:
             raise DataError(f"this PyAV/FFmpeg build cannot encode {codec} ({exc}); try an .mp4 or .mkv output") from exc
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         stream.options = opts
+        if self.frame_time is not None:
+            stream.codec_context.time_base = _VFR_TIME_BASE
         self._stream = stream
+
+    def _codec(self, w: int, h: int) -> tuple[str, str, dict[str, str]]:
+        """(encoder, pixel format, options) for the output's suffix, --lossless and depth."""
+        suffix = self.path.suffix.lower()
+        even = w % 2 == 0 and h % 2 == 0
+        if self.depth > 8:
+            if suffix == ".mkv" and (self.config.lossless or self.depth > 10):
+                return "ffv1", "gbrp16le", {"level": "3"}
+            if self.config.lossless:
+                raise DataError(f"--lossless keeps a {self.depth}-bit input only in .mkv (FFV1); name the output .mkv")
+            if self.depth > 10:
+                log.warning("%s: %d-bit input written as 10-bit HEVC; an .mkv output keeps %d bits (FFV1)",
+                            self.path, self.depth, self.depth)
+            return ("libx265", "yuv420p10le" if even else "yuv444p10le",
+                    {"crf": str(self.config.crf), "preset": "medium", "x265-params": "log-level=error"})
+        if self.config.lossless:
+            return "libx264rgb", "rgb24", {"crf": "0", "preset": "veryfast"}
+        if suffix == ".webm":
+            return "libvpx-vp9", "yuv420p" if even else "yuv444p", {"crf": str(self.config.crf), "b": "0"}
+        return "libx264", "yuv420p" if even else "yuv444p", {"crf": str(self.config.crf), "preset": "medium"}
 
     def write(self, index: int, frame: np.ndarray) -> None:
 
         if self._container is None:
             self._open(frame)
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        fmt = "rgb48le" if frame.dtype == np.uint16 else "rgb24"
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=fmt)
+        if self.frame_time is not None:
+            vf.pts, vf.time_base = int(round(self.frame_time(index) / _VFR_TIME_BASE)), _VFR_TIME_BASE
         for packet in self._stream.encode(vf):
             self._container.mux(packet)
 

@@ -15,12 +15,14 @@ from rifelab.frames.clips import clip_info
 from rifelab.frames.images import (
     IMAGE_EXTENSIONS,
     DataError,
+    image_bit_depth,
     image_has_alpha,
     list_frames,
     read_image,
+    read_image_deep,
     read_image_rgba,
 )
-from rifelab.frames.video import VideoDamage, read_video
+from rifelab.frames.video import VideoDamage, constant_rate, frame_times, read_video
 from rifelab.interpolate.schedule import DEFAULT_INPUT_FPS, VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -31,9 +33,12 @@ class FrameSource:
 
     kind = "frames"
     alpha = False  # frames are RGBA (H, W, 4)
+    depth = 8  # bits per sample of the input (10 for yuv420p10le video, 16 for 16-bit PNG)
+    keep_depth = False  # set by the run when the output can hold `depth`: frames are then uint16
     path: Path | None = None
     fps: float = DEFAULT_INPUT_FPS
     count: int | None = None
+    times: list | None = None  # a variable-frame-rate video's frame times (seconds from the first), else None
 
     def __iter__(self) -> Iterator[np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -61,11 +66,15 @@ class FolderSource(FrameSource):
         self.count = len(self.paths)
         self.fps = float(fps) if fps else DEFAULT_INPUT_FPS
         self.alpha = image_has_alpha(self.paths[0])  # RGBA in, RGBA out
+        self.depth = image_bit_depth(self.paths[0])
 
     def __iter__(self) -> Iterator[np.ndarray]:
         first: np.ndarray | None = None
         for p in self.paths:
-            frame = read_image_rgba(p) if self.alpha else read_image(p)
+            if self.keep_depth:
+                frame = read_image_deep(p)
+            else:
+                frame = read_image_rgba(p) if self.alpha else read_image(p)
             if first is None:
                 first = frame
             elif frame.shape != first.shape:
@@ -89,6 +98,8 @@ class VideoSource(FrameSource):
                     raise DataError(f"{self.path} has no video stream")
                 stream = container.streams.video[0]
                 rate = float(stream.average_rate) if stream.average_rate else None
+                fmt = stream.codec_context.format
+                self.depth = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
                 self.count = int(stream.frames) or None
                 if container.streams.audio:
                     log.warning("%s: the audio stream is not copied to the output", self.path)
@@ -98,9 +109,15 @@ class VideoSource(FrameSource):
                 "of numbered frames"
             ) from exc
         self.fps = float(fps) if fps else (rate or DEFAULT_INPUT_FPS)
+        times = None if fps else frame_times(self.path)  # --input-fps: the user says the rate is constant
+        if times is not None and not constant_rate(times):
+            self.times = times
+            self.count = self.count or len(times)
+            log.info("%s has a variable frame rate (%d frames over %.3f s); its timestamps are used", self.path,
+                     len(times), float(times[-1]))
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        yield from read_video(self.path, self.allow_damaged, self.damage)  # damage -> DataError unless allowed
+        yield from read_video(self.path, self.allow_damaged, self.damage, deep=self.keep_depth)  # damage -> DataError
 
 
 class ArraySource(FrameSource):
@@ -152,11 +169,12 @@ def open_source(
     return VideoSource(p, fps=input_fps, allow_damaged=allow_damaged)
 
 
-def _is_video_path(path: Path) -> bool:
+def is_video_path(path: Path) -> bool:
+    """Whether `path` names a video file (by its suffix), as opposed to a folder of frames."""
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _frame_size(src: FrameSource) -> tuple[int, int] | None:
+def frame_size(src: FrameSource) -> tuple[int, int] | None:
     """(width, height) of a source's frames from its first frame's header, or None when unknown."""
     try:
         if isinstance(src, FolderSource):

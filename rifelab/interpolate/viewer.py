@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from rifelab.frames.clips import Triplet, clip_triplets, load_clip
 from rifelab.frames.images import to_tensor, to_uint8
 from rifelab.measure.metrics import psnr
+from rifelab.publish.inline import figures_as_png
 from rifelab.rife.network import VALID_SCALES, check_scale
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,7 @@ class TimestepViewer:
         """Compute one view and display its figure (notebook output); returns the view."""
         from IPython.display import display
 
+        figures_as_png()
         state = self.update(triplet, timestep, scale)
         display(self.figure(state))
         return state

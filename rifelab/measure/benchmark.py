@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rifelab.frames.clips import load_clip
-from rifelab.frames.images import to_tensor
-from rifelab.measure.metrics import error_stats, psnr, ssim
+from rifelab.frames.images import resize, to_tensor
+from rifelab.measure.metrics import agreement
 from rifelab.measure.profiling import (
     PeakMemory,
     Timing,
@@ -46,9 +44,7 @@ def real_frame_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two consecutive real clip frames resized (bicubic) to width x height, (1,3,H,W) float in [0, 1]."""
     frames = load_clip(clip, max_frames=index + 2)
-    pair = to_tensor(frames[index : index + 2])
-    if pair.shape[-2:] != (height, width):
-        pair = F.interpolate(pair, size=(height, width), mode="bicubic", align_corners=False).clamp_(0, 1)
+    pair = resize(to_tensor(frames[index : index + 2]), width, height)
     return pair[0:1].to(device), pair[1:2].to(device)
 
 
@@ -78,23 +74,6 @@ def benchmark_interpolate(
         with PeakMemory(device) as mem:
             timing = time_callable(lambda: interpolate(img0, img1), device=device, warmup=warmup, repeats=repeats)
     return timing, mem
-
-
-def agreement(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    """How closely `pred` matches a reference output (e.g. FP32 eager's): frames in [0, 1], (N,3,H,W).
-
-    PSNR and SSIM on the uint8-rounded frames (identical frames: PSNR capped at 99 dB), max and mean
-    absolute difference on the unrounded values.
-    """
-    p = np.minimum(psnr(pred, ref), 99.0)
-    e = error_stats(pred, ref)
-    return {
-        "psnr_vs_fp32_db": float(np.mean(p)),
-        "psnr_vs_fp32_min_db": float(np.min(p)),
-        "ssim_vs_fp32": float(np.mean(ssim(pred, ref))),
-        "max_abs_diff": float(np.max(e["max_abs"])),
-        "mean_abs_diff": float(np.mean(e["mae"])),
-    }
 
 
 def bench_row(

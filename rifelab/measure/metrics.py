@@ -17,6 +17,7 @@ from scipy.ndimage import correlate1d
 from skimage.metrics import structural_similarity
 
 __all__ = [
+    "agreement",
     "as_uint8_batch",
     "psnr",
     "ssim",
@@ -165,3 +166,20 @@ def mean_ci95(values: np.ndarray | list[float], n_boot: int = 2000, seed: int = 
     boots = rng.choice(v, size=(n_boot, v.size), replace=True).mean(axis=1)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return float(v.mean()), float(lo), float(hi)
+
+
+def agreement(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """How closely `pred` matches a reference output (e.g. FP32 eager's): frames in [0, 1], (N,3,H,W).
+
+    PSNR and SSIM on the uint8-rounded frames (identical frames: PSNR capped at 99 dB), max and mean
+    absolute difference on the unrounded values.
+    """
+    p = np.minimum(psnr(pred, ref), 99.0)
+    e = error_stats(pred, ref)
+    return {
+        "psnr_vs_fp32_db": float(np.mean(p)),
+        "psnr_vs_fp32_min_db": float(np.min(p)),
+        "ssim_vs_fp32": float(np.mean(ssim(pred, ref))),
+        "max_abs_diff": float(np.max(e["max_abs"])),
+        "mean_abs_diff": float(np.mean(e["mae"])),
+    }

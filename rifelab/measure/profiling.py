@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from ptflops import get_model_complexity_info
 
 __all__ = [
     "resolve_device",
@@ -279,6 +278,8 @@ def count_flops(
     `input_constructor(input_shape)` returns the keyword arguments of `module.forward`.
     Functional ops (grid_sample, interpolate) are counted by ptflops' functional hooks.
     """
+    from ptflops import get_model_complexity_info  # optional: absent on lent GPU machines (scripts/device_run.sh)
+
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         macs, params = get_model_complexity_info(
             module,
@@ -333,7 +334,7 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str:
     """Commit of the working tree (suffix '-dirty' if tracked files changed), or 'unknown'."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the project root (this file is rifelab/measure/profiling.py)
     try:
         commit = subprocess.check_output(
             ["git", "rev-parse", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL

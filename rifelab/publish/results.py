@@ -20,9 +20,13 @@ import pandas as pd
 
 from rifelab.measure.profiling import environment_record
 
-__all__ = ["find_project_root", "UnsafePathError", "refuse_link", "open_new", "atomic_path", "atomic_write_text", "temp_path_beside", "save_table", "save_figure", "save_json", "to_markdown"]
+__all__ = ["COMMITTED_RESULTS", "SCRATCH", "results_base", "input_folders", "find_project_root", "UnsafePathError",
+           "refuse_link", "open_new", "atomic_path", "atomic_write_text", "temp_path_beside", "save_table", "save_figure",
+           "save_json", "to_markdown"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+COMMITTED_RESULTS = "results"  # the pipeline's results, committed; written only by `dvc repro` (--results-root results)
+SCRATCH = "scratch"  # where every other run writes: trial runs in JupyterLab, Colab, `rifelab notebook` (git ignores it)
 
 
 class UnsafePathError(ValueError):
@@ -126,6 +130,19 @@ def find_project_root(start: str | os.PathLike | None = None) -> Path:
     if (REPO_ROOT / "params.yaml").exists():
         return REPO_ROOT
     return here
+
+
+def results_base(profile: str, results_root: str | os.PathLike | None = None) -> Path:
+    """`<results_root>/<profile>`; without a root, the project's scratch folder (never the committed results)."""
+    return (Path(results_root) if results_root is not None else find_project_root() / SCRATCH) / profile
+
+
+def input_folders(profile: str, results_root: str | os.PathLike | None, name: str) -> list[Path]:
+    """Where a study looks for `name`, a read-only input made by an earlier stage: this run's root, then the committed
+    results of the project (so a trial run in any folder uses the pipeline's checkpoints)."""
+    own = results_base(profile, results_root) / name
+    committed = find_project_root() / COMMITTED_RESULTS / profile / name
+    return [own] if own.resolve() == committed.resolve() else [own, committed]
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g") -> str:

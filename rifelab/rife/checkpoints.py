@@ -200,7 +200,7 @@ def load_state_dict(
         )
     net.load_state_dict(flow_sd, strict=True)
     if skipped:
-        log.info("%s: skipped groups not used by the fast path: %s", path.name, skipped)
+        log.debug("%s: skipped groups not used by the fast path: %s", path.name, skipped)
     return CheckpointInfo(str(path), net.variant, len(flow_sd), skipped)
 
 

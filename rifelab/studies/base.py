@@ -2,8 +2,14 @@
 
 A study run writes into a hidden temporary folder beside its result folder and swaps it into place only when the
 run succeeds, so a failed or interrupted run never leaves a mix of old and new results. Files land under
-`results/<profile>/`: `<study>/<device_key>/` (everything), `metrics/<study>.json` (a short headline for
+`<results root>/<profile>/`: `<study>/<device_key>/` (everything), `metrics/<study>.json` (a short headline for
 `dvc metrics show`) and `plots/<study>/*.csv` (for `dvc plots show`).
+
+Only the pipeline writes the committed `results/`: its stages pass `--results-root results`. Any other run (a
+notebook in JupyterLab or Colab, `rifelab notebook` without `--results-root`) writes into the scratch folder
+`scratch/` of the project (ignored by git) and says so in its first output line. Read-only inputs that an earlier
+stage made (notebook 03's fine-tuned checkpoints) are looked up in the run's own results root first, then in the
+committed `results/`, whatever the root.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from rifelab.measure.benchmark import parse_resolution
 from rifelab.rife.model import RIFE
 from rifelab.rife.checkpoints import load_rife
 from rifelab.measure.profiling import environment_record, resolve_device
-from rifelab.publish.results import atomic_path, find_project_root, save_figure, save_json, save_table
+from rifelab.publish.inline import figures_as_png
+from rifelab.publish.results import (COMMITTED_RESULTS, atomic_path, find_project_root, results_base, save_figure,
+                                    save_json, save_table)
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +258,11 @@ class StudyRun:
                              f"run the profile of this machine (rifelab notebook ... --profile {self.device.type})")
         self.env = environment_record(self.device)
         self.env["profile"] = profile
-        self.base = (Path(results_root) if results_root is not None else find_project_root() / "results") / profile
+        figures_as_png()  # figures this run returns display as images in a notebook, whatever made them
+        self.base = results_base(profile, results_root)
+        if results_root is None:  # the first output line of a trial run says where its files went
+            print(f"Trial run: results go to {self.base} (scratch, ignored by git); only the pipeline "
+                  f"(dvc repro) writes {COMMITTED_RESULTS}/{profile}/.", flush=True)
         self.final = self.base / study / self.env["device_key"]
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self._clean_partial()

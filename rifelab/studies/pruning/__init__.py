@@ -17,8 +17,8 @@ plans), `finetune` (the stage), `study` (the run, step by step), `verdict`, `fig
 """
 
 from rifelab.studies.pruning.cli import main
-from rifelab.studies.pruning.finetune import finetune
+from rifelab.studies.pruning.finetune import finetune, finetune_source
 from rifelab.studies.pruning.params import NOTEBOOK, PARAMS, FinetuneSpec, finetune_dir, parse_finetune
 from rifelab.studies.pruning.study import run
 
-__all__ = ["PARAMS", "NOTEBOOK", "run", "finetune", "finetune_dir", "main", "FinetuneSpec", "parse_finetune"]
+__all__ = ["PARAMS", "NOTEBOOK", "run", "finetune", "finetune_dir", "finetune_source", "main", "FinetuneSpec", "parse_finetune"]

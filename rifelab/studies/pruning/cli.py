@@ -16,13 +16,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m rifelab.studies.pruning",
         description="The finetune@PROFILE stage of the pruning study: measure each group's sensitivity and latency "
         "savings, build the plans named in pruning.finetune, fine-tune each by distillation and save it under "
-        "results/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
+        "<results root>/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
     parser.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
                         help="device profile whose params file and result folder are used (default: cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key of the pruning section for this run (VALUE as YAML), may repeat")
     parser.add_argument("--results-root", default=None, metavar="DIR",
-                        help="write under DIR/<profile>/finetune instead of the project's results/ (trial runs)")
+                        help="write under DIR/<profile>/finetune (the pipeline passes results, the committed "
+                        "results; default: the scratch folder scratch/, ignored by git)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

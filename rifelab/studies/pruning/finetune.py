@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from rifelab.measure.profiling import resolve_device
 from rifelab.pruning.apply import load_pruned, prune_model, read_pruned_meta, save_pruned
 from rifelab.pruning.distill import distill, distillation_targets
+from rifelab.publish.results import input_folders
 from rifelab.rife.checkpoints import load_rife
 from rifelab.rife.model import RIFE
 from rifelab.studies.base import ParamError, load_study_params
@@ -89,16 +91,33 @@ def finetune(
     return pd.DataFrame(rows)
 
 
-def load_finetuned(p: Mapping[str, Any], profile: str, results_root: str | os.PathLike | None,
-                    device: torch.device) -> dict[str, tuple[RIFE, dict[str, Any], FinetuneSpec]]:
-    """Every checkpoint of `finetune`, checked against the current settings (else: run the finetune stage)."""
-    folder = finetune_dir(profile, results_root)
+def finished_meta(path: Path, p: Mapping[str, Any], spec: FinetuneSpec) -> dict[str, Any] | None:
+    """The checkpoint's metadata if it is finished and trained with the current settings, else None."""
+    meta = read_pruned_meta(path) if path.is_file() else {}
+    return meta if meta.get("fingerprint") == spec_fingerprint(p, spec) and meta.get("finished") else None
+
+
+def finetune_source(p: Mapping[str, Any], profile: str, results_root: str | os.PathLike | None) -> Path:
+    """Where the study reads the fine-tuned checkpoints: the run's own root if it holds all of them up to date, else
+    the committed results (a trial run anywhere uses the pipeline's), else the run's root (whose error names it)."""
+    specs = parse_finetune(p["finetune"], p)
+    for folder in input_folders(profile, results_root, "finetune"):
+        fresh = all(finished_meta(folder / s.file, p, s) for s in specs)
+        if fresh and (not p["budgets_db"] or fresh_tables(p, folder) is not None):
+            return folder
+    return finetune_dir(profile, results_root)
+
+
+def load_finetuned(p: Mapping[str, Any], profile: str, folder: Path,
+                   device: torch.device) -> dict[str, tuple[RIFE, dict[str, Any], FinetuneSpec]]:
+    """Every checkpoint of `finetune` in `folder`, checked against the current settings (else: run the finetune stage)."""
     out = {}
     for spec in parse_finetune(p["finetune"], p):
         path = folder / spec.file
-        meta = read_pruned_meta(path) if path.is_file() else {}
-        if meta.get("fingerprint") != spec_fingerprint(p, spec) or not meta.get("finished"):
+        meta = finished_meta(path, p, spec)
+        if meta is None:
             raise ParamError(f"the fine-tuned checkpoint {path} is missing or was trained with other settings; run "
-                             f"`python -m rifelab.studies.pruning --profile {profile}` first (`dvc repro` runs it as finetune@{profile})")
+                             f"`python -m rifelab.studies.pruning --profile {profile}` first (`dvc repro` runs it as "
+                             f"finetune@{profile})")
         out[spec.config()] = (load_pruned(path, device=device), meta, spec)
     return out

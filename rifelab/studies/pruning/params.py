@@ -23,7 +23,7 @@ import torch
 from rifelab.frames.clips import Triplet
 from rifelab.frames.images import to_tensor
 from rifelab.frames.splits import SplitError, check_disjoint, clip_ranges, range_frames, range_triplets
-from rifelab.publish.results import find_project_root
+from rifelab.publish.results import results_base
 from rifelab.pruning.apply import MODES
 from rifelab.pruning.importance import IMPORTANCES
 from rifelab.pruning.plans import METHODS
@@ -212,8 +212,8 @@ def spec_fingerprint(p: Mapping[str, Any], spec: FinetuneSpec) -> str:
 
 
 def finetune_dir(profile: str, results_root: str | os.PathLike | None = None) -> Path:
-    """Folder of a profile's fine-tuned checkpoints and planning tables (a committed DVC output)."""
-    return (Path(results_root) if results_root is not None else find_project_root() / "results") / profile / "finetune"
+    """Folder the finetune stage writes its checkpoints and planning tables to (the pipeline's: committed results)."""
+    return results_base(profile, results_root) / "finetune"
 
 
 # ----------------------------------------------------------------------------- frame splits

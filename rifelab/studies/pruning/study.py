@@ -26,13 +26,12 @@ from rifelab.pruning.sensitivity import allocate, group_latency_share, layer_lat
 from rifelab.rife.model import RIFE
 from rifelab.studies.base import ParamError, StudyResult, StudyRun
 from rifelab.studies.pruning.figures import plot_latency_share, plot_losses, plot_pareto, plot_sensitivity
-from rifelab.studies.pruning.finetune import load_finetuned
+from rifelab.studies.pruning.finetune import finetune_source, load_finetuned
 from rifelab.studies.pruning.params import (
     PARAMS,
     FinetuneSpec,
     check_splits,
     config_name,
-    finetune_dir,
     split_table,
     split_triplets,
     timing_pair,
@@ -114,8 +113,8 @@ def prepare(run_: StudyRun, profile: str, results_root: str | os.PathLike | None
     run_.table(split_table(p), "data_split")
     evals = split_triplets(p, "held-out evaluation")
     pair = timing_pair(p["timing_clip"])
-    folder = finetune_dir(profile, results_root)
-    finetuned = load_finetuned(p, profile, results_root, run_.device)
+    folder = finetune_source(p, profile, results_root)
+    finetuned = load_finetuned(p, profile, folder, run_.device)
     tables = fresh_tables(p, folder) if p["budgets_db"] else None
     if p["budgets_db"] and tables is None:
         raise ParamError(f"the sensitivity tables in {folder} are missing or were made with other settings; run "
