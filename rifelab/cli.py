@@ -22,12 +22,12 @@ from rifelab.devicerun.render import PROFILE, land, render
 from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
 from rifelab.engines.backends import add_backend_options, model_from_args
 from rifelab.interpolate.batch import add_batch_parser
-from rifelab.measure.benchmark import bench_row
-from rifelab.engines.export import add_export_parser
+from rifelab.measure.benchmark import bench_row, model_macs
+from rifelab.engines.export import add_export_parser, padded_size
 from rifelab.interpolate.cli import add_interpolate_parser
 from rifelab.rife.checkpoints import load_rife
 from rifelab.publish.notebooks import parse_set, run_notebook
-from rifelab.measure.profiling import environment_record, resolve_device
+from rifelab.measure.profiling import count_parameters, environment_record, resolve_device
 from rifelab.pruning.cli import add_prune_parser
 from rifelab.publish.report import build_report
 from rifelab.publish.results import COMMITTED_RESULTS, find_project_root, results_base, save_json, to_markdown
@@ -48,8 +48,21 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _model_record(checkpoint: str) -> dict[str, Any]:
+    """Detected layout, parameters and MACs at 720p of a checkpoint (for `rifelab info --checkpoint`)."""
+    model = load_rife(checkpoint, device="cpu")
+    macs, _ = model_macs(model, 1280, 720)
+    lay = model.layout
+    return {"checkpoint": str(checkpoint), "layout": f"RIFE {lay.name}", "versions": ", ".join(lay.versions),
+            "structure": lay.describe(), "parameters": count_parameters(model.net),
+            "gmac_1280x720": round(macs / 1e9, 2), "padded_720p": "x".join(map(str, padded_size(1280, 720, 1.0, model))),
+            "ensemble": lay.ensemble}
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     rec = environment_record(resolve_device(args.device))
+    if args.checkpoint:
+        rec = {**rec, **_model_record(args.checkpoint)}
     if args.json:
         print(json.dumps(rec, indent=2))
     else:
@@ -170,9 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
     p.set_defaults(func=_cmd_fetch)
 
-    p = sub.add_parser("info", help="print the environment record every result file carries",
-                       description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit.")
+    p = sub.add_parser("info", help="print the environment record every result file carries (and a checkpoint's layout)",
+                       description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit. "
+                       "With --checkpoint also the RIFE layout detected from its keys (version range), the "
+                       "parameter count and the MACs of one frame at 1280x720.")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--checkpoint", default=None,
+                   help="a RIFE 4.0-4.26 checkpoint (.pkl/.pth) to describe: detected layout, parameters, GMAC at 720p")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_cmd_info)
 
@@ -220,21 +237,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="HTML file to write, e.g. results/cpu/report.html")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("device-prepare", help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
+    p = sub.add_parser("device-prepare",
+                       help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
                        description="Decode real frame pairs (PyAV, here), write them as PNG with the RIFE flow weights "
                        "(the fast path's tensors only) and the commit into .device_inputs/, which the device tool "
                        "carries to the GPU machine; then add up what one device call would send (64 MiB limit). "
                        "Exit status 3 when it does not fit. See README, GPU run.")
     p.add_argument("--dest", default=None, help=f"folder to write (default: {INPUTS_DIR}/ in the project root)")
     p.add_argument("--pairs", type=int, default=3, help="real frame pairs (PSNR is measured on each; default 3)")
-    p.add_argument("--clip", default="bigbuckbunny", choices=list(CLIPS), help="bundled clip the pairs come from (default bigbuckbunny, 1280x720)")
-    p.add_argument("--no-size-check", action="store_true", help="skip the payload size check (e.g. a smoke run's temp inputs)")
+    p.add_argument("--clip", default="bigbuckbunny", choices=list(CLIPS),
+                   help="bundled clip the pairs come from (default bigbuckbunny, 1280x720)")
+    p.add_argument("--no-size-check", action="store_true",
+                   help="skip the payload size check (e.g. a smoke run's temporary inputs)")
     p.set_defaults(func=_cmd_device_prepare)
 
-    p = sub.add_parser("device-report", help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",
+    p = sub.add_parser("device-report",
+                       help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",
                        description="Check ARCHIVE (device_run.tar.gz from scripts/device_run.sh), copy it to "
-                       "<results root>/cuda/device_run.tar.gz, execute notebooks/05_device_run.ipynb on it (tables, figure, "
-                       "metrics under <results root>/cuda/ only) and build device_report.html there. Nothing is re-timed.")
+                       "<results root>/cuda/device_run.tar.gz, execute notebooks/05_device_run.ipynb on it (tables, "
+                       "figure, metrics under <results root>/cuda/ only) and build device_report.html there. Nothing "
+                       "is re-timed.")
     p.add_argument("archive", help="the device_run.tar.gz the GPU run wrote (or the landed copy in results/cuda/)")
     p.add_argument("--results-root", default=None, metavar="DIR",
                    help=f"write under DIR/cuda/: {COMMITTED_RESULTS} to land the run in the committed results (the DVC "

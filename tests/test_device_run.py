@@ -14,15 +14,24 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dvc_checks import DVC
 from import_closure import ROOT, stage_code
+
 from rifelab.cli import main as cli_main
 from rifelab.devicerun import runner
-from rifelab.devicerun.archive import (ARCHIVE_NAME, MEMBERS, PARTS, ROW_KEYS, TOP, ArchiveError, read_archive,
-                                       write_archive)
+from rifelab.devicerun.archive import (
+    ARCHIVE_NAME,
+    MEMBERS,
+    PARTS,
+    ROW_KEYS,
+    TOP,
+    ArchiveError,
+    read_archive,
+    write_archive,
+)
 from rifelab.devicerun.parts import Plan
 from rifelab.devicerun.prepare import DEVICE_LIMIT_BYTES, Payload, payload
+from rifelab.engines.torch_engine import parse_config
 
 # what the lent GPU machine lacks (KINDS.md): the device side must import without any of them
 ABSENT_ON_DEVICE = ["av", "openvino", "nncf", "ptflops", "torch_pruning", "papermill", "dvc", "nbformat", "nbconvert",
@@ -91,8 +100,8 @@ def _fixture_archive(folder: Path, out: Path) -> Path:
         {"part": "batch_streams", "config": "fp16-cl-cudnn-graphs", "resolution": "1920x1080", "status": "skipped",
          "reason": "not reached: 2 s of the part's budget left", "streams": 2},
     ]
-    rows = [{**base, **r, "output_fps_2x": 2 * r.get("calls_per_s", 0), "psnr_vs_fp32_min_db": r.get("psnr_vs_fp32_db", 0) - 1}
-            for r in rows]
+    rows = [{**base, **r, "output_fps_2x": 2 * r.get("calls_per_s", 0),
+             "psnr_vs_fp32_min_db": r.get("psnr_vs_fp32_db", 0) - 1} for r in rows]
     parts = [{"part": p, "status": "ok", "seconds": 10.0, "budget_s": 50.0, "reason": ""} for p in PARTS[:-1]]
     parts.append({"part": PARTS[-1], "status": "skipped", "seconds": 0.0, "budget_s": 0.0, "reason": "left out"})
     kernels = [{"rank": 1, "kernel": "sm90_xmma_fprop_implicit_gemm_f16", "calls": 40, "self_time_ms": 50.0,
@@ -126,7 +135,8 @@ def test_cuda_report_renders_from_a_stored_archive_and_touches_nothing_else(tmp_
     before = _tree_hash(results / "cpu")
     assert cli_main(["device-report", str(archive), "--results-root", str(results)]) == 0
     assert _tree_hash(results / "cpu") == before
-    written = {str(p.relative_to(results)) for p in results.rglob("*") if p.is_file()} - {"cpu/metrics/optimisation.json"}
+    written = {str(p.relative_to(results)) for p in results.rglob("*") if p.is_file()}
+    written -= {"cpu/metrics/optimisation.json"}
     assert all(w.startswith("cuda/") for w in written), written
     assert {"cuda/device_run.tar.gz", "cuda/notebooks/05_device_run.ipynb", "cuda/device_report.html",
             "cuda/metrics/device_run.json", "cuda/device_run/summary_1920x1080.csv",
@@ -137,7 +147,8 @@ def test_cuda_report_renders_from_a_stored_archive_and_touches_nothing_else(tmp_
     assert head["goal"] == "missed" and head["goal_fraction"] == pytest.approx(420 / 500)
     html = (results / "cuda" / "device_report.html").read_text()
     assert "nothing was re-timed" in html and "FIXTURE GPU" in html and "2026-12-01T10:00:00Z" in html
-    assert "sm90_xmma_fprop_implicit_gemm_f16" in html and "PSNR vs FP32 47.5 dB (min 46.5; 52.3 dB at 1920x1080)" in html
+    assert "sm90_xmma_fprop_implicit_gemm_f16" in html
+    assert "PSNR vs FP32 47.5 dB (min 46.5; 52.3 dB at 1920x1080)" in html  # FP16 at 4K beside FP16 at 1080p
     nb = (results / "cuda" / "notebooks" / "05_device_run.ipynb").read_text()
     assert "FIXTURE GPU" in nb and "image/png" in nb  # the executed notebook shows the summary and the figure
 
@@ -198,6 +209,16 @@ def test_each_part_keeps_its_budget_and_the_last_ends_before_the_deadline(tmp_pa
     assert list(given) == list(runner.BUDGETS["gpu"]) == [p for p in PARTS if p != "pruning_finetune"]
     assert all(given[p] >= b for p, b in runner.BUDGETS["gpu"].items())
     assert time.time() + given["compile"] <= deadline - runner.RESERVE_S + 1
+
+
+def test_every_planned_configuration_is_a_valid_engine_configuration(tmp_path):
+    plan = runner.make_plan("gpu", tmp_path, tmp_path, {})
+    for name, options in plan.configs.items():
+        parse_config(options, name=name)  # an unknown switch would only show on the GPU machine otherwise
+    for mode in plan.compile_modes:
+        assert parse_config({**plan.configs[plan.base], "compile": True, "compile_mode": mode}).compile_mode == mode
+    assert plan.base in plan.configs and set(plan.hires_configs) <= set(plan.configs)
+    assert plan.configs[plan.base]["cuda_graphs"] and plan.configs[plan.base]["static_buffers"]
 
 
 def test_payload_counts_the_tree_and_the_carried_inputs(tmp_path):

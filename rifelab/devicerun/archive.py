@@ -70,7 +70,8 @@ def read_jsonl(text: str, where: str) -> list[dict[str, Any]]:
 
 
 def write_archive(folder: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Pack MEMBERS of `folder` into out_dir/ARCHIVE_NAME (temporary name, then renamed); missing members are an error."""
+    """Pack MEMBERS of `folder` into out_dir/ARCHIVE_NAME (temporary name, then renamed); a missing member is an
+    error."""
     folder, out = Path(folder), Path(out_dir) / ARCHIVE_NAME
     missing = [m for m in MEMBERS if not (folder / m).is_file()]
     if missing:
@@ -113,7 +114,8 @@ def read_archive(path: str | os.PathLike) -> DeviceRun:
     missing = [m for m in MEMBERS if m not in files]
     extra = sorted(set(files) - set(MEMBERS))
     if missing or extra:
-        raise ArchiveError(f"{path}: layout differs from rifelab.devicerun.archive: missing {missing}, unexpected {extra}")
+        raise ArchiveError(f"{path}: layout differs from rifelab.devicerun.archive: missing {missing}, "
+                           f"unexpected {extra}")
     try:
         manifest = json.loads(files["manifest.json"])
         environment = json.loads(files["environment.json"])

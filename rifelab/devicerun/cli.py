@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "part":
         run_part(args.work, args.name, args.deadline)
         return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped from outside: the running part is ended too
     command = os.environ.get("DEVICE_RUN_COMMAND") or shlex.join([sys.executable, "-m", "rifelab.devicerun.cli",
                                                                   *(argv if argv is not None else sys.argv[1:])])
     path = run(args.out, "smoke" if args.smoke else "gpu", args.inputs, ROOT, command, args.deadline_s)

@@ -1,8 +1,8 @@
 """A whole device run: the plan, one subprocess per part under one global deadline, then one archive.
 
 Each part gets its budget plus whatever earlier parts left unused, never more than the time left before the
-global deadline less the budgets of the parts still to come (and a reserve for packing). A part that overruns is killed with its process group (compile
-workers included); the rows it wrote stay. A part the deadline does not reach, and the pruning fine-tuning, are
+global deadline less the budgets of the parts still to come (and a reserve for packing). A part that overruns is
+killed with its process group (compile workers included); the rows it wrote stay. A part the deadline does not reach, and the pruning fine-tuning, are
 recorded as skipped with the reason. Nothing is dropped silently: archive.read_archive checks the layout.
 """
 
@@ -52,8 +52,8 @@ def make_plan(mode: str, work: Path, inputs: Path, env: dict[str, Any]) -> Plan:
         return Plan(mode, "cuda", str(inputs), str(work), env, resolutions=[(1920, 1080), (1280, 720)],
                     configs=GPU_CONFIGS, base=GRAPHS, batches=[1, 4, 8], streams=[(1, 2), (4, 2)],
                     hires=(3840, 2160), hires_configs=[FP32, "fp16", GRAPHS, "bf16"],
-                    compile_modes=["default", "max-autotune-no-cudagraphs"], warmup=5, repeats=30,
-                    throughput_s=1.0)
+                    compile_modes=["default", "max-autotune-no-cudagraphs"], warmup=5, repeats=20,
+                    throughput_s=0.6)
     return Plan(mode, "cpu", str(inputs), str(work), env, resolutions=[(64, 64)], configs=SMOKE_CONFIGS,
                 base=FP32, batches=[1, 2], streams=[], hires=None, hires_configs=[], compile_modes=[], warmup=0,
                 repeats=2, throughput_s=0.0, pairs=1, profile_calls=2)
@@ -74,7 +74,8 @@ def _code(inputs: Path, root: Path) -> dict[str, Any]:
 def _run_part(part: str, work: Path, timeout: float, logfile: Any) -> tuple[str, str]:
     """Run one part in its own process group; (status, reason)."""
     soft = time.time() + max(timeout - max(5.0, 0.1 * timeout), 0.5 * timeout)  # stop starting new work here
-    cmd = [sys.executable, "-m", "rifelab.devicerun.cli", "part", part, "--work", str(work), "--deadline", f"{soft:.1f}"]
+    cmd = [sys.executable, "-m", "rifelab.devicerun.cli", "part", part, "--work", str(work),
+           "--deadline", f"{soft:.1f}"]
     proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         rc = proc.wait(timeout=timeout)
@@ -82,6 +83,9 @@ def _run_part(part: str, work: Path, timeout: float, logfile: Any) -> tuple[str,
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         return "timed out", f"killed after its {timeout:.0f} s; the rows it wrote are kept"
+    finally:
+        if proc.poll() is None:  # the runner itself is stopped (SIGTERM): its own session would outlive the command
+            os.killpg(proc.pid, signal.SIGKILL)
     return ("ok", "") if rc == 0 else ("failed", f"exit status {rc} (see log.txt)")
 
 
@@ -109,7 +113,8 @@ def _parts(plan: Plan, deadline: float, logfile: Any) -> list[dict[str, Any]]:
         left = deadline - time.time() - RESERVE_S
         if left < MIN_PART_S[mode]:
             records.append({"part": part, "status": "skipped", "seconds": 0.0, "budget_s": budget,
-                            "reason": f"global deadline: {max(left, 0):.0f} s left of the run's {DEADLINE_S[mode]:.0f} s"})
+                            "reason": f"global deadline: {max(left, 0):.0f} s left of the run's "
+                                      f"{DEADLINE_S[mode]:.0f} s"})
             continue
         timeout = max(min(budget + banked, left - later), MIN_PART_S[mode])
         logfile.write(f"\n=== part {part}: up to {timeout:.0f} s ===\n")
@@ -152,7 +157,8 @@ def run(out_dir: str | os.PathLike, mode: str, inputs: str | os.PathLike, root: 
         manifest = {"format": 1, "mode": mode, "command": command,
                     "started_utc": _utc(started), "finished_utc": _utc(finished),
                     "wall_s": round(finished - started, 1), "deadline_s": deadline_s or DEADLINE_S[mode],
-                    "code": code, "inputs": _inputs_record(inputs), "plan": json.loads((work / "plan.json").read_text())}
+                    "code": code, "inputs": _inputs_record(inputs),
+                    "plan": json.loads((work / "plan.json").read_text())}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         (work / "environment.json").write_text(json.dumps(env, indent=1, default=str))
         (work / "parts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in parts))

@@ -303,7 +303,7 @@ class ExportedModel:
         scale = check_scale(scale)
         in_dtype, in_device = img0.dtype, img0.device
         a, b = img0.to(self.device), img1.to(self.device)
-        p0, p1, t, _, (h, w) = self.model.prepare(a, b, timestep, scale)
+        p0, p1, t, _, (h, w) = self.model.prepare(a, b, timestep, scale, ensemble)
         key = (*p0.shape[:1], *p0.shape[2:], scale, bool(ensemble))
         run = self._runners.get(key)
         if run is None:
@@ -369,9 +369,10 @@ class OpenVinoModel(ExportedModel):
                  calibration_ranges: Mapping[str, Sequence[int]] | None = None,
                  int8_fp32_blocks: Sequence[int] = ()):
         super().__init__(model, device, precision, name, threads)
-        bad = [b for b in int8_fp32_blocks if b not in range(4)]
+        nblocks = len(model.net.blocks)
+        bad = [b for b in int8_fp32_blocks if b not in range(nblocks)]
         if bad:
-            raise ValueError(f"int8_fp32_blocks {bad}: IFNet has blocks 0-3")
+            raise ValueError(f"int8_fp32_blocks {bad}: this IFNet (RIFE {model.layout.name}) has blocks 0-{nblocks - 1}")
         self.int8_fp32_blocks = tuple(int8_fp32_blocks)
         self.calibration = calibration
         self.calibration_count = int(calibration_count)

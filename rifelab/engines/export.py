@@ -71,17 +71,20 @@ class FlowGraph(nn.Module):
     def __init__(self, model: RIFE, scale: float = 1.0, ensemble: bool = False):
         super().__init__()
         s = check_scale(scale)
+        model.net.check_ensemble(ensemble)
         self.net = copy.deepcopy(model.net).float().cpu().eval()
-        self.scale_list = (8 / s, 4 / s, 2 / s, 1 / s)
+        self.scale_list = tuple(self.net.scale_list(s))
         self.ensemble = bool(ensemble)
 
     def forward(self, img0: torch.Tensor, img1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(img0, img1, t, self.scale_list, self.ensemble)
 
 
-def padded_size(width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
-    """(W, H) the network runs at for width x height frames: each side rounded up to a multiple of 64/scale."""
-    m = padding_multiple(check_scale(scale))
+def padded_size(width: int, height: int, scale: float = 1.0, model: RIFE | None = None) -> tuple[int, int]:
+    """(W, H) the network runs at for width x height frames: each side rounded up to the padding multiple of
+    `model`'s layout at `scale` (default RIFE 4.0's, 64/scale)."""
+    scale = check_scale(scale)
+    m = model.padding_multiple(scale) if model is not None else padding_multiple(scale)
     return width + (-width) % m, height + (-height) % m
 
 
@@ -166,7 +169,7 @@ def export_onnx(
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     check_export_target(path)
-    pw, ph = padded_size(width, height, scale)
+    pw, ph = padded_size(width, height, scale, model)
     graph = FlowGraph(model, scale, ensemble)
     x = torch.rand(batch, 3, ph, pw)
     example = (x, x.flip(-1).contiguous(), torch.full((batch, 1, ph, pw), 0.5))
@@ -191,7 +194,7 @@ def export_onnx(
     check_onnx_dtypes(proto)
     meta = {"rifelab.scale": str(check_scale(scale)), "rifelab.ensemble": str(bool(ensemble)),
             "rifelab.frame_size": f"{width}x{height}", "rifelab.padded_size": f"{pw}x{ph}",
-            "rifelab.variant": model.variant, "rifelab.dynamic": str(bool(dynamic))}
+            "rifelab.variant": model.variant, "rifelab.layout": model.layout.name, "rifelab.dynamic": str(bool(dynamic))}
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
@@ -236,7 +239,7 @@ def verify_onnx(
         a, b = real_frame_pair(width, height, clip=clip, index=start)
         a, b = a.expand(batch, -1, -1, -1), b.expand(batch, -1, -1, -1)
         ref = ref_model.interpolate(a, b, timestep, scale, ensemble)
-        p0, p1, t, _, _ = ref_model.prepare(a, b, timestep, scale)
+        p0, p1, t, _, _ = ref_model.prepare(a, b, timestep, scale, ensemble)
         out = sess.run([OUTPUT_NAME], {"img0": p0.numpy(), "img1": p1.numpy(), "t": t.numpy()})[0]
         out = torch.from_numpy(out)[:, :, :height, :width]
         e = error_stats(out, ref)
@@ -258,7 +261,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = load_rife(args.checkpoint, device="cpu")
     export_onnx(model, out, w, h, batch=args.batch, scale=args.scale, ensemble=args.ensemble, dynamic=args.dynamic,
                 opset=args.opset)
-    pw, ph = padded_size(w, h, args.scale)
+    pw, ph = padded_size(w, h, args.scale, model)
     print(f"exported {out}: inputs img0, img1 (N,3,{ph},{pw}), t (N,1,{ph},{pw}); output frame; opset {args.opset}"
           f"{'; N, H, W dynamic' if args.dynamic else '; static shape'}")
     if args.no_verify:

@@ -33,7 +33,6 @@ from rifelab.rife.network import (
     base_grid,
     check_scale,
     grid_normaliser,
-    padding_multiple,
     warp,
 )
 
@@ -209,7 +208,7 @@ class EngineForward(nn.Module):
         img0: torch.Tensor,
         img1: torch.Tensor,
         t: torch.Tensor,
-        scale_list: Sequence[float] = (8, 4, 2, 1),
+        scale_list: Sequence[float] | None = None,
         ensemble: bool = False,
     ) -> torch.Tensor:
         frame, _, _ = self.net.forward_all(img0, img1, t, scale_list, ensemble, warp_fn=self.warp, cat_fn=self._cat)
@@ -478,15 +477,16 @@ class Engine:
         img0, img1 = check_pair(img0, img1)
         in_dtype = img0.dtype
         scale = check_scale(scale)
-        scale_list = (8 / scale, 4 / scale, 2 / scale, 1 / scale)
+        self.model.net.check_ensemble(ensemble)
+        scale_list = tuple(self.model.net.scale_list(scale))
         n, _, h, w = img0.shape
-        mult = padding_multiple(scale)
+        mult = self.model.padding_multiple(scale)
         hp, wp = h + (-h) % mult, w + (-w) % mult
         if self.use_static:
             bufs = self._static_inputs(img0, img1, timestep, (n, hp, wp), scale, ensemble)
             p0, p1, t = bufs.img0, bufs.img1, bufs.t
         else:
-            p0, p1, t, _, _ = self.model.prepare(img0, img1, timestep, scale)
+            p0, p1, t, _, _ = self.model.prepare(img0, img1, timestep, scale, ensemble)
             if self.config.channels_last:
                 p0 = p0.contiguous(memory_format=torch.channels_last)
                 p1 = p1.contiguous(memory_format=torch.channels_last)

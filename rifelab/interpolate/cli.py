@@ -29,6 +29,7 @@ from rifelab.interpolate.schedule import (
 )
 from rifelab.interpolate.sinks import read_manifest
 from rifelab.interpolate.sources import is_video_path, open_source
+from rifelab.rife.checkpoints import checkpoint_layout
 from rifelab.publish.results import (
     to_markdown,
 )
@@ -168,6 +169,10 @@ def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
                          "one (retiming places each output frame at its own time)")
     cfg.allow_frame_drop = getattr(args, "allow_frame_drop", False)
     cfg.validate()
+    lay = checkpoint_layout(getattr(args, "checkpoint", None)) if cfg.ensemble else None
+    if lay is not None and not lay.ensemble:
+        raise ValueError(f"--ensemble is not supported by RIFE {lay.name} (its reference network has no ensemble "
+                         "mode, like every version from 4.21 on); run without --ensemble")
     return cfg
 
 

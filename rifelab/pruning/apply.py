@@ -115,11 +115,21 @@ class PruningInfo:
     mask_bias: bool = False
 
 
+def check_prunable(model: RIFE) -> None:
+    """Pruning (plans, groups, the study) is built and checked for RIFE 4.0, the only real weights here."""
+    if model.variant != "4.0":
+        raise PruningError(
+            f"pruning supports RIFE 4.0 only (the layout its channel groups and study were built and checked on, "
+            f"and the only real weights here); this checkpoint is RIFE {model.layout.name}. "
+            "Run without --checkpoint to prune the bundled RIFE 4.0 weights")
+
+
 def prune_model(model: RIFE, plan: ChannelPlan, mode: str = "physical", mask_bias: bool = False,
                 inplace: bool = False) -> RIFE:
     """A pruned copy of `model` (or the model itself with `inplace=True`); `mode` is 'mask' or 'physical'."""
     if mode not in MODES:
         raise PruningError(f"unknown pruning mode {mode!r}; expected 'mask' (zeroed weights) or 'physical' (channels removed)")
+    check_prunable(model)
     if getattr(model, "pruning_info", None) is not None:
         raise PruningError("this model is already pruned; start from the unpruned model (load_rife())")
     out = model if inplace else copy.deepcopy(model)

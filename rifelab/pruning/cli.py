@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from rifelab.pruning.apply import MODES, prune_model, save_pruned
+from rifelab.pruning.apply import MODES, check_prunable, prune_model, save_pruned
 from rifelab.pruning.plans import DEFAULT_PROTECTED, METHODS, make_plan, plan_lite
 from rifelab.rife.checkpoints import load_rife
 
@@ -43,6 +43,7 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
 def cmd_prune_model(args: argparse.Namespace) -> int:
     """Run `rifelab prune`: load, plan, prune, save (nothing is written when the request is refused)."""
     model = load_rife(args.checkpoint)
+    check_prunable(model)
     if args.method == "lite":
         plan = plan_lite(model.net, args.sparsity, round_to=args.round_to, importance=args.importance)
     elif args.method == "architecture_aware":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +16,7 @@ import torch.nn as nn
 
 from rifelab.frames.assets import fetch
 from rifelab.measure.profiling import resolve_device
+from rifelab.rife.layouts import LAYOUTS, SUPPORTED_RANGE, Layout, get_layout
 from rifelab.rife.model import RIFE, CheckpointInfo
 from rifelab.rife.network import SKIPPED_GROUPS, IFNet
 
@@ -24,7 +27,7 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or does not fit the network."""
 
 
-OFFICIAL_HINT = "an official RIFE 4.x flow checkpoint (flownet.pkl / rife46.pth, a state_dict of tensors)"
+OFFICIAL_HINT = "an official RIFE 4.x flow checkpoint (flownet.pkl / rife46.pth / flownet_v4.25.pkl, a state_dict of tensors)"
 
 
 def _describe_file(path: Path) -> str:
@@ -136,60 +139,99 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else "(no message)"
 
 
-def _detect_variant(sd: dict[str, torch.Tensor], path: Path) -> str:
-    w = sd.get("block0.lastconv.weight")
-    if w is None:
-        w = sd.get("block0.lastconv.0.weight")
-    if w is None:
-        present = ", ".join(sorted(sd)[:5]) or "(none)"
+FLOW_GROUP = re.compile(r"^(block\d+|encode)$")
+
+
+@functools.lru_cache(maxsize=None)
+def expected_shapes(layout: Layout) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a layout's state dict (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        net = IFNet(layout)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+@dataclass
+class LayoutFit:
+    """How a state dict compares with one layout: keys missing, unexpected, of another shape."""
+
+    layout: Layout
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+
+    @property
+    def errors(self) -> int:
+        return len(self.missing) + len(self.unexpected) + len(self.mismatched)
+
+    def describe(self, limit: int = 5) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"missing keys ({len(self.missing)}): {', '.join(self.missing[:limit])}")
+        if self.unexpected:
+            parts.append(f"unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected[:limit])}")
+        if self.mismatched:
+            parts.append(f"shape mismatches ({len(self.mismatched)}): {'; '.join(self.mismatched[:limit])}")
+        return " | ".join(parts)
+
+
+def fit_layout(flow_sd: dict[str, torch.Tensor], layout: Layout) -> LayoutFit:
+    """Compare the flow-network keys of a state dict (no `module.` prefix) with one layout."""
+    expected = expected_shapes(layout)
+    missing = [k for k in expected if k not in flow_sd]
+    unexpected = [k for k in flow_sd if k not in expected]
+    mismatched = [f"{k} {tuple(flow_sd[k].shape)} != {expected[k]}"
+                  for k in expected if k in flow_sd and tuple(flow_sd[k].shape) != expected[k]]
+    return LayoutFit(layout, missing, unexpected, mismatched)
+
+
+def detect_layout(flow_sd: dict[str, torch.Tensor], path: str | os.PathLike = "checkpoint") -> Layout:
+    """The one layout whose keys and shapes the state dict has exactly; else a CheckpointError naming the closest."""
+    if not any(k.startswith("block0.") for k in flow_sd):
+        present = ", ".join(sorted(flow_sd)[:5]) or "(none)"
         raise CheckpointError(
-            f"{path}: no 'block0.lastconv' weight, so this is not a RIFE 4.x flow network checkpoint; "
-            f"first keys: {present}"
+            f"{path}: no 'block0' weights, so this is not a RIFE 4.x flow network checkpoint; first keys: {present}. "
+            f"Supported: {SUPPORTED_RANGE}"
         )
-    if w.dim() == 4 and w.shape[1] == 5:
-        return "4.0"
-    if w.dim() == 4 and w.shape[1] == 24:
-        return "4.6"
-    raise CheckpointError(f"{path}: block0.lastconv weight has shape {tuple(w.shape)}; expected (c,5,4,4) or (c,24,4,4)")
+    fits = sorted((fit_layout(flow_sd, lay) for lay in LAYOUTS), key=lambda f: f.errors)
+    if fits[0].errors == 0:
+        return fits[0].layout
+    best = fits[0]
+    raise CheckpointError(
+        f"checkpoint {path} fits none of the RIFE v4 layouts; the closest is RIFE {best.layout.name}: "
+        f"{best.describe()}. Supported: {SUPPORTED_RANGE}; use an official Practical-RIFE flow checkpoint"
+    )
+
+
+def split_groups(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int], list[str]]:
+    """(flow-network keys, skipped group -> count, unknown keys) of a state dict, `module.` prefixes stripped."""
+    skipped: dict[str, int] = {}
+    flow_sd: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for k, v in sd.items():
+        k = k.removeprefix("module.")
+        group = k.split(".", 1)[0]
+        if group in SKIPPED_GROUPS:
+            skipped[group] = skipped.get(group, 0) + 1
+        elif FLOW_GROUP.match(group):
+            flow_sd[k] = v
+        else:
+            unknown.append(k)
+    return flow_sd, skipped, unknown
 
 
 def load_state_dict(
     net: IFNet, path: str | os.PathLike, raw: dict[str, torch.Tensor] | None = None
 ) -> CheckpointInfo:
-    """Load an official checkpoint into `net`, strictly on the flow blocks; returns what was used/skipped."""
+    """Load an official checkpoint into `net`, strictly on the flow network; returns what was used/skipped."""
     path = Path(path)
     sd = raw if raw is not None else _read_checkpoint(path)
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    skipped: dict[str, int] = {}
-    flow_sd: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for k, v in sd.items():
-        group = k.split(".", 1)[0]
-        if group in SKIPPED_GROUPS:
-            skipped[group] = skipped.get(group, 0) + 1
-        elif group in ("block0", "block1", "block2", "block3"):
-            flow_sd[k] = v
-        else:
-            unknown.append(k)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in flow_sd]
-    unexpected = [k for k in flow_sd if k not in expected] + unknown
-    mismatched = [
-        f"{k} {tuple(flow_sd[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in flow_sd and flow_sd[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:5])}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:5])}")
+    flow_sd, skipped, unknown = split_groups(sd)
+    fit = fit_layout(flow_sd, net.layout)
+    fit.unexpected += unknown
+    if fit.errors:
         raise CheckpointError(
-            f"checkpoint {path} does not fit the RIFE {net.variant} flow network: " + " | ".join(parts)
-            + ". Use an official RIFE 4.0 or 4.6 flow checkpoint (flownet.pkl / rife46.pth)"
+            f"checkpoint {path} does not fit the RIFE {net.variant} flow network: " + fit.describe()
+            + f". Use an official RIFE flow checkpoint of that layout ({net.layout.name}); supported: {SUPPORTED_RANGE}"
         )
     bad = [k for k, v in flow_sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
@@ -201,7 +243,15 @@ def load_state_dict(
     net.load_state_dict(flow_sd, strict=True)
     if skipped:
         log.debug("%s: skipped groups not used by the fast path: %s", path.name, skipped)
-    return CheckpointInfo(str(path), net.variant, len(flow_sd), skipped)
+    return CheckpointInfo(str(path), net.variant, len(flow_sd), skipped, net.layout.name)
+
+
+def checkpoint_layout(checkpoint: str | os.PathLike | None = None) -> Layout:
+    """The layout of a checkpoint file (None: the bundled RIFE 4.0), read without building the network."""
+    if checkpoint is None:
+        return get_layout("4.0")
+    path = Path(checkpoint).expanduser()
+    return detect_layout(split_groups(_read_checkpoint(path))[0], path)
 
 
 def load_rife(
@@ -209,13 +259,18 @@ def load_rife(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> RIFE:
-    """RIFE v4 model in eval mode; `checkpoint=None` uses the bundled RIFE 4.0 weights (fetched once)."""
+    """RIFE v4 model (any layout of 4.0-4.26, detected from the keys) in eval mode.
+
+    `checkpoint=None` uses the bundled RIFE 4.0 weights (fetched once). `.pkl` and `.pth` files alike, keys with or
+    without the `module.` prefix, loaded with weights_only=True.
+    """
     if checkpoint is None:
         checkpoint = fetch("rife40")
     path = Path(checkpoint).expanduser()
     raw = _read_checkpoint(path)
-    stripped = {k[len("module."):] if k.startswith("module.") else k: v for k, v in raw.items()}
-    net = IFNet(_detect_variant(stripped, path))
+    layout = detect_layout(split_groups(raw)[0], path)
+    net = IFNet(layout)
     info = load_state_dict(net, path, raw=raw)
     model = RIFE(net, info).eval()
+    log.debug("%s: RIFE %s", path.name, layout.name)
     return model.to(device=resolve_device(device), dtype=dtype)

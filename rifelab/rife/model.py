@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 
 from rifelab.frames.images import DataError, to_tensor
+from rifelab.rife.layouts import Layout
 from rifelab.rife.network import (
     IFNet,
     check_scale,
     pad_to_multiple,
-    padding_multiple,
     timestep_plane,
     warp,
 )
@@ -31,6 +31,7 @@ class CheckpointInfo:
     variant: str
     loaded_keys: int
     skipped_groups: dict[str, int] = field(default_factory=dict)
+    layout: str = ""  # the layout's version range, e.g. "4.13-4.24 (7 versions)"
 
 
 # Float frames may overshoot [0, 1] by rounding (bf16 outputs fed back in recursive mode); more is a wrong range.
@@ -124,23 +125,34 @@ class RIFE(nn.Module):
 
     @property
     def variant(self) -> str:
+        """The layout's key: its first version ("4.0", "4.13", "4.25.lite")."""
         return self.net.variant
 
+    @property
+    def layout(self) -> Layout:
+        """The network layout (blocks, widths, encoder, scales, padding, ensemble support)."""
+        return self.net.layout
+
+    def padding_multiple(self, scale: float = 1.0) -> int:
+        """Frames are padded (right/bottom) to a multiple of this at `scale`; depends on the layout."""
+        return self.net.padding_multiple(check_scale(scale))
+
     def prepare(
-        self, img0: torch.Tensor, img1: torch.Tensor, timestep: float | torch.Tensor, scale: float
+        self, img0: torch.Tensor, img1: torch.Tensor, timestep: float | torch.Tensor, scale: float,
+        ensemble: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float], tuple[int, int]]:
         """Validate and pad inputs; returns (img0, img1, t-plane, scale_list, (H, W))."""
         scale = check_scale(scale)
+        self.net.check_ensemble(ensemble)
         img0, img1 = check_pair(img0, img1)
         n, _, h, w = img0.shape
         dev, dt = self.device, self.dtype
         img0 = img0.to(device=dev, dtype=dt)
         img1 = img1.to(device=dev, dtype=dt)
-        mult = padding_multiple(scale)
+        mult = self.padding_multiple(scale)
         img0, img1 = pad_to_multiple(img0, mult), pad_to_multiple(img1, mult)
         t = timestep_plane(timestep, n, img0.shape[2], img0.shape[3], img0)
-        scale_list = [8 / scale, 4 / scale, 2 / scale, 1 / scale]
-        return img0, img1, t, scale_list, (h, w)
+        return img0, img1, t, list(self.net.scale_list(scale)), (h, w)
 
     def forward(
         self,
@@ -151,7 +163,7 @@ class RIFE(nn.Module):
         ensemble: bool = False,
     ) -> torch.Tensor:
         in_dtype = _output_dtype(img0)
-        p0, p1, t, scale_list, (h, w) = self.prepare(img0, img1, timestep, scale)
+        p0, p1, t, scale_list, (h, w) = self.prepare(img0, img1, timestep, scale, ensemble)
         out = self.net(p0, p1, t, scale_list, ensemble)
         return out[:, :, :h, :w].to(in_dtype)
 
@@ -189,14 +201,14 @@ class RIFE(nn.Module):
         frames, warped with the same flow and blended with the same mask (`blend_warped`).
         """
         in_dtype = _output_dtype(img0)
-        p0, p1, t, scale_list, (h, w) = self.prepare(img0, img1, timestep, scale)
+        p0, p1, t, scale_list, (h, w) = self.prepare(img0, img1, timestep, scale, ensemble)
         frame, flow, mask = self.net.forward_all(p0, p1, t, scale_list, ensemble)
         extra = None
         if extra0 is not None and extra1 is not None:
             if extra0.shape != extra1.shape or extra0.shape[0] != img0.shape[0] or extra0.shape[-2:] != (h, w):
                 raise ValueError(f"extra channels {tuple(extra0.shape)} / {tuple(extra1.shape)} do not match the "
                                  f"frames {tuple(img0.shape)}; give (N,C,H,W) tensors of the frames' size")
-            mult = padding_multiple(scale)
+            mult = self.padding_multiple(scale)
             e0 = pad_to_multiple(extra0.to(device=p0.device, dtype=p0.dtype), mult)
             e1 = pad_to_multiple(extra1.to(device=p0.device, dtype=p0.dtype), mult)
             extra = blend_warped(e0, e1, flow, mask)[:, :, :h, :w].to(in_dtype)

@@ -1,4 +1,4 @@
-"""RIFE v4 flow network: IFNet and its blocks, backward warping with cached grids, padding and scale rules."""
+"""RIFE v4 flow network (any layout of 4.0-4.26): IFNet and its blocks, frame encoders, backward warping with cached grids, padding and scale rules."""
 
 from __future__ import annotations
 
@@ -9,16 +9,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rifelab.rife.layouts import Layout, get_layout
+
 log = logging.getLogger(__name__)
 
 
 VALID_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-BLOCK_WIDTHS = (192, 128, 96, 64)
-
-
-BLOCK_INPUTS = (7, 12, 12, 12)
 
 
 SKIPPED_GROUPS = ("contextnet", "unet", "block_tea")
@@ -30,13 +26,15 @@ _GRID_CACHE: dict[tuple, torch.Tensor] = {}
 def _axis(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """`size` evenly spaced values from -1 to 1 in `dtype`.
 
-    Built from `arange` rather than `linspace`: the ONNX exporter folds a traced `linspace` into a
-    float64 constant (ONNX Runtime's GridSample then refuses the float64 grid), while `arange` stays in
-    `dtype` and keeps `size` symbolic for exports with dynamic height and width.
+    Eager: `torch.linspace`, the very values the official code's grid holds (RIFE 4.0 then matches it bit for bit;
+    an `arange` grid differs in the last bit of about half its values, which moved outputs by up to 6e-5).
+    Traced (ONNX export): `arange`, because the exporter folds a traced `linspace` into a float64 constant (ONNX
+    Runtime's GridSample then refuses the float64 grid), while `arange` stays in `dtype` and keeps `size` symbolic
+    for exports with dynamic height and width.
     """
     if torch.jit.is_tracing():  # `size` is symbolic here; max() would freeze it into a constant
         return torch.arange(size, device=device, dtype=dtype) * (2.0 / (size - 1)) - 1.0
-    return torch.arange(size, device=device, dtype=dtype) * (2.0 / max(size - 1, 1)) - 1.0
+    return torch.linspace(-1.0, 1.0, size, device=device, dtype=dtype)
 
 
 def base_grid(n: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -82,18 +80,18 @@ def warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return out.to(out_dtype)
 
 
-def conv(cin: int, cout: int, k: int = 3, stride: int = 1, pad: int = 1, variant: str = "4.0") -> nn.Sequential:
-    """Conv2d with bias followed by the variant's activation (4.0: PReLU, 4.6: LeakyReLU(0.2))."""
-    act: nn.Module = nn.PReLU(cout) if variant == "4.0" else nn.LeakyReLU(0.2)
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1, pad: int = 1, activation: str = "prelu") -> nn.Sequential:
+    """Conv2d with bias followed by the layout's activation ("prelu": PReLU per channel, "leaky": LeakyReLU(0.2))."""
+    act: nn.Module = nn.PReLU(cout) if activation == "prelu" else nn.LeakyReLU(0.2)
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, bias=True), act)
 
 
 class ResConv(nn.Module):
-    """v4.6 residual unit: LeakyReLU(0.2)(conv3x3(x) * beta + x)."""
+    """Residual trunk unit (from 4.5 on): LeakyReLU(0.2)(conv3x3(x) * beta + x)."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, groups: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, 1, 1, bias=True)
+        self.conv = nn.Conv2d(c, c, 3, 1, 1, groups=groups, bias=True)
         self.beta = nn.Parameter(torch.ones(1, c, 1, 1))
         self.act = nn.LeakyReLU(0.2)
 
@@ -102,38 +100,75 @@ class ResConv(nn.Module):
 
 
 class IFBlock(nn.Module):
-    """One coarse-to-fine flow block: estimates (flow, mask) at 1/scale of the frame."""
+    """One coarse-to-fine flow block: estimates (flow, mask[, carried features]) at 1/scale of the frame."""
 
-    def __init__(self, cin: int, c: int, variant: str = "4.0"):
+    def __init__(self, cin: int, c: int, layout: Layout | str = "4.0"):
         super().__init__()
-        if variant not in ("4.0", "4.6"):
-            raise ValueError(f"unknown IFNet variant {variant!r}; expected '4.0' or '4.6'")
-        self.variant = variant
-        self.conv0 = nn.Sequential(conv(cin, c // 2, 3, 2, 1, variant), conv(c // 2, c, 3, 2, 1, variant))
-        if variant == "4.0":
-            self.convblock = nn.Sequential(*[conv(c, c, variant=variant) for _ in range(8)])
-            self.lastconv = nn.ConvTranspose2d(c, 5, 4, 2, 1)
+        layout = get_layout(layout)
+        self.variant = layout.key
+        self.trunk_residual = layout.trunk_residual
+        self.pixel_shuffle = layout.pixel_shuffle
+        self.carry = layout.carry_channels
+        act = layout.activation
+        self.conv0 = nn.Sequential(conv(cin, c // 2, 3, 2, 1, act), conv(c // 2, c, 3, 2, 1, act))
+        if layout.trunk == "conv":
+            self.convblock = nn.Sequential(*[conv(c, c, activation=act) for _ in range(8)])
         else:
-            self.convblock = nn.Sequential(*[ResConv(c) for _ in range(8)])
-            self.lastconv = nn.Sequential(nn.ConvTranspose2d(c, 24, 4, 2, 1), nn.PixelShuffle(2))
+            self.convblock = nn.Sequential(*[ResConv(c, layout.groups) for _ in range(8)])
+        if layout.pixel_shuffle:
+            self.lastconv: nn.Module = nn.Sequential(
+                nn.ConvTranspose2d(c, 4 * layout.out_channels, 4, 2, 1), nn.PixelShuffle(2))
+        else:
+            self.lastconv = nn.ConvTranspose2d(c, layout.out_channels, 4, 2, 1)
 
-    def forward(
-        self, x: torch.Tensor, flow: torch.Tensor | None = None, scale: float = 1.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, flow: torch.Tensor | None = None, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+        """(flow, mask) at the input's size; layouts that carry features return (flow, mask, features)."""
         x = F.interpolate(x, scale_factor=1.0 / scale, mode="bilinear", align_corners=False)
         if flow is not None:
             flow = F.interpolate(flow, scale_factor=1.0 / scale, mode="bilinear", align_corners=False) * (1.0 / scale)
             x = torch.cat((x, flow), 1)
         feat = self.conv0(x)
-        if self.variant == "4.0":
-            feat = self.convblock(feat) + feat
-            up = scale * 2
-        else:
-            feat = self.convblock(feat)
-            up = scale
-        tmp = self.lastconv(feat)
-        tmp = F.interpolate(tmp, scale_factor=up, mode="bilinear", align_corners=False)
+        feat = self.convblock(feat) + feat if self.trunk_residual else self.convblock(feat)
+        up = scale if self.pixel_shuffle else scale * 2
+        tmp = F.interpolate(self.lastconv(feat), scale_factor=up, mode="bilinear", align_corners=False)
+        if self.carry:
+            return tmp[:, :4] * up, tmp[:, 4:5], tmp[:, 5:5 + self.carry]
         return tmp[:, :4] * up, tmp[:, 4:5]
+
+
+class FrameEncoder(nn.Module):
+    """The per-frame feature encoder of 4.13+ ("Head"): conv/2, conv, conv, transposed conv x2, LeakyReLU between.
+
+    Its input is clamped to [0, 1] as in the reference; the Sequential encoders of 4.7-4.13.lite are not.
+    """
+
+    def __init__(self, width: int, channels: int):
+        super().__init__()
+        self.cnn0 = nn.Conv2d(3, width, 3, 2, 1)
+        self.cnn1 = nn.Conv2d(width, width, 3, 1, 1)
+        self.cnn2 = nn.Conv2d(width, width, 3, 1, 1)
+        self.cnn3 = nn.ConvTranspose2d(width, channels, 4, 2, 1)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.cnn0(x.clamp(0.0, 1.0)))
+        x = self.act(self.cnn1(x))
+        x = self.act(self.cnn2(x))
+        return self.cnn3(x)
+
+
+def make_encoder(layout: Layout) -> nn.Module | None:
+    """The layout's frame encoder (`encode.*` keys), or None before 4.7."""
+    w, c = layout.encoder_width, layout.encoder_channels
+    if layout.encoder == "pair":
+        return nn.Sequential(nn.Conv2d(3, w, 3, 2, 1), nn.ConvTranspose2d(w, c, 4, 2, 1))
+    if layout.encoder == "seq":
+        return nn.Sequential(
+            nn.Conv2d(3, w, 3, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(w, w, 3, 1, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, w, 3, 1, 1), nn.LeakyReLU(0.2), nn.ConvTranspose2d(w, c, 4, 2, 1))
+    if layout.encoder == "head":
+        return FrameEncoder(w, c)
+    return None
 
 
 def _swap_flow(flow: torch.Tensor) -> torch.Tensor:
@@ -144,55 +179,101 @@ def _channel_cat(tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.cat(tensors, 1)
 
 
-class IFNet(nn.Module):
-    """Four IFBlocks, coarse to fine, then a mask-weighted blend of both warped frames."""
+class EnsembleUnsupported(ValueError):
+    """The layout's reference network has no ensemble mode (4.21 on)."""
 
-    def __init__(self, variant: str = "4.0", widths: Sequence[int] = BLOCK_WIDTHS):
+
+class IFNet(nn.Module):
+    """Any RIFE v4 flow network (4.0-4.26): 4 or 5 IFBlocks coarse to fine, optional frame encoder, then a
+    mask-weighted blend of both warped frames. `layout`: a `Layout` or a version it covers ("4.0", "4.25.lite")."""
+
+    def __init__(self, layout: Layout | str = "4.0", widths: Sequence[int] | None = None):
         super().__init__()
-        self.variant = variant
-        self.block0 = IFBlock(BLOCK_INPUTS[0], widths[0], variant)
-        self.block1 = IFBlock(BLOCK_INPUTS[1], widths[1], variant)
-        self.block2 = IFBlock(BLOCK_INPUTS[2], widths[2], variant)
-        self.block3 = IFBlock(BLOCK_INPUTS[3], widths[3], variant)
+        self.layout = get_layout(layout)
+        widths = tuple(widths) if widths is not None else self.layout.widths
+        if len(widths) != len(self.layout.widths):
+            raise ValueError(f"RIFE {self.layout.name} has {len(self.layout.widths)} blocks, got {len(widths)} widths")
+        for i, (cin, c) in enumerate(zip(self.layout.block_inputs, widths)):
+            self.add_module(f"block{i}", IFBlock(cin, c, self.layout))
+        encoder = make_encoder(self.layout)
+        if encoder is not None:
+            self.encode = encoder
+
+    @property
+    def variant(self) -> str:
+        """The layout's key (its first version: "4.0", "4.6", "4.13", ...)."""
+        return self.layout.key
 
     @property
     def blocks(self) -> list[IFBlock]:
-        return [self.block0, self.block1, self.block2, self.block3]
+        return [getattr(self, f"block{i}") for i in range(len(self.layout.widths))]
+
+    def scale_list(self, scale: float = 1.0) -> tuple[float, ...]:
+        """Each block's down-scaling at the user's `scale`."""
+        return self.layout.scale_list(scale)
+
+    def padding_multiple(self, scale: float = 1.0) -> int:
+        """Input frames must be padded to a multiple of this at `scale`."""
+        return self.layout.padding_multiple(scale)
+
+    def check_ensemble(self, ensemble: bool) -> None:
+        """Refuse ensemble on layouts whose reference code has none (4.21 on)."""
+        if ensemble and not self.layout.ensemble:
+            raise EnsembleUnsupported(
+                f"ensemble is not supported by RIFE {self.layout.name} (its reference network has no ensemble "
+                "mode, like every version from 4.21 on); run without ensemble or use a checkpoint of 4.0-4.20")
+
+    def _run_block(self, i: int, parts: tuple[torch.Tensor, ...], flow: torch.Tensor | None, s: float,
+                   cat_fn: Callable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        out = self.blocks[i](cat_fn(parts), flow, s)
+        return out[0], out[1], (out[2] if len(out) > 2 else None)
 
     def flow_and_mask(
         self,
         img0: torch.Tensor,
         img1: torch.Tensor,
         t: torch.Tensor,
-        scale_list: Sequence[float] = (8, 4, 2, 1),
+        scale_list: Sequence[float] | None = None,
         ensemble: bool = False,
         warp_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         cat_fn: Callable[[tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Bidirectional flow (N,4,H,W) and blend logits (N,1,H,W) for padded inputs and a t-plane.
 
-        `warp_fn` / `cat_fn` replace the backward warp and the channel concat of each block's input
-        (the inference engine passes a cached-grid warp and an NHWC-keeping concat); default: `warp`, `torch.cat`.
+        `scale_list` defaults to the layout's at scale 1. `warp_fn` / `cat_fn` replace the backward warp and the
+        channel concat of each block's input (the inference engine passes a cached-grid warp and an NHWC-keeping
+        concat); default: `warp`, `torch.cat`.
         """
+        self.check_ensemble(ensemble)
+        lay = self.layout
+        scale_list = self.scale_list() if scale_list is None else scale_list
+        if len(scale_list) != len(lay.widths):
+            raise ValueError(f"RIFE {lay.name} needs {len(lay.widths)} block scales, got {list(scale_list)}")
         warp_fn = warp_fn or warp
         cat_fn = cat_fn or _channel_cat
+        enc = getattr(self, "encode", None)
+        f0, f1 = (enc(img0), enc(img1)) if enc is not None else (None, None)
         flow: torch.Tensor | None = None
         mask: torch.Tensor | None = None
-        for i, block in enumerate(self.blocks):
-            s = scale_list[i]
-            if flow is None:
-                f, m = block(cat_fn((img0, img1, t)), None, s)
+        carried: torch.Tensor | None = None
+        for i, s in enumerate(scale_list):
+            if flow is None or mask is None:
+                feats = (f0, f1) if f0 is not None else ()
+                flow, mask, carried = self._run_block(i, (img0, img1, *feats, t), None, s, cat_fn)
                 if ensemble:
-                    f2, m2 = block(cat_fn((img1, img0, 1 - t)), None, s)
-                    f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
-                flow, mask = f, m
-            else:
-                w0, w1 = warp_fn(img0, flow[:, :2]), warp_fn(img1, flow[:, 2:4])
-                f, m = block(cat_fn((w0, w1, t, mask)), flow, s)
-                if ensemble:
-                    f2, m2 = block(cat_fn((w1, w0, 1 - t, -mask)), _swap_flow(flow), s)
-                    f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
-                flow, mask = flow + f, mask + m
+                    feats_r = (f1, f0) if f0 is not None else ()
+                    f2, m2, _ = self._run_block(i, (img1, img0, *feats_r, 1 - t), None, s, cat_fn)
+                    flow, mask = (flow + _swap_flow(f2)) / 2, (mask - m2) / 2
+                continue
+            w0, w1 = warp_fn(img0, flow[:, :2]), warp_fn(img1, flow[:, 2:4])
+            wf = (warp_fn(f0, flow[:, :2]), warp_fn(f1, flow[:, 2:4])) if f0 is not None and f1 is not None else ()
+            extra = (carried,) if carried is not None else ()
+            f, m, carried = self._run_block(i, (w0, w1, *wf, t, mask, *extra), flow, s, cat_fn)
+            if ensemble:
+                f2, m2, _ = self._run_block(i, (w1, w0, *wf[::-1], 1 - t, -mask), _swap_flow(flow), s, cat_fn)
+                f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
+            flow = flow + f
+            mask = mask + m if lay.mask_residual else m
         assert flow is not None and mask is not None
         return flow, mask
 
@@ -201,10 +282,10 @@ class IFNet(nn.Module):
         img0: torch.Tensor,
         img1: torch.Tensor,
         t: torch.Tensor,
-        scale_list: Sequence[float] = (8, 4, 2, 1),
+        scale_list: Sequence[float] | None = None,
         ensemble: bool = False,
     ) -> torch.Tensor:
-        """Interpolated frame for padded inputs (sizes a multiple of 64/scale) and a t-plane (N,1,H,W)."""
+        """Interpolated frame for padded inputs (sizes a multiple of `padding_multiple(scale)`) and a t-plane."""
         frame, _, _ = self.forward_all(img0, img1, t, scale_list, ensemble)
         return frame
 
@@ -213,7 +294,7 @@ class IFNet(nn.Module):
         img0: torch.Tensor,
         img1: torch.Tensor,
         t: torch.Tensor,
-        scale_list: Sequence[float] = (8, 4, 2, 1),
+        scale_list: Sequence[float] | None = None,
         ensemble: bool = False,
         warp_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         cat_fn: Callable[[tuple[torch.Tensor, ...]], torch.Tensor] | None = None,
@@ -226,9 +307,9 @@ class IFNet(nn.Module):
         return w0 * m + w1 * (1 - m), flow, mask
 
 
-def padding_multiple(scale: float) -> int:
-    """Spatial multiple the network needs at `scale`: 64 / scale (at least 1)."""
-    return max(1, int(round(64 / scale)))
+def padding_multiple(scale: float, layout: Layout | str = "4.0") -> int:
+    """Spatial multiple the `layout` (default RIFE 4.0) needs at `scale`: 64 / scale for 4.0-4.24 (at least 1)."""
+    return get_layout(layout).padding_multiple(scale)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

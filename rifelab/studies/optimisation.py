@@ -296,7 +296,8 @@ def measure_resolution(run: StudyRun, setup: Setup, res: str, outputs: dict[tupl
     base_t = timing.timings[p["baseline"]]
     rows = []
     for c in here:
-        row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res}
+        row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res,
+                               "model": f"RIFE {setup.model.layout.name}"}
         if c.name in setup.skipped or c.name in timing.stopped:
             rows.append(_not_run_row(row, setup.skipped.get(c.name) or timing.stopped[c.name]))
             continue
