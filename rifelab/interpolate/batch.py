@@ -278,7 +278,7 @@ def expected_frames(item: BatchItem, config: InterpolateConfig) -> int | None:
         src = open_source(item.input, config.input_fps)
     except Exception:  # noqa: BLE001 - the worker reports the error
         return None
-    return config.output_count(src.count, src.fps)
+    return config.output_count(src.count, src.fps, src.times)
 
 
 # ----------------------------------------------------------------------------- workers

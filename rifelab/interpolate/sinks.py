@@ -33,6 +33,7 @@ from rifelab.interpolate.schedule import (
     VIDEO_EXTENSIONS,
     InterpolateConfig,
     InterpolationSummary,
+    is_video_path,
 )
 from rifelab.publish.results import (
     atomic_path,
@@ -515,3 +516,14 @@ class _VideoSink:
         if self._tmp is not None and self._tmp.exists():
             self._tmp.unlink()
         self.lock.release()
+
+
+def open_sink(out: Path, config: InterpolateConfig, fps: float | None = None,
+              manifest: dict[str, Any] | None = None) -> _FolderSink | _VideoSink:
+    """Where a run writes: a video file at `fps` frames per second when `out` names one (by its suffix), else
+    a folder of numbered frames recorded in `manifest` (the run's settings). Nothing is written yet."""
+    if is_video_path(out):
+        if fps is None:
+            raise ValueError(f"a video output ({out}) needs its frame rate")
+        return _VideoSink(out, fps, config)
+    return _FolderSink(out, config, manifest or {})

@@ -23,7 +23,7 @@ from rifelab.frames.images import (
     read_image_rgba,
 )
 from rifelab.frames.video import VideoDamage, constant_rate, frame_times, read_video
-from rifelab.interpolate.schedule import DEFAULT_INPUT_FPS, VIDEO_EXTENSIONS
+from rifelab.interpolate.schedule import DEFAULT_INPUT_FPS
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +167,6 @@ def open_source(
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         raise DataError(f"{p} is a single image; pass the folder that holds the numbered frames")
     return VideoSource(p, fps=input_fps, allow_damaged=allow_damaged)
-
-
-def is_video_path(path: Path) -> bool:
-    """Whether `path` names a video file (by its suffix), as opposed to a folder of frames."""
-    return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 def frame_size(src: FrameSource) -> tuple[int, int] | None:

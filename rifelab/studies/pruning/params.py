@@ -115,6 +115,8 @@ PARAMS: dict[str, Param] = {
     "timing_clip": Param("str", "clip whose first frame pair is timed", feeds=("plans",)),
     "timing_warmup": Param("int", "unrecorded calls per model before timing", low=0),
     "timing_rounds": Param("int", "interleaved timed rounds over all models", low=1),
+    "noise": Param("dict", "when the timing counts as disturbed: max_spread (p90/p10), max_other_cpu (cores other "
+                   "processes may use), max_steal (share), attempts (timings in all before publishing flagged noisy)"),
     "trap_sparsity": Param("float", "sparsity of the mask-trap comparison", low=0.0, high=0.95),
     "target_speedup": Param("float", "target: measured speedup at least this", low=1.0),
     "target_ci_low": Param("float", "target: lower end of the speedup's 95% interval at least this", low=0.0),

@@ -5,6 +5,7 @@ dataclass; `run` reads as their list."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,9 @@ import torch
 from rifelab.frames.clips import Triplet, read_triplet_dataset
 from rifelab.frames.images import to_tensor
 from rifelab.measure.evaluation import evaluate_triplets
-from rifelab.measure.harness import time_interleaved
+from rifelab.measure.harness import Harness, InterleavedTiming, noise_limits
 from rifelab.measure.profiling import speedup_ci
+from rifelab.measure.workloads import FrameInputs, InterpolateWorkload, ModelSpec
 from rifelab.publish import claims
 from rifelab.pruning.apply import load_pruned, model_gmac, nonzero_parameters, prune_model, save_pruned
 from rifelab.pruning.plans import ChannelPlan
@@ -53,6 +55,7 @@ class Inputs:
     pair: tuple[torch.Tensor, torch.Tensor]
     finetuned: dict[str, tuple[RIFE, dict[str, Any], FinetuneSpec]]
     tables: dict[str, pd.DataFrame] | None
+    limits: Any  # noise limits of the timing (measure.harness.noise_limits)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -96,11 +99,18 @@ class Quality:
 
 @dataclass
 class Speed:
-    """One interleaved timing over the distinct architectures."""
+    """One interleaved timing over the distinct architectures (each in its own worker process), checked."""
 
-    timings: dict[str, Any]
-    stopped: dict[str, str]
+    timing: InterleavedTiming
     base_gmac: float
+
+    @property
+    def timings(self) -> dict[str, Any]:
+        return self.timing.timings
+
+
+#: a pruned model cannot run much faster than its MAC reduction allows (the non-conv time is not cut at all)
+MAC_BOUND_TOLERANCE = 1.25
 
 
 # ----------------------------------------------------------------------------- steps
@@ -110,6 +120,10 @@ def prepare(run_: StudyRun, profile: str, results_root: str | os.PathLike | None
     """Check the splits, publish them, read the held-out triplets, the timed pair and the finetune stage's outputs."""
     p = run_.params
     check_splits(p)
+    try:
+        limits = noise_limits(p["noise"])
+    except ValueError as exc:
+        raise ParamError(f"pruning.{exc}") from None
     run_.table(split_table(p), "data_split")
     evals = split_triplets(p, "held-out evaluation")
     pair = timing_pair(p["timing_clip"])
@@ -120,7 +134,7 @@ def prepare(run_: StudyRun, profile: str, results_root: str | os.PathLike | None
         raise ParamError(f"the sensitivity tables in {folder} are missing or were made with other settings; run "
                          f"`python -m rifelab.studies.pruning --profile {profile}` first (`dvc repro` runs it as "
                          f"finetune@{profile})")
-    return Inputs(p, run_.model(), run_.device, evals, pair, finetuned, tables)
+    return Inputs(p, run_.model(), run_.device, evals, pair, finetuned, tables, limits)
 
 
 def _sweep(x: Inputs, lineup: Lineup, plans: dict[str, ChannelPlan]) -> None:
@@ -205,17 +219,47 @@ def score_quality(x: Inputs, lineup: Lineup, notes: list[str]) -> Quality:
     return Quality(heldout, mb)
 
 
+def _timing_workloads(lineup: Lineup, names: Sequence[str], p: Mapping[str, Any], dev: torch.device,
+                      folder: str) -> dict[str, InterpolateWorkload]:
+    """One worker workload per timed architecture: pruned models saved to `folder` and rebuilt in their worker."""
+    out = {}
+    for k in names:
+        m = lineup.configs[k].model
+        if getattr(m, "pruning_info", None) is None:
+            spec = ModelSpec(checkpoint=p["checkpoint"], device=str(dev), threads=p["threads"], plain=True, name=k)
+        else:
+            path = save_pruned(m, Path(folder) / f"model{len(out)}.pt")
+            spec = ModelSpec(checkpoint=str(path), device=str(dev), threads=p["threads"], pruned=True, name=k)
+        out[k] = InterpolateWorkload(spec)
+    return out
+
+
+def mac_bound_check(gmac: Mapping[str, float]):
+    """Ratios inside physical bounds: no architecture faster than its MAC ratio to the unpruned one allows."""
+    def check(t: InterleavedTiming) -> list[str]:
+        base = t.timings["unpruned"].median
+        out = []
+        for k, tm in t.timings.items():
+            bound = gmac["unpruned"] / gmac[k] * MAC_BOUND_TOLERANCE
+            if base / tm.median > bound:
+                out.append(f"{k}: {base / tm.median:.2f}x the unpruned model, beyond its MAC bound of {bound:.2f}x")
+        return out
+    return check
+
+
 def time_lineup(x: Inputs, lineup: Lineup, progress: bool, notes: list[str]) -> Speed:
-    """One interleaved run over every distinct architecture (masks and same-plan checkpoints share a timing)."""
+    """One interleaved run over every distinct architecture (masks and same-plan checkpoints share a timing), each in
+    its own worker process, checked against the noise limits and the MAC bound."""
     timed_names = list(dict.fromkeys(c.timed_as for c in lineup.configs.values()))
-    a, b = (t.to(x.device) for t in x.pair)
-    fns = {k: (lambda m=lineup.configs[k].model: m.interpolate(a, b)) for k in timed_names}
-    with torch.inference_mode():
-        timing = time_interleaved(fns, x.device, warmup=x.p["timing_warmup"], rounds=x.p["timing_rounds"],
-                                  baseline="unpruned", progress=progress)
+    gmacs = {k: model_gmac(lineup.configs[k].model, *x.size)[0] for k in timed_names}
+    with tempfile.TemporaryDirectory(prefix="rifelab-pruning-") as tmp, \
+            Harness.isolated(_timing_workloads(lineup, timed_names, x.p, x.device, tmp), progress) as harness:
+        harness.prepare({k: FrameInputs.from_tensors([x.pair]) for k in timed_names})
+        timing = harness.measure_checked(x.limits, mac_bound_check(gmacs), warmup=x.p["timing_warmup"],
+                                         rounds=x.p["timing_rounds"], baseline="unpruned")
     for k, why in timing.stopped.items():
         notes.append(f"{k} was not timed: {why}")
-    return Speed(timing.timings, timing.stopped, model_gmac(x.model, *x.size)[0])
+    return Speed(timing, model_gmac(x.model, *x.size)[0])
 
 
 def sweep_table(x: Inputs, lineup: Lineup, quality: Quality, speed: Speed) -> pd.DataFrame:
@@ -236,6 +280,7 @@ def sweep_table(x: Inputs, lineup: Lineup, quality: Quality, speed: Speed) -> pd
             "nonzero_params_m": nonzero_parameters(c.model.net) / 1e6, "gmac": gmac,
             "gmac_ratio": gmac / speed.base_gmac,
             "latency_ms": t.median * 1e3 if t else float("nan"), "latency_timed_as": c.timed_as,
+            "worker": speed.timing.workers.get(c.timed_as), "noisy": speed.timing.noisy,
             "speedup": ratio, "speedup_ci_low": lo, "speedup_ci_high": hi,
             "psnr": float(q["psnr"].mean()), "ssim": float(q["ssim"].mean()), "dpsnr": float(d.mean()),
             "dpsnr_min": float(d.min()), "n_eval": len(d),
@@ -321,14 +366,17 @@ def _metrics(x: Inputs, table: pd.DataFrame, verdict: Mapping[str, Any], quality
         "forward_ms_outside_convs_share": float(extras.profile.loc[extras.profile["layer"] == "other", "share"].iloc[0]),
         "mask_trap_max_abs_diff_weights_only": float(mask_w.iloc[0]),
         "mask_trap_max_abs_diff_with_bias": float(mask_w.iloc[1]),
-        "reload_max_abs_diff": reload_diff, "timing_stopped": speed.stopped,
+        "reload_max_abs_diff": reload_diff, "timing_stopped": speed.timing.stopped, "noisy": speed.timing.noisy,
+        "timing": {"noisy": speed.timing.noisy, "attempts": speed.timing.attempts, "failed_checks": speed.timing.problems,
+                   "workers": speed.timing.workers, "load": speed.timing.load.as_dict() if speed.timing.load else None,
+                   "history": speed.timing.history},
         "study_seconds": seconds, "notes": notes,
     }
 
 
 def _headline(verdict: Mapping[str, Any], quality: Quality, speed: Speed) -> dict[str, Any]:
     out = {"target_met": verdict["target_met"], "unpruned_psnr": round(quality.unpruned_psnr, 3),
-           "unpruned_ms": round(speed.timings["unpruned"].median * 1e3, 2)}
+           "unpruned_ms": round(speed.timings["unpruned"].median * 1e3, 2), "noisy": speed.timing.noisy}
     if verdict.get("best_config"):
         out.update({"best_speedup": round(verdict["best_speedup"], 3), "best_dpsnr": round(verdict["best_dpsnr"], 3)})
     return out
@@ -340,6 +388,15 @@ def _plot_data(table: pd.DataFrame, sens: pd.DataFrame | None) -> dict[str, pd.D
         out["sensitivity"] = sens.assign(probe=lambda d: d["group"] + "@" + d["ratio"].map("{:g}".format))[
             ["probe", "dpsnr"]]
     return out
+
+
+def with_timing_lines(lines: list[str], timing: InterleavedTiming) -> list[str]:
+    """The summary with how the timing was made at its end and, when it stayed noisy, a warning first."""
+    warning = [f"**noisy timing**: after {timing.attempts} timings these checks still failed: "
+               f"{'; '.join(timing.problems)}. The latencies, speedups and the target verdict below are "
+               "published flagged, not as clean results; rerun on an idle machine."] if timing.noisy else []
+    return warning + lines + [f"Timing: each architecture in its own worker process, {timing.attempts} timing(s); "
+                              f"load: {timing.load.describe() if timing.load else 'not recorded'}."]
 
 
 # ----------------------------------------------------------------------------- the study
@@ -362,7 +419,8 @@ def run(
         extras = publish_extras(run_, x, lineup, table)
         reload_diff = save_best(run_, x, lineup, verdict)
         metrics = _metrics(x, table, verdict, quality, speed, extras, reload_diff, time.perf_counter() - t_start, notes)
-        lines = sentences(table, verdict, x.p, extras.shares, extras.sensitivity, notes)
+        lines = with_timing_lines(sentences(table, verdict, x.p, extras.shares, extras.sensitivity, notes),
+                                  speed.timing)
         return run_.finish(metrics, _headline(verdict, quality, speed), _plot_data(table, extras.sensitivity), lines)
 
 
