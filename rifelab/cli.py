@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from rifelab.devicerun.inputs import INPUTS_DIR
-from rifelab.devicerun.prepare import payload, prepare_inputs
+from rifelab.devicerun.payload import TakeOutError, payload, restore, take_out, taken_out
+from rifelab.devicerun.prepare import prepare_inputs
 from rifelab.devicerun.render import PROFILE, land, render
 from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
 from rifelab.engines.backends import add_backend_options, model_from_args
@@ -149,7 +150,10 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
     results_root = Path(args.results_root).resolve() if args.results_root else None
     base = results_base(args.profile, results_root)
     out = Path(args.output) if args.output else base / "notebooks" / Path(args.notebook).name
-    params = {"profile": args.profile, "overrides": overrides, "results_root": results_root and str(results_root)}
+    # a root inside the project is passed relative to it (the kernel runs there): no machine path in the notebook
+    inside = results_root is not None and results_root.is_relative_to(root.resolve())
+    given = results_root.relative_to(root.resolve()).as_posix() if inside else results_root and str(results_root)
+    params = {"profile": args.profile, "overrides": overrides, "results_root": given}
     if results_root is None:
         print(f"trial run: results and the executed notebook go to {base} (scratch, ignored by git); "
               f"pass --results-root {COMMITTED_RESULTS} to write the committed results (dvc repro does)", flush=True)
@@ -180,13 +184,40 @@ def _cmd_device_prepare(args: argparse.Namespace) -> int:
     print(f"prepared {dest}: {args.pairs} real pairs of {args.clip}, fast-path weights, commit record")
     if args.no_size_check:
         return 0
-    report = payload(root, [os.path.relpath(dest, root)])
-    print(report.describe())
-    return 0 if report.fits else 3
+    carry = [os.path.relpath(dest, root)]
+    if args.no_take_out:
+        report = payload(root, carry)
+        print(report.describe())
+        return 0 if report.fits else 3
+    try:
+        done = take_out(root, carry)
+    except TakeOutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(done.describe())
+    return 0 if done.after.fits else 3
+
+
+def _cmd_device_restore(args: argparse.Namespace) -> int:
+    root = find_project_root()
+    try:
+        back = restore(root)
+    except TakeOutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    listed = f": {', '.join(back)}" if back else " (none were out)"
+    print(f"restored {len(back)} committed files from HEAD{listed}")
+    return 0
 
 
 def _cmd_device_report(args: argparse.Namespace) -> int:
     root = find_project_root()
+    if taken_out(root):  # the files --prepare took out for the device call come back before anything lands
+        _cmd_device_restore(args)
+        if taken_out(root):
+            print(f"error: committed files are still out of the tree: {', '.join(taken_out(root))}; nothing landed. "
+                  "Fix what the message above names, then `bash scripts/device_run.sh --restore`.", file=sys.stderr)
+            return 1
     results = Path(args.results_root) if args.results_root else None
     base = results_base(PROFILE, results)
     if results is None:
@@ -298,15 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
                        description="Decode real frame pairs (PyAV, here), write them as PNG with the RIFE flow weights "
                        "(the fast path's tensors only) and the commit into .device_inputs/, which the device tool "
-                       "carries to the GPU machine; then add up what one device call would send (64 MiB limit). "
-                       "Exit status 3 when it does not fit. See README, GPU run.")
+                       "carries to the GPU machine; then add up what one device call would send (64 MiB limit) and, "
+                       "if it is over, take the largest committed files under results/ out of the working tree, only "
+                       "files byte-identical to HEAD (recorded; `rifelab device-restore` or device-report puts them "
+                       "back from git). Exit status 3 when it does not fit or a file it would take out is modified "
+                       "or untracked. See README, GPU run.")
     p.add_argument("--dest", default=None, help=f"folder to write (default: {INPUTS_DIR}/ in the project root)")
     p.add_argument("--pairs", type=int, default=3, help="real frame pairs (PSNR is measured on each; default 3)")
     p.add_argument("--clip", default="bigbuckbunny", choices=list(CLIPS),
                    help="bundled clip the pairs come from (default bigbuckbunny, 1280x720)")
     p.add_argument("--no-size-check", action="store_true",
                    help="skip the payload size check (e.g. a smoke run's temporary inputs)")
+    p.add_argument("--no-take-out", action="store_true",
+                   help="only report the payload size; take no committed file out of the working tree")
     p.set_defaults(func=_cmd_device_prepare)
+
+    p = sub.add_parser("device-restore", help="put back the committed files device-prepare took out (from git HEAD)",
+                       description="Restore every file `rifelab device-prepare` took out of the working tree for a "
+                       "device call, with `git checkout HEAD -- PATHS`, and check each against HEAD. A file that "
+                       "reappeared with other content is never overwritten (named, exit status 1). Run in the "
+                       "checkout that was prepared; device-report does it first on its own.")
+    p.set_defaults(func=_cmd_device_restore)
 
     p = sub.add_parser("device-report",
                        help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",

@@ -126,8 +126,9 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="continue an interrupted run into the same output folder: keep its complete frames, remove "
                    "stale temporary files, compute the rest (the options must match the first run)")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace the frames an earlier run recorded in OUTPUT's manifest (a non-empty output is refused "
-                   "otherwise, and so is any file rifelab did not write)")
+                   help="replace the frames an earlier run recorded in OUTPUT's manifest, or a video rifelab wrote (its "
+                   "record .NAME.rifelab.json beside it still matches); a non-empty output is refused otherwise, and "
+                   "so is any file rifelab did not write")
     g.add_argument("--allow-damaged-input", action="store_true",
                    help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
                    "decode errors and frames missing from the container's count stop the run)")

@@ -106,6 +106,30 @@ def _check_depth(src: FrameSource, out: Path, config: InterpolateConfig) -> None
                 src.depth, why)
 
 
+def _keep_metadata(src: FrameSource, out: Path, sink: Any, config: InterpolateConfig) -> None:
+    """A video's rotation: tagged on a video output, applied to frames. Its audio: copied into a video output
+    when the duration is kept; otherwise the log says why not."""
+    video = is_video_path(out)
+    if src.rotation:
+        if video:
+            sink.rotation = src.rotation
+        else:
+            src.rotate_frames = True
+            log.info("%s is displayed rotated by %d degrees: the frames are turned to match", src.path, src.rotation)
+    if not src.has_audio:
+        return
+    natural = src.fps * float(config.frame_ratio(src.fps))
+    if not video:
+        why = "a folder of frames holds no sound"
+    elif config.fps is not None and abs(config.fps - natural) > natural * 1e-3:
+        why = (f"--fps {config.fps:g} changes the duration (the input's frames fill it at {natural:g} fps), so the "
+               "sound would not match")
+    else:
+        sink.audio_from = src.path
+        return
+    log.warning("%s: its audio is not copied: %s", src.path, why)
+
+
 def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | None,
           model_info: dict[str, Any] | None
           ) -> tuple[FrameSource, Path, Any, Fraction | None, InterpolationSummary, int | None]:
@@ -131,6 +155,7 @@ def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | No
             manifest["depth"] = src.depth
         sink = open_sink(out, config, manifest=manifest)
     expected = config.output_count(src.count, src.fps, src.times)
+    _keep_metadata(src, out, sink, config)
     if ratio is not None:
         _check_retime(src, ratio, config)
     elif src.times is not None:

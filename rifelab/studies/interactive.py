@@ -113,9 +113,10 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> InteractiveResult:
     """Build the viewer, save its view and strip, score the middle frames, time the pipeline, publish."""
-    with StudyRun.start("interactive", PARAMS, profile, overrides, results_root) as run:
+    with StudyRun.start("interactive", PARAMS, profile, overrides, results_root, params_path) as run:
         p, model = run.params, run.model()
         try:
             limits = noise_limits(p["noise"])

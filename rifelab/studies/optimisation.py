@@ -280,9 +280,10 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> StudyResult:
     """Time every configuration interleaved at every resolution, score it, report skips, publish."""
-    with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root) as run:
+    with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root, params_path) as run:
         p, dev = run.params, run.device
         configs = study_configs(p["configs"], p["baseline"])  # every check before the model loads
         check_splits(p)

@@ -429,8 +429,9 @@ class Synthetic:
         return first.ref_method, first.es_methods[0], first.solver_methods[0]
 
 
-def _study_params(profile: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    params = load_study_params("coalign", PARAMS, profile, overrides)
+def _study_params(profile: str, overrides: Mapping[str, Any] | None,
+                  params_path: str | os.PathLike | None) -> dict[str, Any]:
+    params = load_study_params("coalign", PARAMS, profile, overrides, params_path)
     check_params(params)
     if params["threads"] is None and profile == "cpu":
         # ~1e5-element tensors: intra-op threads mostly add overhead (two threads were ~30x slower than one on a
@@ -540,9 +541,10 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> StudyResult:
     """Every method on every synthetic case (and on `snippets_npz`, if given): tables, figures, targets, publish."""
-    with StudyRun("coalign", profile, _study_params(profile, overrides), results_root) as run:
+    with StudyRun("coalign", profile, _study_params(profile, overrides, params_path), results_root) as run:
         syn = measure_synthetic(run)
         ref, es, solver = syn.methods
         methods, loss_step, big_rows = publish_synthetic(run, syn)

@@ -406,9 +406,10 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> StudyResult:
     """Evaluate and time every configuration side by side, judge the target, save best.pt, publish."""
-    with StudyRun.start("pruning", PARAMS, profile, overrides, results_root) as run_:
+    with StudyRun.start("pruning", PARAMS, profile, overrides, results_root, params_path) as run_:
         t_start, notes = time.perf_counter(), []
         x = prepare(run_, profile, results_root)
         lineup = build_lineup(x)
