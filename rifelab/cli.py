@@ -32,7 +32,7 @@ from rifelab.interpolate.cli import add_interpolate_parser
 from rifelab.rife.checkpoints import load_rife
 from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.measure.profiling import count_parameters, environment_record, resolve_device
-from rifelab.pruning.prune import add_prune_parser
+from rifelab.pruning.cli import add_prune_parser
 from rifelab.publish.report import build_report
 from rifelab.publish.results import COMMITTED_RESULTS, find_project_root, results_base, save_json, to_markdown
 

@@ -73,8 +73,9 @@ def test_profiles_share_keys_and_write_to_their_own_folders():
     assert DVC["vars"][0]["profiles"] == {p: {"params": f} for p, f in PROFILE_FILES.items()}
     for name in STUDIES:
         stage = _stage(name)
-        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"] + stage["metrics"]]
-        assert all(o.startswith("results/${key}/") for o in outs), name
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]]
+        assert all(o.startswith(("results/${key}/", "results/headlines/${key}/")) for o in outs), name
+        assert f"results/headlines/${{key}}/{name}.json" in outs and "metrics" not in stage  # one top-level table
 
 
 @pytest.mark.parametrize("name", STUDIES)
