@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 #: public name -> module that defines it
 _PUBLIC = {
     "load_rife": "rifelab.rife.checkpoints",
-    "load_pruned": "rifelab.pruning.prune",
+    "load_pruned": "rifelab.pruning.apply",
     "ModelSpec": "rifelab.engines.spec",
     "load_model": "rifelab.engines.spec",
     "interpolate_sequence": "rifelab.interpolate.run",

@@ -73,8 +73,8 @@ def stage_code(stage: str) -> list[str]:
     if stage == "device_run":  # `rifelab device-report`: notebook 05 renders the archive, then the report
         files = {str(p.relative_to(ROOT)) for p in closure("rifelab.devicerun.render")}
         return sorted(files | set(RUNNER) | {"rifelab/publish/report.py"})
-    module = "rifelab.studies.cli" if stage == "finetune" else f"rifelab.studies.{stage}"  # finetune: its command
-    files = {str(p.relative_to(ROOT)) for p in closure(module)}
+    study = "pruning" if stage == "finetune" else stage
+    files = {str(p.relative_to(ROOT)) for p in closure(f"rifelab.studies.{study}")}
     return sorted(files if stage == "finetune" else files | set(RUNNER))
 
 

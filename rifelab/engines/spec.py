@@ -66,7 +66,7 @@ class ModelSpec:
     """Which model to run: backend, precision, switches, checkpoint, device, threads (and a display name).
 
     `plain`: the fp32 RIFE of `checkpoint` itself, no engine; `pruned`: `checkpoint` is a pruned model saved by
-    `rifelab.pruning.prune.save_pruned` (run as the plain model it rebuilds). `calibration` = (pairs, width,
+    `rifelab.pruning.apply.save_pruned` (run as the plain model it rebuilds). `calibration` = (pairs, width,
     height, {clip: [start, stop)}) describes INT8 calibration frames, read when the model is built.
     """
 
@@ -174,7 +174,7 @@ def load_model(spec: ModelSpec, model: RIFE | None = None) -> Interpolator:
         torch.set_num_threads(spec.threads)
     if spec.plain or spec.pruned:
         if spec.pruned:
-            prune = importlib.import_module("rifelab.pruning.prune")
+            prune = importlib.import_module("rifelab.pruning.apply")
             return prune.load_pruned(spec.checkpoint, device=dev)
         return model.to(dev) if model is not None else load_checkpoint(spec)
     if model is None:

@@ -1,24 +1,19 @@
-"""`rifelab prune`: prune RIFE's flow network once and save it (plan + state_dict)."""
+"""`rifelab prune`: plan, prune and save RIFE's flow network once (the CLI layer of rifelab.pruning)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
+from rifelab.pruning.apply import MODES, check_prunable, prune_model, save_pruned
+from rifelab.pruning.plans import DEFAULT_PROTECTED, METHODS, make_plan, plan_lite
 from rifelab.engines.cli import add_checkpoint_option
 from rifelab.engines.spec import ModelSpec, load_checkpoint
-from rifelab.pruning.prune import (
-    DEFAULT_PROTECTED,
-    METHODS,
-    check_prunable,
-    MODES,
-    make_plan,
-    plan_lite,
-    prune_model,
-    save_pruned,
-)
 
-__all__ = ["add_prune_parser", "cmd_prune_model"]
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- CLI
 
 
 def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,7 +22,7 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
                               description="Channel pruning of RIFE 4.x: plan (naive global, architecture-aware or "
                               "lite), prune, save; reload with rifelab.pruning.load_pruned(path), whose "
                               "interpolate(img0, img1, timestep, scale) is the unpruned model's. The pruning study's "
-                              "fine-tuning stage is `python -m rifelab.studies.cli --profile PROFILE`.")
+                              "fine-tuning stage is `python -m rifelab.studies.pruning --profile PROFILE`.")
     add_checkpoint_option(p)
     p.add_argument("--method", choices=METHODS + ("lite",), default="architecture_aware",
                    help="naive_global: one L1 threshold over all channels; architecture_aware: every unprotected "

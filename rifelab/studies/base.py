@@ -60,7 +60,10 @@ class Param:
     """Schema of one study parameter.
 
     `kind` is one of KINDS; a `list` checks each item against `item` (a kind) and the bounds/choices. `tracked=False`
-    marks a cosmetic key (progress bars, live widgets): DVC does not rerun the study when it changes.
+    marks a cosmetic key (progress bars, live widgets): DVC does not rerun the study when it changes. `feeds` names
+    the study's cached products made from this key by another DVC stage of the study (the pruning study's
+    finetune stage: see `rifelab.studies.pruning.params`): that stage tracks the key, and the products' fingerprints
+    are derived from these flags, so the stage's params and the cache follow one declaration.
     """
 
     kind: str
@@ -71,6 +74,7 @@ class Param:
     item: str | None = None
     nullable: bool = False
     tracked: bool = True
+    feeds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or (self.item is not None and self.item not in KINDS):
