@@ -17,12 +17,16 @@ import pandas as pd
 import torch
 
 from rifelab.devicerun.inputs import INPUTS_DIR
-from rifelab.devicerun.prepare import payload, prepare_inputs
+from rifelab.devicerun.payload import TakeOutError, payload, restore, take_out, taken_out
+from rifelab.devicerun.prepare import prepare_inputs
 from rifelab.devicerun.render import PROFILE, land, render
 from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
 from rifelab.engines.backends import add_backend_options, model_from_args
 from rifelab.interpolate.batch import add_batch_parser
+from rifelab.frames.images import read_image
 from rifelab.measure.benchmark import bench_row, model_macs
+from rifelab.measure.compare import compare
+from rifelab.measure.harness import NoiseLimits
 from rifelab.engines.export import add_export_parser, padded_size
 from rifelab.interpolate.cli import add_interpolate_parser
 from rifelab.rife.checkpoints import load_rife
@@ -75,6 +79,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.compare:
+        return _bench_compare(args, device)
+    if args.frames:
+        raise ValueError("--frames needs --compare (the single-configuration bench times the bundled clip pair)")
+    args.resolution = args.resolution or ["1280x720"]
     model = model_from_args(args, device)
     base = load_rife(args.checkpoint, device=device if args.backend == "torch" else "cpu")  # MACs / parameters
     rows = []
@@ -99,6 +108,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_compare(args: argparse.Namespace, device: torch.device) -> int:
+    """`rifelab bench --compare`: the configurations isolated (one process each) and interleaved."""
+    frames = None
+    if args.frames:
+        frames = (read_image(args.frames[0]), read_image(args.frames[1]))
+        if frames[0].shape != frames[1].shape:
+            raise ValueError(f"--frames: the two images differ in size ({frames[0].shape[1]}x{frames[0].shape[0]} "
+                             f"vs {frames[1].shape[1]}x{frames[1].shape[0]}); give two frames of one video")
+    resolutions = args.resolution or ([None] if frames is not None else ["1280x720"])
+    limits = NoiseLimits(max_spread=args.max_spread, attempts=args.attempts)
+    res = compare(args.compare, resolutions, frames, device=str(device), threads=args.threads,
+                  checkpoint=args.checkpoint, scale=args.scale, warmup=args.warmup, rounds=args.repeats,
+                  limits=limits, calibration_pairs=args.calibration_pairs, progress=True)
+    env = environment_record(device)
+    df = res.rows
+    cols = [c for c in ["config", "resolution", "worker", "median_ms", "p10_ms", "p90_ms", "speedup", "speedup_ci95_low",
+                        "speedup_ci95_high", "psnr_vs_fp32_db", "status", "reason"] if c in df.columns]
+    print(f"# {env['device_name']} | torch {env['torch_version']} | commit {env['git_commit']} | one worker process "
+          "per configuration, interleaved rounds; speedup over torch FP32 eager (paired bootstrap 95% interval)")
+    print(to_markdown(df[cols], floatfmt=".3f"))
+    for size, t in res.timings.items():
+        print(f"# load at {size}: {t.load.describe() if t.load else 'not recorded'} ({t.attempts} timing(s))")
+        if t.noisy:
+            print(f"# NOISY at {size}: these checks still failed, so the numbers above are not clean: "
+                  + "; ".join(t.problems))
+    if args.json:
+        save_json({"rows": df.to_dict("records"), "noisy": res.noisy,
+                   "timing": {k: {"load": t.load.as_dict() if t.load else None, "failed_checks": t.problems,
+                                  "attempts": t.attempts, "workers": t.workers} for k, t in res.timings.items()},
+                   "args": {k: v for k, v in vars(args).items() if k != "func"}}, args.json, device=str(device))
+        print(f"saved {args.json}")
+    return 0
+
+
 def _cmd_notebook(args: argparse.Namespace) -> int:
     from papermill.exceptions import PapermillExecutionError  # optional: the notebooks extra
 
@@ -107,7 +150,10 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
     results_root = Path(args.results_root).resolve() if args.results_root else None
     base = results_base(args.profile, results_root)
     out = Path(args.output) if args.output else base / "notebooks" / Path(args.notebook).name
-    params = {"profile": args.profile, "overrides": overrides, "results_root": results_root and str(results_root)}
+    # a root inside the project is passed relative to it (the kernel runs there): no machine path in the notebook
+    inside = results_root is not None and results_root.is_relative_to(root.resolve())
+    given = results_root.relative_to(root.resolve()).as_posix() if inside else results_root and str(results_root)
+    params = {"profile": args.profile, "overrides": overrides, "results_root": given}
     if results_root is None:
         print(f"trial run: results and the executed notebook go to {base} (scratch, ignored by git); "
               f"pass --results-root {COMMITTED_RESULTS} to write the committed results (dvc repro does)", flush=True)
@@ -138,13 +184,40 @@ def _cmd_device_prepare(args: argparse.Namespace) -> int:
     print(f"prepared {dest}: {args.pairs} real pairs of {args.clip}, fast-path weights, commit record")
     if args.no_size_check:
         return 0
-    report = payload(root, [os.path.relpath(dest, root)])
-    print(report.describe())
-    return 0 if report.fits else 3
+    carry = [os.path.relpath(dest, root)]
+    if args.no_take_out:
+        report = payload(root, carry)
+        print(report.describe())
+        return 0 if report.fits else 3
+    try:
+        done = take_out(root, carry)
+    except TakeOutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(done.describe())
+    return 0 if done.after.fits else 3
+
+
+def _cmd_device_restore(args: argparse.Namespace) -> int:
+    root = find_project_root()
+    try:
+        back = restore(root)
+    except TakeOutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    listed = f": {', '.join(back)}" if back else " (none were out)"
+    print(f"restored {len(back)} committed files from HEAD{listed}")
+    return 0
 
 
 def _cmd_device_report(args: argparse.Namespace) -> int:
     root = find_project_root()
+    if taken_out(root):  # the files --prepare took out for the device call come back before anything lands
+        _cmd_device_restore(args)
+        if taken_out(root):
+            print(f"error: committed files are still out of the tree: {', '.join(taken_out(root))}; nothing landed. "
+                  "Fix what the message above names, then `bash scripts/device_run.sh --restore`.", file=sys.stderr)
+            return 1
     results = Path(args.results_root) if args.results_root else None
     base = results_base(PROFILE, results)
     if results is None:
@@ -197,17 +270,32 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Time one interpolated frame (t=0.5) on two real frames of the bundled "
                        "bigbuckbunny clip resized to each resolution: warm-up, repeats, median, p10/p90 and a "
                        "bootstrap 95%% interval; peak memory; GMAC and parameters through ptflops.")
-    p.add_argument("--resolution", nargs="+", default=["1280x720"], metavar="WxH",
-                   help="one or more frame sizes, width x height (default: 1280x720)")
+    p.add_argument("--resolution", nargs="+", default=None, metavar="WxH",
+                   help="one or more frame sizes, width x height (default: 1280x720; with --frames, their own size)")
     p.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
     p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
     p.add_argument("--scale", type=float, default=1.0, help="flow scale: 0.25, 0.5, 1 (default), 2 or 4")
     p.add_argument("--warmup", type=int, default=3, help="unrecorded warm-up calls (default: 3)")
-    p.add_argument("--repeats", type=int, default=10, help="recorded calls (default: 10)")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="recorded calls (default: 10); with --compare, interleaved rounds (one call of each per round)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-macs", action="store_true", help="skip the GMAC count (ptflops)")
     p.add_argument("--json", default=None, metavar="PATH", help="also save the rows and environment as JSON here")
     add_backend_options(p)
+    g = p.add_argument_group("comparison (one worker process per configuration, interleaved rounds)")
+    g.add_argument("--compare", nargs="+", default=None, metavar="CONFIG",
+                   help="time several configurations side by side instead of one: each BACKEND[:PRECISION][+SWITCH...]"
+                   ", e.g. torch openvino openvino:int8 torch:bf16+channels_last; torch FP32 eager is the baseline "
+                   "(added when missing) and the PSNR reference; the --backend/--dtype/switch options are not used")
+    g.add_argument("--frames", nargs=2, default=None, metavar=("FIRST", "SECOND"),
+                   help="with --compare: your two consecutive frames (image files) instead of the bundled clip pair; "
+                   "timed at their own size unless --resolution is given")
+    g.add_argument("--max-spread", type=float, default=1.5, metavar="X",
+                   help="with --compare: p90/p10 of a configuration's rounds above which the timing counts as "
+                   "disturbed (default 1.5)")
+    g.add_argument("--attempts", type=int, default=3, metavar="N",
+                   help="with --compare: timings in all while a check fails (spread, outside load) before the result "
+                   "is printed flagged NOISY (default 3)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("notebook", help="run a study notebook headless with papermill (used by dvc.yaml)",
@@ -241,15 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
                        help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
                        description="Decode real frame pairs (PyAV, here), write them as PNG with the RIFE flow weights "
                        "(the fast path's tensors only) and the commit into .device_inputs/, which the device tool "
-                       "carries to the GPU machine; then add up what one device call would send (64 MiB limit). "
-                       "Exit status 3 when it does not fit. See README, GPU run.")
+                       "carries to the GPU machine; then add up what one device call would send (64 MiB limit) and, "
+                       "if it is over, take the largest committed files under results/ out of the working tree, only "
+                       "files byte-identical to HEAD (recorded; `rifelab device-restore` or device-report puts them "
+                       "back from git). Exit status 3 when it does not fit or a file it would take out is modified "
+                       "or untracked. See README, GPU run.")
     p.add_argument("--dest", default=None, help=f"folder to write (default: {INPUTS_DIR}/ in the project root)")
     p.add_argument("--pairs", type=int, default=3, help="real frame pairs (PSNR is measured on each; default 3)")
     p.add_argument("--clip", default="bigbuckbunny", choices=list(CLIPS),
                    help="bundled clip the pairs come from (default bigbuckbunny, 1280x720)")
     p.add_argument("--no-size-check", action="store_true",
                    help="skip the payload size check (e.g. a smoke run's temporary inputs)")
+    p.add_argument("--no-take-out", action="store_true",
+                   help="only report the payload size; take no committed file out of the working tree")
     p.set_defaults(func=_cmd_device_prepare)
+
+    p = sub.add_parser("device-restore", help="put back the committed files device-prepare took out (from git HEAD)",
+                       description="Restore every file `rifelab device-prepare` took out of the working tree for a "
+                       "device call, with `git checkout HEAD -- PATHS`, and check each against HEAD. A file that "
+                       "reappeared with other content is never overwritten (named, exit status 1). Run in the "
+                       "checkout that was prepared; device-report does it first on its own.")
+    p.set_defaults(func=_cmd_device_restore)
 
     p = sub.add_parser("device-report",
                        help="land a GPU run's archive in results/cuda/ and render notebook 05 + report",

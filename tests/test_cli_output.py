@@ -136,11 +136,3 @@ def test_one_output_schedule_serves_multi_and_retiming():
     assert InterpolateConfig(fps_ratio="5/2").output_count(5, 24.0) == 11
     assert InterpolateConfig(target_fps=60).output_count(5, 24.0) == 11
     assert cfg.output_count(None) is None
-
-
-def test_retiming_interpolates_whatever_multi_says(frames, model, tmp_path):
-    """Retiming ignores --multi: with multi=2 (copies only) a ratio of 2 still makes the in-between frames
-    (the old retiming pipeline inherited multi 2's copy-only decision and duplicated them)."""
-    s = interpolate_sequence(frames, tmp_path / "out", model,
-                             InterpolateConfig(multi=2, fps_ratio="2", progress=False))
-    assert (s.output_frames, s.model_frames, s.duplicated_frames) == (7, 3, 0)

@@ -30,7 +30,6 @@ from rifelab.devicerun.archive import (
     write_archive,
 )
 from rifelab.devicerun.parts import Plan
-from rifelab.devicerun.prepare import DEVICE_LIMIT_BYTES, Payload, payload
 from rifelab.engines.torch_engine import parse_config
 
 # what the lent GPU machine lacks (KINDS.md): the device side must import without any of them
@@ -156,7 +155,7 @@ def test_cuda_report_renders_from_a_stored_archive_and_touches_nothing_else(tmp_
 def test_device_run_stage_renders_the_landed_archive_into_the_cuda_profile_only():
     st = DVC["stages"]["device_run"]
     assert st["cmd"] == "rifelab device-report results/cuda/device_run.tar.gz --results-root results"
-    assert "results/cuda/device_run.tar.gz" in st["deps"] and "notebooks/05_device_run.ipynb" in st["deps"]
+    assert "results/cuda/device_run.tar.gz" in st["deps"] and "notebooks/py/05_device_run.py" in st["deps"]
     assert sorted(d for d in st["deps"] if d.startswith("rifelab/")) == stage_code("device_run")
     outs = [next(iter(o)) for o in st["outs"] + st["metrics"]]
     assert outs and all(o.startswith("results/cuda/") for o in outs)
@@ -219,11 +218,3 @@ def test_every_planned_configuration_is_a_valid_engine_configuration(tmp_path):
         assert parse_config({**plan.configs[plan.base], "compile": True, "compile_mode": mode}).compile_mode == mode
     assert plan.base in plan.configs and set(plan.hires_configs) <= set(plan.configs)
     assert plan.configs[plan.base]["cuda_graphs"] and plan.configs[plan.base]["static_buffers"]
-
-
-def test_payload_counts_the_tree_and_the_carried_inputs(tmp_path):
-    p = payload(ROOT, [])
-    assert p.tree_bytes > 0 and p.carry_bytes == 0 and len(p.largest) == 5
-    over = Payload(DEVICE_LIMIT_BYTES - 2**20, 2 * 2**20, [("results/x.pt", 10 * 2**20)])
-    assert not over.fits and "does NOT fit" in over.describe() and "results/x.pt" in over.describe()
-    assert Payload(2**20, 2**20, []).fits

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -131,7 +133,10 @@ def test_interactive_study_writes_results_and_generated_sentences(tmp_path):
     headline = json.loads((tmp_path / "cpu" / "metrics" / "interactive.json").read_text())
     assert_plots_readable("interactive", tmp_path / "cpu")
     assert set(headline) == {"rife_psnr_db", "average_psnr_db", "pipeline_output_fps", "pipeline_model_share",
-                             "environment"}
+                             "noisy", "environment"}
+    assert len(set(bench["worker"])) == 3 and os.getpid() not in set(bench["worker"])  # one process per mode
+    assert headline["noisy"] == bool(bench["noisy"].any()) == m["timing"]["noisy"]
+    assert any(line.startswith("**noisy timing**") for line in res.summary) == headline["noisy"]
     text = res.summary_markdown()
     assert f"{mf['RIFE t=0.5']['psnr_db']:.2f} dB" in text  # the sentence is made from the number
     assert f"**{m['pipeline']['pipeline (threads)']['model_share']:.0%}**" in text
@@ -142,6 +147,24 @@ def test_interactive_study_writes_results_and_generated_sentences(tmp_path):
     box = interactive.controls(live)
     assert box.children and live.viewer.controls["scale"].value == 4.0
     assert any("scale 4 on a CPU" in line for line in live.summary)  # the headless run says what it cost
+
+
+def test_a_pipeline_timed_faster_than_its_model_is_re_measured_then_flagged_noisy(tmp_path, monkeypatch):
+    from rifelab.interpolate import bench as B
+    from rifelab.measure.worker import Slowed
+    from rifelab.studies import interactive
+
+    # the model-only mode slowed on purpose (4x its own time): the pipelines that contain it time faster than it
+    slowed = functools.partial(B.benchmark_pipeline, wrap=lambda m, w: Slowed(w, factor=4.0) if m == "model only" else w)
+    monkeypatch.setattr(interactive, "benchmark_pipeline", slowed)
+    quiet = {"max_spread": 100.0, "max_other_cpu": None, "max_steal": None, "attempts": 2}
+    res = interactive.run("cpu", {**TINY, "bench_frames": 2, "noise": quiet, "strip_timesteps": [0.5]}, tmp_path)
+    bench = res.tables["pipeline_benchmark"]
+    assert bench["noisy"].all() and res.headline["noisy"] is True and res.metrics["timing"]["attempts"] == 2
+    assert any("faster than the model it contains" in p for p in res.metrics["timing"]["failed_checks"])
+    assert res.summary[0].startswith("**noisy timing**") and any(l.startswith("(noisy) `rifelab interpolate`")
+                                                                for l in res.summary)
+    assert json.loads((tmp_path / "cpu" / "metrics" / "interactive.json").read_text())["noisy"] is True
 
 
 def test_bad_interactive_params_are_refused_before_anything_runs(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import os
 from pathlib import Path
 
 import nbformat
@@ -15,6 +15,7 @@ from dvc_checks import assert_plots_readable
 from notebook_checks import assert_figures_render
 from rifelab.engines.backends import CALIBRATION_RANGES
 from rifelab.frames.splits import overlapping_frames, range_frames
+from rifelab.measure.worker import Slowed
 from rifelab.publish.notebooks import run_notebook
 from rifelab.studies import baseline as baseline_study
 from rifelab.studies import optimisation as opt
@@ -120,28 +121,69 @@ def test_smoke_run_reports_every_backend_and_every_skip(tmp_path):
     assert_plots_readable("optimisation", tmp_path / "cpu")
 
 
+def _slowed(monkeypatch, name, factor):
+    """Build configuration `name` as a deliberately slowed copy (rifelab.measure.worker.Slowed): deterministic."""
+    real = opt._workload
+
+    def workload(c, run):
+        w = real(c, run)
+        return Slowed(w, factor=factor) if c.name == name else w
+
+    monkeypatch.setattr(opt, "_workload", workload)
+
+
+QUIET = {"max_spread": 100.0, "max_other_cpu": None, "max_steal": None, "attempts": 2}  # CI machines are shared
+PAIR = [{"name": "fp32-eager"}, {"name": "cl", "channels_last": True}]
+
+
 def test_a_configuration_far_slower_than_the_baseline_is_stopped_and_reported(tmp_path, monkeypatch):
-    real_build = opt._build
-
-    class Slow:
-        def __init__(self, inner):
-            self.inner, self.applied, self.skipped = inner, {}, {}
-
-        def interpolate(self, *a, **k):
-            time.sleep(0.5)
-            return self.inner.interpolate(*a, **k)
-
-    def build(c, model, run):
-        m = real_build(c, model, run)
-        return Slow(m) if c.name == "slow" else m
-
-    monkeypatch.setattr(opt, "_build", build)
+    _slowed(monkeypatch, "slow", 10.0)
     configs = [{"name": "fp32-eager"}, {"name": "slow"}, {"name": "cl", "channels_last": True}]
-    res = opt.run("cpu", {**TINY, "configs": configs, "max_slowdown": 3.0}, tmp_path)
+    res = opt.run("cpu", {**TINY, "configs": configs, "max_slowdown": 3.0, "noise": QUIET}, tmp_path)
     df = res.tables["results"].set_index("config")
     assert df.loc["slow", "status"] == "too slow" and "baseline" in df.loc["slow", "reason"]
     assert df.loc["cl", "status"] == "ran"
     assert any(line.startswith("slow @ 96x64: too slow") for line in res.summary)
+
+
+def test_every_configuration_runs_in_its_own_worker_and_a_clean_run_carries_no_flag(tmp_path):
+    res = opt.run("cpu", {**TINY, "configs": PAIR, "noise": QUIET}, tmp_path)
+    df = res.tables["results"].set_index("config")
+    workers = set(df["worker"])
+    assert len(workers) == 2 and os.getpid() not in workers
+    assert not df["noisy"].any() and not res.headline["noisy"] and not res.metrics["timing"]["96x64"]["noisy"]
+    assert not any("noisy" in line for line in res.summary)
+    load = res.tables["timing_load"]
+    assert {"other_cpu", "load_avg_1m", "steal_share", "attempts"} <= set(load.columns)
+    assert json.loads((tmp_path / "cpu" / "metrics" / "optimisation.json").read_text())["noisy"] is False
+
+
+def test_an_injected_slowdown_is_re_measured_then_published_flagged_noisy(tmp_path, monkeypatch):
+    _slowed(monkeypatch, "fp32-eager", 10.0)  # the baseline slowed: the speedups leave the physical bound
+    res = opt.run("cpu", {**TINY, "configs": PAIR, "noise": QUIET, "max_speedup": 3.0}, tmp_path)
+    df = res.tables["results"].set_index("config")
+    assert df["noisy"].all() and df["timing_attempts"].eq(QUIET["attempts"]).all()
+    assert res.headline["noisy"] is True
+    assert json.loads((tmp_path / "cpu" / "metrics" / "optimisation.json").read_text())["noisy"] is True
+    assert "beyond the physical bound" in res.tables["timing_load"]["failed_checks"].iloc[0]
+    assert res.summary[0].startswith("**noisy timing at 96x64**")
+    assert any(line.startswith("(noisy) **96x64**") for line in res.summary)
+
+
+def test_fp32_eager_disagreeing_with_the_baseline_study_flags_the_run(tmp_path):
+    (tmp_path / "cpu" / "metrics").mkdir(parents=True)
+    from rifelab.measure.profiling import device_name
+
+    (tmp_path / "cpu" / "metrics" / "baseline.json").write_text(json.dumps(
+        {"ms_96x64": 1e5, "environment": {"device_name": device_name("cpu")}}))
+    res = opt.run("cpu", {**TINY, "configs": PAIR, "noise": {**QUIET, "attempts": 1}}, tmp_path)
+    assert res.headline["noisy"] is True
+    assert "in the baseline study at 96x64" in res.tables["timing_load"]["failed_checks"].iloc[0]
+
+
+def test_bad_noise_limits_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ParamError, match="noise: unknown key"):
+        opt.run("cpu", {**TINY, "noise": {"max_sprad": 2}}, tmp_path)
 
 
 @pytest.mark.notebook

@@ -40,7 +40,9 @@ def test_stage_deps_are_exactly_the_code_the_study_runs(name):
     listed = {d for d in deps if d.startswith("rifelab/")}
     assert not code - listed, f"{name}@*: deps miss {sorted(code - listed)}"
     assert not listed - code, f"{name}@*: deps list modules the study does not import: {sorted(listed - code)}"
-    assert f"notebooks/{_study(name).NOTEBOOK}" in deps
+    # the code-only form of the notebook (jupytext-paired script): a JupyterLab save of the .ipynb reruns nothing
+    assert f"notebooks/py/{Path(_study(name).NOTEBOOK).stem}.py" in deps
+    assert not [d for d in deps if d.endswith(".ipynb")]
 
 
 @pytest.mark.parametrize("name", STUDIES)
@@ -320,7 +322,7 @@ def test_dvc_plots_folder_is_ignored():
 
 
 OPTIONAL_HEAVY = {"papermill", "nbconvert", "onnx", "onnxruntime", "openvino", "nncf", "torch_tensorrt", "tensorrt",
-                  "ray", "pynvml", "ipywidgets", "IPython", "ptflops"}
+                  "ray", "pynvml", "ipywidgets", "IPython", "ptflops", "jupytext"}
 
 
 def test_imports_sit_at_the_top_except_optional_heavy_dependencies():

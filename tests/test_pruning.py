@@ -10,6 +10,7 @@ import argparse
 import copy
 import itertools
 import json
+import os
 import math
 from pathlib import Path
 
@@ -454,12 +455,28 @@ def test_finetune_stage_is_cached_and_the_study_notebook_runs(tmp_path):
     assert {"speedup", "dpsnr", "psnr"} <= set(configs["lite/physical/0.25+ft"])
     assert configs["architecture_aware/mask/0.5"]["gmac"] == configs["unpruned"]["gmac"]
     assert metrics["reload_max_abs_diff"] == 0
+    workers = metrics["timing"]["workers"]  # one worker process per timed architecture
+    assert len(set(workers.values())) == len(workers) >= 2 and os.getpid() not in workers.values()
+    assert isinstance(metrics["noisy"], bool) and json.loads((tmp_path / "cpu" / "metrics" / "pruning.json")
+                                                             .read_text())["noisy"] == metrics["noisy"]
     assert metrics["mask_trap_max_abs_diff_with_bias"] < 1e-3 < metrics["mask_trap_max_abs_diff_weights_only"]
     best = P.load_pruned(out / "best.pt")
     assert best.pruning_info.mode == "physical"
     assert (tmp_path / "cpu" / "metrics" / "pruning.json").exists()
     with pytest.raises(Exception, match="finetune"):  # checkpoints of other settings are refused, not used
         study.run("cpu", {**TINY, "finetune_steps": 3}, tmp_path)
+
+
+def test_a_speedup_beyond_the_mac_bound_fails_the_timing_check():
+    from rifelab.measure.harness import InterleavedTiming
+    from rifelab.measure.profiling import Timing
+
+    check = study._mac_bound_check({"unpruned": 10.0, "cut": 5.0})  # half the MACs: at most 2x (x1.25 tolerance)
+    t = InterleavedTiming(timings={"unpruned": Timing.from_samples([1.0] * 3), "cut": Timing.from_samples([0.2] * 3)})
+    (problem,) = check(t)
+    assert problem.startswith("cut: 5.00x the unpruned model, beyond its MAC bound of 2.50x")
+    t.timings["cut"] = Timing.from_samples([0.6] * 3)
+    assert check(t) == []
 
 
 # ---------------------------------------------------------------- CLI

@@ -46,6 +46,8 @@ class Blend:
         t = torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1, 1, 1)
         return a * (1 - t) + b * t
 
+    interpolate_rgba = interpolate  # the RGBA path: all four planes blended alike
+
 
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
@@ -366,3 +368,190 @@ def test_retiming_has_bounds_and_says_when_it_drops_frames(frame_folder, tmp_pat
     rc = main(["interpolate", str(frame_folder), str(tmp_path / "x"), "--multi", "4", "--target-fps", "50",
                "--no-progress"])
     assert rc == 2 and "--multi 4 and --target-fps" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 8. metadata kept
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory, frames) -> Path:
+    """Real frames in an mp4 whose display matrix says: show rotated 90 degrees (as phones record)."""
+    path = tmp_path_factory.mktemp("rot") / "rot.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.set_display_rotation(90)
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_rotation_is_kept(rotated, frames, tmp_path):
+    out = tmp_path / "f"
+    interpolate_sequence(rotated, out, Blend(), _cfg(multi=2))
+    from rifelab.frames.images import read_image
+
+    first = read_image(out / "00000000.png")
+    assert first.shape == (frames.shape[2], frames.shape[1], 3)  # turned as a player shows it
+    with av.open(str(rotated)) as c:
+        shown = np.rot90(next(c.decode(video=0)).to_ndarray(format="rgb24"), k=1)
+    assert np.array_equal(first, shown)
+    video = tmp_path / "v.mp4"
+    interpolate_sequence(rotated, video, Blend(), _cfg(multi=3))
+    with av.open(str(video)) as c:
+        assert next(c.decode(video=0)).rotation == 90  # tagged like the input
+
+
+def test_palette_png_with_transparency_keeps_its_alpha(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "pal"
+    src.mkdir()
+    real = load_clip("carphone", max_frames=2)
+    for i, f in enumerate(real):
+        im = Image.fromarray(f).quantize(16)
+        im.save(src / f"{i}.png", transparency=0)  # palette entry 0 is transparent
+    out = tmp_path / "out"
+    interpolate_sequence(src, out, Blend(), _cfg(multi=3))
+    with Image.open(out / "00000000.png") as im:
+        rgba = np.asarray(im.convert("RGBA"))
+    with Image.open(src / "0.png") as im:
+        expected = np.asarray(im.convert("RGBA"))
+    assert (expected[..., 3] == 0).any() and np.array_equal(rgba[..., 3], expected[..., 3])
+
+
+@pytest.fixture(scope="module")
+def with_audio(tmp_path_factory, frames) -> Path:
+    """Real frames (25 fps) with an AAC audio track (a synthetic 440 Hz tone, labelled as such)."""
+    path = tmp_path_factory.mktemp("audio") / "sound.mp4"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        a = c.add_stream("aac", rate=48000)
+        a.layout = "mono"
+        for f in frames:
+            for p in v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(int(48000 * len(frames) / 25)) / 48000)).astype(np.float32)
+        for i in range(0, tone.size, 1024):
+            af = av.AudioFrame.from_ndarray(tone[None, i : i + 1024], format="fltp", layout="mono")
+            af.sample_rate, af.pts = 48000, i
+            for p in a.encode(af):
+                c.mux(p)
+        for s in (v, a):
+            for p in s.encode():
+                c.mux(p)
+    return path
+
+
+def test_audio_is_copied_when_the_duration_is_kept(with_audio, tmp_path, caplog):
+    out = tmp_path / "x2.mp4"
+    interpolate_sequence(with_audio, out, Blend(), _cfg(multi=3))
+    with av.open(str(out)) as c:
+        assert c.streams.audio and c.streams.audio[0].codec_context.name == "aac"
+        assert sum(1 for _ in c.demux(c.streams.audio[0])) > 3
+    with caplog.at_level("WARNING"):
+        interpolate_sequence(with_audio, tmp_path / "slow.mp4", Blend(), _cfg(multi=3, fps=25))
+    assert "audio is not copied: --fps 25 changes the duration" in caplog.text
+    with av.open(str(tmp_path / "slow.mp4")) as c:
+        assert not c.streams.audio
+
+
+# ----------------------------------------------------------------------------- 9. batch edges
+
+
+def test_batch_rerun_with_its_output_root_under_the_glob(frames, tmp_path, monkeypatch, capsys):
+    import rifelab.interpolate.batch as batch
+
+    monkeypatch.setattr(batch, "load_interpolation_model", lambda args: Blend())
+    g = tmp_path / "e" / "g"
+    (g / "a").mkdir(parents=True)
+    for i, f in enumerate(frames):
+        write_image(g / "a" / f"{i}.png", f)
+    (g / "bad").mkdir()
+    (g / "bad" / "0.png").write_bytes(b"not a png")
+    (g / "bad" / "1.png").write_bytes(b"not a png")
+    argv = ["batch", str(g / "*"), "-o", str(g / "out"), "--no-ray", "--no-progress"]
+    assert main(argv) == 1  # 'bad' fails, 'a' is done
+    assert (g / "out" / "a").is_dir() and not (g / "out" / ".bad.partial").exists()  # no empty partial left
+    capsys.readouterr()
+    assert main(argv) == 1  # the rerun: out/ is not an input, a is skipped, bad fails again
+    out = capsys.readouterr().out
+    assert "out" not in [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("|")][2:]
+    assert "1 skipped" in out and "1 failed" in out
+
+
+def test_batch_overwrite_refusal_does_not_ask_for_overwrite(frame_folder, tmp_path):
+    from rifelab.interpolate.batch import plan_items, run_item
+
+    (tmp_path / "out" / frame_folder.name).mkdir(parents=True)
+    (tmp_path / "out" / frame_folder.name / "mine.txt").write_text("x")
+    item = plan_items([frame_folder], tmp_path / "out")[0]
+    res = run_item(item, Blend(), _cfg(overwrite=True))
+    assert res.status == "failed" and "not written by rifelab" in res.error and "pass --overwrite" not in res.error
+    assert (tmp_path / "out" / frame_folder.name / "mine.txt").read_text() == "x"
+
+
+DRIVER = """
+import subprocess, sys, time
+from rifelab.interpolate import raywatch
+raywatch.watch_descendants()
+time.sleep(1.0)  # the watchdog notes the driver's children from before it (none here)
+child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                          "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)"])
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_local_ray_processes_die_with_a_killed_driver(tmp_path):
+    """A stand-in driver (not Ray: a child that starts a grandchild, as the raylet starts its agents) is killed -9."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True)
+    child = int(driver.stdout.readline())
+    time.sleep(2.0)  # two polls of the watchdog
+    tree = [child] + [c.pid for c in psutil.Process(child).children(recursive=True)]
+    assert len(tree) == 2
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                                         for p in tree):
+        time.sleep(0.2)
+    alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    for p in alive:  # do not leave them behind if the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not alive
+
+
+def test_next_run_stops_what_a_killed_driver_left(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import psutil
+
+    from rifelab.interpolate import raywatch
+
+    monkeypatch.setattr(raywatch.tempfile, "gettempdir", lambda: str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        raywatch.record_dir().mkdir()
+        rec = raywatch.record_dir() / f"{gone.pid}.json"
+        rec.write_text(json.dumps({"driver": gone.pid,
+                                   "processes": {str(orphan.pid): psutil.Process(orphan.pid).create_time()}}))
+        assert raywatch.reap_orphans() == [orphan.pid]
+        assert orphan.wait(10) is not None and not rec.exists()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()

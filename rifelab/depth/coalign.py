@@ -2,7 +2,7 @@
 
 RollingDepth predicts affine-invariant inverse depth for 3-frame snippets taken at several
 dilations and then finds one scale ``s`` and one shift ``t`` per snippet so that all snippets
-agree on the frames they share (see ``shared/spec/coalign.md``). This module implements:
+agree on the frames they share. This module implements:
 
 - :class:`SnippetSet`: validated input (one ``(S_d, L, H, W)`` array per dilation).
 - :func:`prepare`: global-minimum subtraction, border crop and sub-sampling, flattened to

@@ -2,7 +2,7 @@
 
 The synthetic video is ray-cast: a pinhole camera moves and turns through a box-shaped room that
 holds a static cube and a moving sphere, giving metric depth ``D`` per pixel (distance along the
-optical axis). Snippets follow the recipe in ``shared/spec/coalign.md``: take ``1/D`` for the
+optical axis). Snippets follow the RollingDepth co-alignment recipe: take ``1/D`` for the
 frames of each snippet, normalise them jointly by their 2nd/98th percentiles to [-1, 1], then apply a
 random per-snippet scale ``exp(U(-a, a))``, shift ``U(-b, b)`` and Gaussian pixel noise. The truth
 is therefore known exactly: before noise, snippet ``i`` equals ``true_scale[i] / D + true_shift[i]``.

@@ -3,7 +3,7 @@
 The device machine has no PyAV and no package registry, and one call carries at most 64 MiB (working tree
 included). So the frames are decoded here, written losslessly, and the RIFE 4.0 checkpoint is reduced to the
 tensors the fast path runs (the teacher block, contextnet and unet are never used: 35 MB -> 20.7 MB, values
-unchanged). `payload` adds up what a call would send and says whether it fits.
+unchanged). What a call sends, and fitting it under the limit: rifelab.devicerun.payload.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import json
 import logging
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from rifelab.devicerun.inputs import INPUTS_DIR, INPUTS_MANIFEST, WEIGHTS_FILE, code_fingerprint, pair_files
+from rifelab.devicerun.inputs import INPUTS_MANIFEST, WEIGHTS_FILE, code_fingerprint, pair_files
 from rifelab.frames.assets import ASSETS, fetch, sha256_file
 from rifelab.frames.clips import load_clip
 from rifelab.frames.images import write_image
@@ -28,10 +26,9 @@ from rifelab.rife.network import SKIPPED_GROUPS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PAIR_STEP", "DEVICE_LIMIT_BYTES", "prepare_inputs", "Payload", "payload"]
+__all__ = ["PAIR_STEP", "prepare_inputs"]
 
 PAIR_STEP = 8  # real pair k is frames 8k, 8k+1 of the clip (the optimisation study's quality pairs)
-DEVICE_LIMIT_BYTES = 64 * 2**20  # the device tool: working tree + carried paths per call
 
 
 def _git(root: Path, *args: str) -> str:
@@ -70,45 +67,3 @@ def prepare_inputs(dest: str | os.PathLike, root: str | os.PathLike, pairs: int 
     }
     atomic_write_text(dest / INPUTS_MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return dest
-
-
-@dataclass
-class Payload:
-    """What one device call would send: the working tree (tracked + untracked, not ignored) and the carried paths."""
-
-    tree_bytes: int
-    carry_bytes: int
-    largest: list[tuple[str, int]]
-
-    @property
-    def total(self) -> int:
-        return self.tree_bytes + self.carry_bytes
-
-    @property
-    def fits(self) -> bool:
-        return self.total <= DEVICE_LIMIT_BYTES
-
-    def describe(self) -> str:
-        mib = 2**20
-        head = (f"a device call would send {self.total / mib:.1f} MiB (working tree {self.tree_bytes / mib:.1f} MiB "
-                f"+ carried {self.carry_bytes / mib:.1f} MiB); the limit is {DEVICE_LIMIT_BYTES / mib:.0f} MiB")
-        if self.fits:
-            return head + ": fits"
-        big = ", ".join(f"{p} ({b / mib:.1f} MiB)" for p, b in self.largest)
-        return (head + f": it does NOT fit, {(self.total - DEVICE_LIMIT_BYTES) / mib:.1f} MiB too much. Largest "
-                f"files of the working tree: {big}. Keep large committed outputs out of the tree the device call "
-                f"sends (e.g. DVC-cached instead of committed), or run from a checkout without them.")
-
-
-def payload(root: str | os.PathLike, carry: Sequence[str] = (INPUTS_DIR,)) -> Payload:
-    """Bytes a device call from `root` sends with `carry`, and the 5 largest files of the tree."""
-    root = Path(root)
-    listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
-    sizes = {p: (root / p).stat().st_size for p in listed if p and (root / p).is_file() and not (root / p).is_symlink()}
-    carried = 0
-    for c in carry:
-        p = root / c
-        files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else []
-        carried += sum(f.stat().st_size for f in files)
-    largest = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
-    return Payload(sum(sizes.values()), carried, largest)

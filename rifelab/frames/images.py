@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+import av
 import imageio.v3 as iio
 import numpy as np
 import torch
@@ -149,12 +150,24 @@ def image_has_alpha(path: str | os.PathLike) -> bool:
     except Exception:  # noqa: BLE001 - unreadable files are reported by the reader
         return False
     shape = props.shape
-    return len(shape) == 3 and shape[2] in (2, 4)
+    return (len(shape) == 3 and shape[2] in (2, 4)) or _palette_transparency(Path(path))
+
+
+def _palette_transparency(path: Path) -> bool:
+    """True for a palette (or gray/RGB) image whose transparency is a tRNS entry, which imageio decodes as opaque."""
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("P", "L", "RGB") and "transparency" in im.info
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
 
 
 def read_image_rgba(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as RGBA uint8 (H, W, 4), keeping its alpha (255 where the file has none); as `read_image`."""
     p, arr = _decode_image(path)
+    if _palette_transparency(p):  # palette transparency: through Pillow's RGBA conversion, then as any RGBA
+        with Image.open(p) as im:
+            arr = _apply_orientation(np.asarray(im.convert("RGBA")), _inspect_image(p)[0])
     if arr.ndim == 3 and arr.shape[2] in (2, 4):
         colour, alpha = arr[:, :, :-1], arr[:, :, -1:]
     else:
@@ -187,8 +200,6 @@ def read_image_deep(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     orientation, _ = _inspect_image(p)
     if p.suffix.lower() == ".png":
-        import av  # FFmpeg's PNG decoder
-
         try:
             with av.open(str(p)) as c:
                 frame = next(c.decode(video=0))
@@ -236,8 +247,6 @@ def encode_image(frame: np.ndarray, ext: str = "png") -> bytes:
 
 def _encode_png16(frame: np.ndarray) -> bytes:
     """A uint16 (H, W, 3) frame as 16-bit RGB PNG bytes (FFmpeg's PNG encoder through PyAV)."""
-    import av
-
     h, w = frame.shape[:2]
     ctx = av.codec.CodecContext.create("png", "w")
     ctx.width, ctx.height, ctx.pix_fmt = w, h, "rgb48be"

@@ -40,18 +40,20 @@ import pandas as pd
 import torch
 
 from rifelab.frames.images import DataError
+from rifelab.interpolate import raywatch
 from rifelab.interpolate.cli import add_interpolate_parser, config_from_args
 from rifelab.interpolate.pipeline import _model_device
 from rifelab.interpolate.run import interpolate_sequence, load_interpolation_model
 from rifelab.interpolate.schedule import (
     JOURNAL_NAME,
+    LOCK_NAME,
     MANIFEST_NAME,
     InterpolateConfig,
 )
 from rifelab.interpolate.sinks import read_manifest
 from rifelab.interpolate.sources import open_source
 from rifelab.interpolate.stages import logging_through_tqdm, progress_bar
-from rifelab.publish.results import atomic_write_text, to_markdown
+from rifelab.publish.results import UnsafePathError, atomic_write_text, refuse_link, to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,8 @@ class ItemResult:
 # ----------------------------------------------------------------------------- inputs
 
 
-def collect_inputs(paths: Sequence[str], manifest: str | os.PathLike | None = None) -> list[Path]:
+def collect_inputs(paths: Sequence[str], manifest: str | os.PathLike | None = None,
+                   exclude: str | os.PathLike | None = None) -> list[Path]:
     """Input paths from PATHS (globs expanded, sorted) and a manifest (one path or glob per line, '#' comments).
 
     Relative manifest lines are relative to the manifest's folder. Duplicates are dropped (first kept).
@@ -131,6 +134,9 @@ def collect_inputs(paths: Sequence[str], manifest: str | os.PathLike | None = No
         else:
             found.append(p)
     unique = list(dict.fromkeys(p.resolve() for p in found))
+    if exclude is not None:  # the output root (a rerun's glob matches it) and what is inside it are not inputs
+        root = Path(exclude).resolve()
+        unique = [p for p in unique if p != root and root not in p.parents]
     if not unique:
         raise DataError("no inputs: give videos or frame folders (paths or globs) or --manifest FILE")
     return unique
@@ -196,12 +202,32 @@ def _ours(folder: Path) -> bool:
 def _remove_output_folder(folder: Path) -> None:
     """Remove a frame folder rifelab wrote: the frames its manifest records and the manifest; anything else stays."""
     manifest = read_manifest(folder) or {"frames": {}}
-    for name in [*manifest["frames"], JOURNAL_NAME, MANIFEST_NAME]:
+    for name in [*manifest["frames"], JOURNAL_NAME, MANIFEST_NAME, LOCK_NAME]:
         (folder / name).unlink(missing_ok=True)
     try:
         folder.rmdir()
     except OSError:
         log.warning("%s holds files rifelab did not write; left in place", folder)
+
+
+def _link_error(path: Path) -> Exception:
+    try:
+        refuse_link(path)
+    except UnsafePathError as exc:
+        return exc
+    return DataError(f"{path} is a symbolic link")
+
+
+def _remove_empty_partial(partial: Path) -> None:
+    """Remove the partial folder of a failed item when it holds no frame to resume (only rifelab's records)."""
+    if partial.is_symlink() or not partial.is_dir():
+        return
+    try:
+        manifest = read_manifest(partial)
+    except DataError:
+        return
+    if manifest is not None and not any((partial / n).exists() for n in manifest["frames"]):
+        _remove_output_folder(partial)
 
 
 def run_item(
@@ -216,6 +242,10 @@ def run_item(
     info = model_info or {}
     key = item_key(item, config, info)
     final, partial, record = Path(item.output), _partial_path(item), _record_path(item)
+    for link in (final, partial, record.parent):  # never written through
+        if link.is_symlink():
+            res = ItemResult(item.name, item.input, item.output, "failed", error=str(_link_error(link)))
+            return res
     res = ItemResult(item.name, item.input, item.output, "failed", device=str(_model_device(model)), worker=worker)
     t0 = time.perf_counter()
     try:
@@ -228,10 +258,13 @@ def run_item(
                     on_frames(int(res.frames_out))
                 return res
             ours = (final.is_dir() and _ours(final)) if not item.is_video_output else rec is not None
-            if not config.overwrite or not ours:
-                why = "with other settings" if ours else "and was not written by rifelab"
-                raise DataError(f"{final} exists {why}; pass --overwrite to redo it (only rifelab's outputs are "
-                                "replaced) or choose another output root")
+            if not ours:
+                fix = ("--overwrite replaces only rifelab's outputs, so move it away" if config.overwrite else
+                       "move it away")
+                raise DataError(f"{final} exists and was not written by rifelab; {fix} or choose another output root")
+            if not config.overwrite:
+                raise DataError(f"{final} exists with other settings; pass --overwrite to redo it (only rifelab's "
+                                "outputs are replaced) or choose another output root")
         cfg = replace(config, progress=False, resume=False, overwrite=False)
         if item.is_video_output:  # interpolate removes what an interrupted encode left beside it
             cfg.overwrite = final.exists()
@@ -266,6 +299,7 @@ def run_item(
         res.frames_in, res.frames_out, res.frames_written = summary.input_frames, summary.output_frames, written[0]
         res.seconds = summary.seconds
     except Exception as exc:  # noqa: BLE001 - one failing item is reported, the others go on
+        _remove_empty_partial(partial)
         res.status, res.error = "failed", f"{type(exc).__name__}: {exc}"
         res.seconds = time.perf_counter() - t0
         log.debug("item %s failed", item.name, exc_info=True)
@@ -278,7 +312,7 @@ def expected_frames(item: BatchItem, config: InterpolateConfig) -> int | None:
         src = open_source(item.input, config.input_fps)
     except Exception:  # noqa: BLE001 - the worker reports the error
         return None
-    return config.output_count(src.count, src.fps)
+    return config.output_count(src.count, src.fps, src.times)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -413,12 +447,18 @@ def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig,
     local = not address and not ray.is_initialized()
     # torch threads per actor: --threads, else this machine's cores shared by the local actors, else 1 per actor
     cpus = max(1, threads or ((os.cpu_count() or 1) // (workers or 1) if local else 1))
-    started = False
+    started, watchdog = False, None
     if not ray.is_initialized():
         if address:
             ray.init(address=address, include_dashboard=False)
-        else:
-            _start_local_ray(ray, (workers or 1) * cpus)
+        else:  # a local Ray dies with this driver, even on kill -9; what a killed run left is stopped first
+            raywatch.reap_orphans()
+            watchdog = raywatch.watch_descendants()
+            try:
+                _start_local_ray(ray, (workers or 1) * cpus)
+            except BaseException:
+                raywatch.release(watchdog)
+                raise
         started = True
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0)) if model_args.get("device", "auto") != "cpu" else 0
@@ -445,6 +485,7 @@ def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig,
     finally:
         if started:
             ray.shutdown()
+        raywatch.release(watchdog)  # stops what Ray's shutdown left running (its agents linger for minutes)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -518,7 +559,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
-    items = plan_items(collect_inputs(args.inputs, args.manifest), args.output_root, args.video_ext)
+    items = plan_items(collect_inputs(args.inputs, args.manifest, exclude=args.output_root), args.output_root,
+                       args.video_ext)
     model_args = {k: v for k, v in vars(args).items() if k != "func"}
     info = {"checkpoint": str(args.checkpoint) if args.checkpoint else "bundled rife40",
             "dtype": getattr(args, "dtype", "fp32")}

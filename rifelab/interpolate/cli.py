@@ -19,6 +19,7 @@ from rifelab.frames.images import (
 )
 from rifelab.frames.scenes import SceneThresholds
 from rifelab.interpolate.bench import benchmark_pipeline
+from rifelab.measure.workloads import ModelSpec
 from rifelab.interpolate.run import check_run, interpolate_sequence, load_interpolation_model
 from rifelab.interpolate.schedule import (
     DEFAULT_INPUT_FPS,
@@ -26,9 +27,10 @@ from rifelab.interpolate.schedule import (
     VIDEO_EXTENSIONS,
     InterpolateConfig,
     counted,
+    is_video_path,
 )
 from rifelab.interpolate.sinks import read_manifest
-from rifelab.interpolate.sources import is_video_path, open_source
+from rifelab.interpolate.sources import open_source
 from rifelab.rife.checkpoints import checkpoint_layout
 from rifelab.publish.results import (
     to_markdown,
@@ -124,8 +126,9 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="continue an interrupted run into the same output folder: keep its complete frames, remove "
                    "stale temporary files, compute the rest (the options must match the first run)")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace the frames an earlier run recorded in OUTPUT's manifest (a non-empty output is refused "
-                   "otherwise, and so is any file rifelab did not write)")
+                   help="replace the frames an earlier run recorded in OUTPUT's manifest, or a video rifelab wrote (its "
+                   "record .NAME.rifelab.json beside it still matches); a non-empty output is refused otherwise, and "
+                   "so is any file rifelab did not write")
     g.add_argument("--allow-damaged-input", action="store_true",
                    help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
                    "decode errors and frames missing from the container's count stop the run)")
@@ -186,11 +189,14 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
             raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
         src = open_source(args.input, cfg.input_fps)
         frames = np.stack(list(src))
-        model = load_interpolation_model(args)
-        df = benchmark_pipeline(model, frames, multi=cfg.multi, batch_size=cfg.batch_size, scale=cfg.scale,
-                                repeats=args.repeats, thresholds=cfg.thresholds)
+        df = benchmark_pipeline(ModelSpec.from_args(args), frames, multi=cfg.multi, batch_size=cfg.batch_size,
+                                scale=cfg.scale, repeats=args.repeats, thresholds=cfg.thresholds)
+        t = df.attrs["timing"]
 
         print(to_markdown(df, floatfmt=".3f"))
+        print(f"# each mode in its own worker process; load: {t.load.describe() if t.load else 'not recorded'}")
+        if t.noisy:
+            print("# NOISY: these checks still failed, so the numbers above are not clean: " + "; ".join(t.problems))
         return 0
     if args.output is None:
         raise ValueError("give an OUTPUT folder or video file (or --benchmark)")

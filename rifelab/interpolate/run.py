@@ -24,14 +24,13 @@ from rifelab.interpolate.schedule import (
     MAX_MULTI,
     InterpolateConfig,
     InterpolationSummary,
-    OutputSchedule,
     as_fraction,
+    is_video_path,
 )
-from rifelab.interpolate.sinks import _FolderSink, _VideoSink
+from rifelab.interpolate.sinks import open_sink
 from rifelab.interpolate.sources import (
     FrameSource,
     frame_size,
-    is_video_path,
     open_source,
 )
 from rifelab.interpolate.stages import ProgressBars, run_stages
@@ -107,12 +106,28 @@ def _check_depth(src: FrameSource, out: Path, config: InterpolateConfig) -> None
                 src.depth, why)
 
 
-def _output_schedule(src: FrameSource, config: InterpolateConfig) -> OutputSchedule:
-    """The run's output slots; retiming a variable-frame-rate video places them by its timestamps."""
-    ratio = config.retime_ratio(src.fps)
-    if ratio is None or src.times is None:
-        return config.output_schedule(src.fps)
-    return OutputSchedule.for_ratio(ratio, [t * as_fraction(src.fps) for t in src.times])
+def _keep_metadata(src: FrameSource, out: Path, sink: Any, config: InterpolateConfig) -> None:
+    """A video's rotation: tagged on a video output, applied to frames. Its audio: copied into a video output
+    when the duration is kept; otherwise the log says why not."""
+    video = is_video_path(out)
+    if src.rotation:
+        if video:
+            sink.rotation = src.rotation
+        else:
+            src.rotate_frames = True
+            log.info("%s is displayed rotated by %d degrees: the frames are turned to match", src.path, src.rotation)
+    if not src.has_audio:
+        return
+    natural = src.fps * float(config.frame_ratio(src.fps))
+    if not video:
+        why = "a folder of frames holds no sound"
+    elif config.fps is not None and abs(config.fps - natural) > natural * 1e-3:
+        why = (f"--fps {config.fps:g} changes the duration (the input's frames fill it at {natural:g} fps), so the "
+               "sound would not match")
+    else:
+        sink.audio_from = src.path
+        return
+    log.warning("%s: its audio is not copied: %s", src.path, why)
 
 
 def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | None,
@@ -131,19 +146,20 @@ def _plan(source: Any, output: str | os.PathLike, config: InterpolateConfig | No
     _check_depth(src, out, config)
     if is_video_path(out):
         summary.output_fps = config.output_fps(src.fps)
-        sink: Any = _VideoSink(out, summary.output_fps, config)
+        sink = open_sink(out, config, fps=summary.output_fps)
         sink.depth = src.depth if src.keep_depth else 8
     else:
         manifest = {"input": src.describe(), **config.settings(), "model": model_info or {}}
         manifest.update(_extra_settings(src, ratio))
         if src.keep_depth:
             manifest["depth"] = src.depth
-        sink = _FolderSink(out, config, manifest)
-    expected = _output_schedule(src, config).output_count(src.count) if src.count else None
+        sink = open_sink(out, config, manifest=manifest)
+    expected = config.output_count(src.count, src.fps, src.times)
+    _keep_metadata(src, out, sink, config)
     if ratio is not None:
         _check_retime(src, ratio, config)
     elif src.times is not None:
-        _time_multi_output(src, sink, config)
+        _time_multi_output(src, out, sink, config)
     sink.check()  # refusals come before the announcement of what the run will write
     return src, out, sink, ratio, summary, expected
 
@@ -167,10 +183,10 @@ def _check_retime(src: FrameSource, ratio: Fraction, config: InterpolateConfig) 
         log.warning("the output rate is below the input's: this run %s (--allow-frame-drop)", drop)
 
 
-def _time_multi_output(src: FrameSource, sink: Any, config: InterpolateConfig) -> None:
+def _time_multi_output(src: FrameSource, out: Path, sink: Any, config: InterpolateConfig) -> None:
     """--multi on a variable-frame-rate video: a video output gets each frame's timestamp; frames say they cannot."""
     times, n = src.times, config.multi - 1
-    if isinstance(sink, _VideoSink) and config.fps is None:
+    if is_video_path(out) and config.fps is None:
         def frame_time(index: int) -> Fraction:
             p, k = divmod(index, n)
             return times[p] if p + 1 >= len(times) else times[p] + (times[p + 1] - times[p]) * Fraction(k, n)
@@ -210,7 +226,7 @@ def interpolate_sequence(
     sink.prepare()
     summary.removed_temp_files = len(sink.removed_temps)
     summary.recomputed_frames = len(getattr(sink, "recomputed", ()))
-    pipe = InterpolationPipeline(model, config, summary, _output_schedule(src, config), sink.has,
+    pipe = InterpolationPipeline(model, config, summary, config.output_schedule(src.fps, src.times), sink.has,
                                  (src.count - 1) if src.count else None)
     t0 = time.perf_counter()
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,6 +23,11 @@ log = logging.getLogger(__name__)
 
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
+
+
+def is_video_path(path: Path) -> bool:
+    """Whether `path` names a video file (by its suffix), as opposed to a folder of frames."""
+    return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 OUTPUT_IMAGE_EXTENSIONS = ("png", "jpg", "tif", "bmp", "webp")
@@ -332,17 +338,27 @@ class InterpolateConfig:
         ratio = self.retime_ratio(input_fps)
         return Fraction(self.multi - 1) if ratio is None else ratio
 
-    def output_schedule(self, input_fps: float = DEFAULT_INPUT_FPS) -> OutputSchedule:
-        """The output slots of a run on an input at `input_fps`."""
-        ratio = self.retime_ratio(input_fps)
-        return OutputSchedule.for_multi(self.schedule) if ratio is None else OutputSchedule.for_ratio(ratio)
+    def output_schedule(self, input_fps: float = DEFAULT_INPUT_FPS,
+                        times: Sequence[Fraction] | None = None) -> OutputSchedule:
+        """The output slots of a run on an input at `input_fps`.
 
-    def output_count(self, input_frames: int | None, input_fps: float = DEFAULT_INPUT_FPS) -> int | None:
+        `times`: a variable-frame-rate video's frame times (seconds from the first frame); retiming places
+        its output frames by them. --multi ignores them (its frames are placed between neighbours).
+        """
+        ratio = self.retime_ratio(input_fps)
+        if ratio is None:
+            return OutputSchedule.for_multi(self.schedule)
+        positions = None if times is None else [t * as_fraction(input_fps) for t in times]
+        return OutputSchedule.for_ratio(ratio, positions)
+
+    def output_count(self, input_frames: int | None, input_fps: float = DEFAULT_INPUT_FPS,
+                     times: Sequence[Fraction] | None = None) -> int | None:
         """Output frames of a run on `input_frames` frames at `input_fps` (None when the input count is unknown).
 
-        The one frame-count formula: floor((T-1) x ratio) + 1, i.e. (N-1)(T-1)+1 for --multi N.
+        The one frame-count formula (`OutputSchedule.output_count`): floor((T-1) x ratio) + 1, i.e.
+        (N-1)(T-1)+1 for --multi N; a retimed variable-rate input counts to its last frame's time instead.
         """
-        return retime_count(input_frames, self.frame_ratio(input_fps)) if input_frames else None
+        return self.output_schedule(input_fps, times).output_count(input_frames) if input_frames else None
 
     def output_fps(self, input_fps: float) -> float:
         """Frame rate of a video output: --fps, else the input rate times the frame ratio (same duration)."""

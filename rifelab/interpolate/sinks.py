@@ -33,6 +33,7 @@ from rifelab.interpolate.schedule import (
     VIDEO_EXTENSIONS,
     InterpolateConfig,
     InterpolationSummary,
+    is_video_path,
 )
 from rifelab.publish.results import (
     atomic_path,
@@ -372,6 +373,9 @@ def written_by_rifelab(path: Path) -> bool:
 
 
 _VFR_TIME_BASE = Fraction(1, 90000)
+# audio codecs each output can hold (others: try); .mkv holds any
+_AUDIO_CODECS = {".mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}, ".webm": {"opus", "vorbis"}}
+_AUDIO_CODECS[".m4v"] = _AUDIO_CODECS[".mov"] = _AUDIO_CODECS[".mp4"] | {"pcm_s16le", "pcm_s24le"}
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm"}
 
 
@@ -391,6 +395,9 @@ class _VideoSink:
         self._file: Any = None
         self._tmp: Path | None = None
         self.removed_temps: list[str] = []
+        self.rotation = 0  # display rotation tag (degrees counter-clockwise) of the input video, kept
+        self.audio_from: Path | None = None  # a video whose first audio stream is copied into the output
+        self._audio: Any = None  # (input container, its audio stream, the output's audio stream)
         self.frame_time: Any = None  # output index -> seconds, for a variable-frame-rate output (else constant)
         self.depth = 8  # bits per sample to keep: above 8, 10-bit HEVC or (.mkv) 16-bit FFV1
         self.lock = OutputLock(path.parent / f".{path.name}.lock", f"output video {path}")
@@ -450,7 +457,43 @@ class _VideoSink:
         stream.options = opts
         if self.frame_time is not None:
             stream.codec_context.time_base = _VFR_TIME_BASE
+        if self.rotation:
+            stream.set_display_rotation(self.rotation)
+        if self.audio_from is not None:
+            self._add_audio()
         self._stream = stream
+
+    def _add_audio(self) -> None:
+        """An output audio stream copied from `audio_from`'s first one, or a warning why not."""
+        inp = av.open(str(self.audio_from))
+        ain = inp.streams.audio[0]
+        codec = ain.codec_context.name
+        allowed = _AUDIO_CODECS.get(self.path.suffix.lower())
+        if allowed is not None and codec not in allowed:
+            inp.close()
+            log.warning("%s: its %s audio is not copied: a %s file cannot hold it (an .mkv output can)",
+                        self.audio_from, codec, self.path.suffix)
+            return
+        self._audio = (inp, ain, self._container.add_stream_from_template(ain))
+
+    def _copy_audio(self) -> None:
+        """Mux the input's audio packets, shifted so that they start with the first video frame."""
+        inp, ain, aout = self._audio
+        video = inp.streams.video[0]
+        start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
+        shift = int(round(start / ain.time_base)) if ain.time_base else 0
+        for packet in inp.demux(ain):
+            if packet.dts is None or packet.pts is None or packet.pts - shift < 0:
+                continue
+            packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
+            packet.stream = aout
+            self._container.mux(packet)
+
+    def _close_audio(self) -> None:
+        if self._audio is not None:
+            with contextlib.suppress(Exception):
+                self._audio[0].close()
+            self._audio = None
 
     def _codec(self, w: int, h: int) -> tuple[str, str, dict[str, str]]:
         """(encoder, pixel format, options) for the output's suffix, --lossless and depth."""
@@ -490,6 +533,9 @@ class _VideoSink:
         try:
             for packet in self._stream.encode():
                 self._container.mux(packet)
+            if self._audio is not None:
+                self._copy_audio()
+                self._close_audio()
             self._container.close()
             self._container = None
             self._file.close()
@@ -504,6 +550,7 @@ class _VideoSink:
             self.lock.release()
 
     def abort(self) -> None:
+        self._close_audio()
         if self._container is not None:
             with contextlib.suppress(Exception):
                 self._container.close()
@@ -515,3 +562,14 @@ class _VideoSink:
         if self._tmp is not None and self._tmp.exists():
             self._tmp.unlink()
         self.lock.release()
+
+
+def open_sink(out: Path, config: InterpolateConfig, fps: float | None = None,
+              manifest: dict[str, Any] | None = None) -> _FolderSink | _VideoSink:
+    """Where a run writes: a video file at `fps` frames per second when `out` names one (by its suffix), else
+    a folder of numbered frames recorded in `manifest` (the run's settings). Nothing is written yet."""
+    if is_video_path(out):
+        if fps is None:
+            raise ValueError(f"a video output ({out}) needs its frame rate")
+        return _VideoSink(out, fps, config)
+    return _FolderSink(out, config, manifest or {})

@@ -23,7 +23,7 @@ from rifelab.frames.images import (
     read_image_rgba,
 )
 from rifelab.frames.video import VideoDamage, constant_rate, frame_times, read_video
-from rifelab.interpolate.schedule import DEFAULT_INPUT_FPS, VIDEO_EXTENSIONS
+from rifelab.interpolate.schedule import DEFAULT_INPUT_FPS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ class FrameSource:
     alpha = False  # frames are RGBA (H, W, 4)
     depth = 8  # bits per sample of the input (10 for yuv420p10le video, 16 for 16-bit PNG)
     keep_depth = False  # set by the run when the output can hold `depth`: frames are then uint16
+    rotation = 0  # a video's display rotation (degrees counter-clockwise): kept as a tag, or applied to frames
+    has_audio = False
     path: Path | None = None
     fps: float = DEFAULT_INPUT_FPS
     count: int | None = None
@@ -86,6 +88,7 @@ class VideoSource(FrameSource):
     """A video file decoded with PyAV (first video stream)."""
 
     kind = "video"
+    rotate_frames = False  # set by the run for a frame-folder output: frames are turned by `rotation`
 
     def __init__(self, path: str | os.PathLike, fps: float | None = None, allow_damaged: bool = False):
 
@@ -101,8 +104,8 @@ class VideoSource(FrameSource):
                 fmt = stream.codec_context.format
                 self.depth = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
                 self.count = int(stream.frames) or None
-                if container.streams.audio:
-                    log.warning("%s: the audio stream is not copied to the output", self.path)
+                self.has_audio = bool(container.streams.audio)  # copied into a video output that keeps the duration
+                self.rotation = _display_rotation(container, stream)
         except av.error.FFmpegError as exc:
             raise DataError(
                 f"cannot open {self.path} as a video ({exc}); pass a video file (mp4, mkv, mov, webm...) or a folder "
@@ -117,7 +120,26 @@ class VideoSource(FrameSource):
                      len(times), float(times[-1]))
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        yield from read_video(self.path, self.allow_damaged, self.damage, deep=self.keep_depth)  # damage -> DataError
+        frames = read_video(self.path, self.allow_damaged, self.damage, deep=self.keep_depth)  # damage -> DataError
+        if not (self.rotate_frames and self.rotation % 360):
+            yield from frames
+            return
+        for frame in frames:  # turned as a player shows them (the display matrix is counter-clockwise)
+            yield np.ascontiguousarray(np.rot90(frame, k=round(self.rotation / 90) % 4))
+
+
+def _display_rotation(container: Any, stream: Any) -> int:
+    """Counter-clockwise display rotation of a video in degrees (its display matrix; 0 when none or not a
+    multiple of 90), read from its first frame."""
+    try:
+        frame = next(container.decode(stream))
+    except (StopIteration, av.error.FFmpegError):
+        return 0
+    rotation = int(round(getattr(frame, "rotation", 0) or 0))
+    if rotation % 90:
+        log.warning("display rotation of %d degrees is not a multiple of 90: ignored", rotation)
+        return 0
+    return rotation % 360
 
 
 class ArraySource(FrameSource):
@@ -167,11 +189,6 @@ def open_source(
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         raise DataError(f"{p} is a single image; pass the folder that holds the numbered frames")
     return VideoSource(p, fps=input_fps, allow_damaged=allow_damaged)
-
-
-def is_video_path(path: Path) -> bool:
-    """Whether `path` names a video file (by its suffix), as opposed to a folder of frames."""
-    return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 def frame_size(src: FrameSource) -> tuple[int, int] | None:

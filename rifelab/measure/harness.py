@@ -42,7 +42,7 @@ from rifelab.measure.worker import recv, send
 log = logging.getLogger(__name__)
 
 __all__ = ["Runner", "LocalRunner", "WorkerRunner", "WorkerError", "InterleavedTiming", "NoiseLimits",
-           "Harness", "noise_problems", "time_interleaved"]
+           "Harness", "noise_limits", "noise_problems", "time_interleaved"]
 
 
 class WorkerError(RuntimeError):
@@ -184,6 +184,19 @@ class NoiseLimits:
     def __post_init__(self) -> None:
         if self.max_spread <= 1.0 or self.attempts < 1:
             raise ValueError(f"max_spread must be > 1 and attempts >= 1; got {self.max_spread}, {self.attempts}")
+
+
+def noise_limits(values: Mapping[str, Any] | None) -> NoiseLimits:
+    """NoiseLimits from a study's `noise` mapping (unknown keys are an error that lists the known ones)."""
+    known = {f for f in NoiseLimits.__dataclass_fields__}
+    values = dict(values or {})
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"noise: unknown key(s) {unknown}; known: {sorted(known)}")
+    try:
+        return NoiseLimits(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"noise: {exc}") from None
 
 
 def noise_problems(t: InterleavedTiming, limits: NoiseLimits) -> list[str]:

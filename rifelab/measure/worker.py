@@ -11,6 +11,7 @@ A workload is any picklable object with these methods (run inside the worker):
     prepare(inputs) -> None    take the inputs of the next timings (e.g. the frame pair of one resolution)
     call() -> None             one timed call; must block until the device has finished
     outputs() -> (obj, dict)   what the coordinator scores (numpy arrays, ...), and facts to record
+    close() -> None            optional: remove what setup() wrote (temporary folders)
 
 `Sleep` and `Slowed` are workloads for checking that a run notices disturbance, without any timing luck.
 """
@@ -76,15 +77,17 @@ class Sleep:
 
 @dataclass
 class Slowed:
-    """`inner` with `extra_s` seconds of sleep added to every `every`-th call: a configuration disturbed on purpose.
+    """`inner` slowed on purpose: every `every`-th call sleeps `extra_s` seconds plus (`factor` - 1) times the
+    call's own duration (so `factor` holds on a fast or a loaded machine alike).
 
     Used to check that a run flags a disturbance (every=1: a steady slowdown; every=2: repeats that spread); the
     sleep leaves the outputs untouched.
     """
 
     inner: Any
-    extra_s: float
+    extra_s: float = 0.0
     every: int = 1
+    factor: float = 1.0
     _calls: int = 0
 
     def setup(self) -> dict[str, Any]:
@@ -94,10 +97,11 @@ class Slowed:
         self.inner.prepare(inputs)
 
     def call(self) -> None:
+        t0 = time.perf_counter()
         self.inner.call()
         self._calls += 1
         if self._calls % self.every == 0:
-            time.sleep(self.extra_s)
+            time.sleep(self.extra_s + (self.factor - 1.0) * (time.perf_counter() - t0))
 
     def outputs(self) -> tuple[Any, dict[str, Any]]:
         return self.inner.outputs()
@@ -139,6 +143,8 @@ def main() -> int:
         except EOFError:
             return 0
         if msg[0] == "close":
+            if workload is not None and hasattr(workload, "close"):
+                workload.close()
             send(channel_out, ("ok", None))
             return 0
         try:

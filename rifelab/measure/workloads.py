@@ -14,8 +14,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from rifelab.engines.backends import calibration_pairs, load_backend
+from rifelab.engines.backends import load_backend
 from rifelab.frames.images import to_tensor, to_uint8
+from rifelab.frames.splits import range_pairs
 from rifelab.measure.profiling import PeakMemory, resolve_device, synchronize
 from rifelab.rife.checkpoints import load_rife
 from rifelab.rife.model import RIFE
@@ -36,7 +37,7 @@ class ModelSpec:
     """A model to build: backend + precision + switches (torch engine switches or backend options).
 
     `pruned`: `checkpoint` is a pruned model saved by `rifelab.pruning.prune.save_pruned` (timed as the plain
-    RIFE model it rebuilds). INT8 calibration is described, not carried: `calibration` = (pairs, width, height,
+    RIFE model it rebuilds); `plain`: the plain RIFE model of `checkpoint`, no engine (as pruned models are timed). INT8 calibration is described, not carried: `calibration` = (pairs, width, height,
     {clip: [start, stop)}); the worker reads those frames itself.
     """
 
@@ -48,12 +49,32 @@ class ModelSpec:
     threads: int | None = None
     name: str | None = None
     pruned: bool = False
+    plain: bool = False
     calibration: tuple | None = None
 
     @classmethod
     def make(cls, options: Mapping[str, Any] | None = None, **kw: Any) -> "ModelSpec":
         """A spec with `options` given as a mapping (lists become tuples, so the spec stays hashable)."""
         return cls(options=_frozen(dict(options or {})), **kw)
+
+    @classmethod
+    def from_args(cls, args: Any) -> "ModelSpec":
+        """The spec of the `--backend`/`--dtype`/engine-switch options (rifelab.engines.backends.add_backend_options)."""
+        backend, dtype = getattr(args, "backend", "torch") or "torch", getattr(args, "dtype", "fp32")
+        opts: dict[str, Any] = {}
+        if backend == "torch":
+            opts = {k: True for k in ("channels_last", "cudnn_benchmark", "tf32", "compile", "cuda_graphs",
+                                      "static_buffers", "cached_grids") if getattr(args, k, False)}
+            if getattr(args, "no_inference_mode", False):
+                opts["inference_mode"] = False
+            if dtype == "autocast":
+                opts["autocast_dtype"] = getattr(args, "autocast_dtype", "auto")
+            if opts.get("compile"):
+                opts["compile_mode"] = getattr(args, "compile_mode", "default")
+        elif backend == "openvino" and dtype == "int8" and getattr(args, "calibration_pairs", None):
+            opts["calibration_count"] = int(args.calibration_pairs)
+        return cls.make(opts, backend=backend, precision=dtype, checkpoint=getattr(args, "checkpoint", None),
+                        device=str(resolve_device(getattr(args, "device", "auto"))), threads=getattr(args, "threads", None))
 
     def option_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.options}
@@ -71,11 +92,16 @@ def load_model(spec: ModelSpec) -> Any:
             raise ValueError("a pruned ModelSpec needs the checkpoint saved by save_pruned")
         return load_pruned(spec.checkpoint, device=dev)
     model = load_rife(spec.checkpoint, device=dev if spec.backend == "torch" else "cpu")
+    if spec.plain:
+        if spec.backend != "torch" or spec.precision != "fp32" or spec.options:
+            raise ValueError("a plain ModelSpec is the FP32 RIFE model itself: no backend, precision or switches")
+        return model
     opts = spec.option_dict()
     if spec.calibration is not None:
         count, w, h, ranges = spec.calibration
         ranges = {c: list(r) for c, r in dict(ranges).items()}
-        opts.update(calibration=calibration_pairs(int(count), int(w), int(h), ranges), calibration_ranges=ranges)
+        opts.update(calibration=range_pairs(ranges, int(count), (int(w), int(h)), "int8 calibration"),
+                    calibration_ranges=ranges)
     return load_backend(spec.backend, model, dev, spec.precision, name=spec.name, options=opts)
 
 

@@ -1,4 +1,10 @@
-"""Running the study notebooks headless with papermill, parameters taken from params.yaml."""
+"""Running the study notebooks headless with papermill, parameters taken from params.yaml.
+
+Each study notebook `notebooks/NN_<study>.ipynb` is paired (jupytext, see jupytext.toml) with a percent script
+`notebooks/py/NN_<study>.py` that holds its code and text only. The DVC stages depend on the script, so opening,
+running or saving the notebook in JupyterLab (new metadata, outputs, execution counts) reruns nothing; JupyterLab
+with jupytext saves both files, and a notebook whose code differs from its script is refused before it runs.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,39 @@ from rifelab.publish.results import atomic_path, find_project_root
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_notebook", "parse_set", "clean_executed"]
+__all__ = ["run_notebook", "parse_set", "clean_executed", "PAIRED_FOLDER", "paired_script", "check_paired",
+           "NotebookOutOfSync"]
+
+PAIRED_FOLDER = "py"  # notebooks/NN.ipynb <-> notebooks/py/NN.py (jupytext.toml at the project root)
+
+
+class NotebookOutOfSync(ValueError):
+    """A notebook's code or text differs from its paired script (the code-only form the pipeline depends on)."""
+
+
+def paired_script(notebook: str | os.PathLike) -> Path:
+    """The percent script paired with `notebook` (it may not exist, e.g. for a notebook outside the project)."""
+    notebook = Path(notebook)
+    return notebook.parent / PAIRED_FOLDER / f"{notebook.stem}.py"
+
+
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(c.cell_type, c.source.strip(), tuple(c.get("metadata", {}).get("tags", []))) for c in nb.cells]
+
+
+def check_paired(notebook: str | os.PathLike) -> Path | None:
+    """Raise NotebookOutOfSync when `notebook` and its paired script differ; the script, or None without one."""
+    script = paired_script(notebook)
+    if not script.is_file():
+        return None
+    import jupytext  # optional: the notebooks extra
+
+    if _cells(jupytext.read(notebook)) != _cells(jupytext.read(script)):
+        raise NotebookOutOfSync(
+            f"{notebook} and its paired script {script} differ in code or text; the pipeline depends on the script. "
+            f"Run `jupytext --sync {notebook}` (the file changed last wins), or open the notebook in a JupyterLab "
+            "with jupytext installed (the notebooks extra), which saves both")
+    return script
 
 
 THIS_INTERPRETER_KERNEL = "rifelab-this-python"
@@ -84,6 +122,7 @@ def run_notebook(
     notebook = Path(notebook)
     if not notebook.exists():
         raise FileNotFoundError(f"notebook not found: {notebook}")
+    check_paired(notebook)
     output = Path(output)
     with contextlib.ExitStack() as stack:
         kernel = kernel_name or stack.enter_context(_this_interpreter_kernel())

@@ -17,7 +17,7 @@ from rifelab.publish.results import atomic_write_text
 
 __all__ = ["build_report", "reader_cells"]
 
-_DROPPED_TAGS = {"parameters", "injected-parameters"}
+_DROPPED_TAGS = {"parameters", "injected-parameters", "colab"}  # colab: the badge and install cells
 
 
 def reader_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:

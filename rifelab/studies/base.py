@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from rifelab.measure.benchmark import parse_resolution
+from rifelab.params import FOLDER as PACKAGED_PARAMS
 from rifelab.rife.model import RIFE
 from rifelab.rife.checkpoints import load_rife
 from rifelab.measure.profiling import environment_record, resolve_device
@@ -147,10 +148,14 @@ COMMON: dict[str, Param] = {
 
 
 def params_file(profile: str, root: str | os.PathLike | None = None) -> Path:
-    """The params file of a profile (params.yaml for cpu, params-cuda.yaml, params-mps.yaml)."""
+    """The params file of a profile (params.yaml for cpu, params-cuda.yaml, params-mps.yaml) in `root`.
+
+    Without `root`: the project's file, else (outside a project: Colab, an installed wheel) the package's copy.
+    """
     if profile not in PROFILES:
         raise ParamError(f"unknown profile {profile!r}; expected one of {list(PROFILES)}")
-    return Path(root or find_project_root()) / PROFILE_FILES[profile]
+    local = Path(root or find_project_root()) / PROFILE_FILES[profile]
+    return local if root is not None or local.is_file() else PACKAGED_PARAMS / PROFILE_FILES[profile]
 
 
 def read_params_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -69,9 +69,10 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> StudyResult:
     """Score quality on the clips (and the benchmark folder, if any), time each resolution, publish."""
-    with StudyRun.start("baseline", PARAMS, profile, overrides, results_root) as run:
+    with StudyRun.start("baseline", PARAMS, profile, overrides, results_root, params_path) as run:
         p, model, notes = run.params, run.model(), []
         per_triplet, shown = [], []
         for clip in p["clips"]:

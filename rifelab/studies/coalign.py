@@ -493,9 +493,10 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> StudyResult:
     """Every method on every synthetic case (and on `snippets_npz`, if given): tables, figures, targets, publish."""
-    params = load_study_params("coalign", PARAMS, profile, overrides)
+    params = load_study_params("coalign", PARAMS, profile, overrides, params_path)
     check_params(params)
     if params["threads"] is None and profile == "cpu":
         # ~1e5-element tensors: intra-op threads mostly add overhead (two threads were ~30x slower than one on a

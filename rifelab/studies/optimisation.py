@@ -6,14 +6,19 @@ needs (`requires`: cuda, mps, native_bf16, native_fp16, vnni, compile, or a back
 needs. A configuration whose needs are not met is reported as skipped with the reason; one whose warm calls take
 more than `max_slowdown` times the baseline's is stopped and reported as too slow. Nothing is dropped silently.
 
-Per resolution, all configurations that run are timed interleaved (profiling.time_interleaved) with the FP32 eager
-baseline; quality is measured against the baseline's output on real frame pairs; INT8 configurations are also
-scored against the ground-truth middle frames of held-out real triplets. INT8 calibration frames, held-out triplets
+Each configuration runs in its own worker process (rifelab.measure.harness), built (compiled, calibrated) once; per
+resolution, the coordinator times them in interleaved rounds with the FP32 eager baseline, one computing at a time,
+and records the machine's load and each row's worker id. The run checks itself (spread of the repeats, outside load,
+speedups inside `max_speedup`, FP32 eager agreeing with the baseline study of the same results folder), re-measures
+a bounded number of times and publishes a timing that still fails flagged `noisy` (headline, table, sentences).
+Quality is measured from the outputs the workers return: against the baseline's output on real frame pairs, and
+for INT8 configurations against the ground-truth middle frames of held-out real triplets. INT8 calibration frames, held-out triplets
 and the timed/scored pairs come from disjoint frame ranges, checked before anything runs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field, fields
@@ -29,21 +34,18 @@ from rifelab.frames.assets import CLIPS
 from rifelab.engines.backends import (
     BACKENDS,
     PRECISIONS,
-    BackendUnavailable,
     backend_problem,
     capabilities,
-    load_backend,
     missing_requirements,
 )
 from rifelab.measure.benchmark import agreement, parse_resolution, real_frame_pair
 from rifelab.frames.clips import Triplet
-from rifelab.frames.splits import SplitError, check_disjoint, range_frames, range_pairs, range_triplets
+from rifelab.frames.splits import SplitError, check_disjoint, range_frames, range_triplets
 from rifelab.engines.torch_engine import EngineConfig, parse_config
-from rifelab.measure.evaluation import evaluate_triplets
+from rifelab.measure.harness import Harness, InterleavedTiming, noise_limits
+from rifelab.measure.metrics import psnr, ssim
+from rifelab.measure.workloads import FrameInputs, InterpolateWorkload, ModelSpec
 from rifelab.rife.network import VALID_SCALES
-from rifelab.rife.model import RIFE
-from rifelab.measure.harness import time_interleaved
-from rifelab.measure.profiling import PeakMemory
 from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,11 @@ PARAMS: dict[str, Param] = {
     "int8_max_loss_db": Param("float", "target: INT8 PSNR loss vs ground truth at most this (dB)", low=0),
     "target_fps": Param("float", "target (cuda profile): output fps of the best FP32-quality path", low=0,
                         nullable=True),
+    "noise": Param("dict", "when the timing counts as disturbed: max_spread (p90/p10), max_other_cpu (cores other "
+                   "processes may use), max_steal (share), attempts (timings in all before publishing flagged noisy)"),
+    "max_speedup": Param("float", "physical bound: a speedup over FP32 eager above this fails the run's checks", low=1),
+    "baseline_agreement": Param("float", "FP32 eager here and in the baseline study of the same results folder may "
+                                "differ by at most this share", low=0),
     "progress": Param("bool", "tqdm progress bars", tracked=False),
 }
 
@@ -165,17 +172,54 @@ def check_splits(p: Mapping[str, Any]) -> None:
         raise ParamError(f"optimisation: {exc}") from None
 
 
-def _build(c: StudyConfig, model: RIFE, run: StudyRun) -> Any:
+def _workload(c: StudyConfig, run: StudyRun) -> InterpolateWorkload:
+    """What c's worker process builds and times (INT8: calibrated at the target resolution, on unscored frames)."""
     p = run.params
-    if c.backend == "torch":
-        return load_backend("torch", model, run.device, c.dtype, name=c.name, options=c.options)
-    opts: dict[str, Any] = {}
-    if c.dtype == "int8":  # calibrated at the target resolution, on frames no evaluation reads
-        size = parse_resolution(p["target_resolution"])
-        pairs = range_pairs(p["int8_calibration"], p["int8_calibration_pairs"], size, "int8_calibration")
-        opts = {"calibration": pairs,
-                "calibration_ranges": p["int8_calibration"]}
-    return load_backend(c.backend, model, run.device, c.dtype, name=c.name, options={**opts, **c.options})
+    cal = None
+    if c.dtype == "int8":
+        w, h = parse_resolution(p["target_resolution"])
+        cal = (p["int8_calibration_pairs"], w, h, tuple((k, tuple(v)) for k, v in p["int8_calibration"].items()))
+    spec = ModelSpec.make(c.options, backend=c.backend, precision=c.dtype, checkpoint=p["checkpoint"],
+                          device=str(run.device), threads=p["threads"], name=c.name, calibration=cal)
+    return InterpolateWorkload(spec, p["timestep"], p["scale"])
+
+
+def _baseline_reference(run: StudyRun) -> dict[str, float]:
+    """FP32 eager median ms per resolution from the baseline study in this results folder (same device), if any."""
+    path = run.base / "metrics" / "baseline.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if data.get("environment", {}).get("device_name") != run.env["device_name"]:
+        return {}
+    return {k[3:]: float(v) for k, v in data.items() if k.startswith("ms_") and v is not None}
+
+
+def _checks(p: Mapping[str, Any], res: str, reference: Mapping[str, float]):
+    """The study's own consistency checks of one resolution's timing (the harness adds spread and load)."""
+    def check(t: InterleavedTiming) -> list[str]:
+        base = t.timings[p["baseline"]].median
+        out = [f"{n}: {base / tm.median:.2f}x FP32 eager, beyond the physical bound of {p['max_speedup']:g}x"
+               for n, tm in t.timings.items() if base / tm.median > p["max_speedup"]]
+        ref = reference.get(res)
+        if ref:
+            ours = base * 1e3
+            if abs(ours - ref) / ref > p["baseline_agreement"]:
+                out.append(f"FP32 eager {ours:.1f} ms here but {ref:.1f} ms in the baseline study at {res} "
+                           f"(differ by more than {p['baseline_agreement']:.0%})")
+        return out
+    return check
+
+
+def _score_heldout(preds: Mapping[str, list], triplets: list[Triplet], baseline: str) -> pd.DataFrame:
+    """PSNR/SSIM against the held-out ground truth, per configuration (means), from the workers' predictions."""
+    rows = [{"config": name, "psnr": float(psnr(pred, tri.gt)[0]), "ssim": float(ssim(pred, tri.gt)[0])}
+            for name, ps in preds.items() for pred, tri in zip(ps, triplets)]
+    gt = pd.DataFrame(rows).groupby("config", sort=False)[["psnr", "ssim"]].mean().reset_index()
+    gt["n"] = len(triplets)
+    gt["psnr_change_db"] = gt["psnr"] - float(gt.loc[gt.config == baseline, "psnr"].iloc[0])
+    return gt
 
 
 def heldout_triplets(p: Mapping[str, Any]) -> list[Triplet]:
@@ -236,58 +280,75 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> StudyResult:
     """Time every configuration interleaved at every resolution, score it, report skips, publish."""
-    with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root) as run:
+    with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root, params_path) as run:
         p, dev = run.params, run.device
         configs = study_configs(p["configs"], p["baseline"])  # every check before the model loads
         check_splits(p)
         if p["target_resolution"] not in p["resolutions"]:
             raise ParamError(f"target_resolution {p['target_resolution']} is not among resolutions {p['resolutions']}")
-        model = run.model()
-        skipped: dict[str, str] = {}
-        built: dict[str, Any] = {}
-        for c in configs:
-            problems = c.problems(dev)
-            if problems:
-                skipped[c.name] = "; ".join(problems)
-                continue
-            try:
-                built[c.name] = _build(c, model, run)
-            except BackendUnavailable as exc:
-                skipped[c.name] = str(exc)
+        try:
+            limits = noise_limits(p["noise"])
+        except ValueError as exc:
+            raise ParamError(f"optimisation.{exc}") from None
+        skipped = {c.name: "; ".join(c.problems(dev)) for c in configs if c.problems(dev)}
+        int8 = [c.name for c in configs if c.dtype == "int8" and c.name not in skipped]
+        triplets = heldout_triplets(p) if int8 else []
+        reference = _baseline_reference(run)
+        model = run.model()  # names the network; the timed models are built in the workers
         rows: list[dict[str, Any]] = []
         outputs: dict[tuple[str, str], torch.Tensor] = {}
-        for res in p["resolutions"]:
-            w, h = parse_resolution(res)
-            pairs = [real_frame_pair(w, h, p["clip"], k * QUALITY_PAIR_STEP, dev) for k in range(p["quality_pairs"])]
-            a, b = pairs[0]
-            here = [c for c in configs if c.resolutions is None or res in c.resolutions]
-            fns = {c.name: (lambda m=built[c.name]: m.interpolate(a, b, p["timestep"], p["scale"]))
-                   for c in here if c.name in built}
-            timing = time_interleaved(fns, dev, warmup=p["warmup"], rounds=p["repeats"], baseline=p["baseline"],
-                                      max_slowdown=p["max_slowdown"], progress=run.progress)
-            base_t = timing.timings[p["baseline"]]
-            for c in here:
-                row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res,
-                                       "model": f"RIFE {model.layout.name}"}
-                if c.name in skipped or c.name in timing.stopped:
-                    reason = skipped.get(c.name) or timing.stopped[c.name]
-                    status = "too slow" if reason.startswith("too slow") else (
-                        "failed" if reason.startswith("failed") else "skipped")
-                    rows.append({**row, "status": status, "reason": reason})
-                    continue
-                m, t = built[c.name], timing.timings[c.name]
-                with PeakMemory(dev) as mem:
-                    out = torch.cat([m.interpolate(x, y, p["timestep"], p["scale"]) for x, y in pairs]).float().cpu()
-                outputs[(c.name, res)] = out
-                rows.append({**row, "status": "ran", "reason": "", **t.as_dict(),
-                             "speedup": base_t.median / t.median, "speedup_p10": base_t.median / t.p90,
-                             "speedup_p90": base_t.median / t.p10, "first_call_s": timing.first_call_s[c.name],
-                             "peak_mem_mib": mem.peak_mib, "peak_mem_kind": mem.kind,
-                             **agreement(out, outputs[(p["baseline"], res)]),
-                             "applied": "; ".join(f"{k}: {v}" for k, v in m.applied.items()),
-                             "options_skipped": "; ".join(f"{k}: {v}" for k, v in m.skipped.items())})
+        held: dict[str, list] = {}
+        timings: dict[str, InterleavedTiming] = {}
+        with Harness.isolated({c.name: _workload(c, run) for c in configs if c.name not in skipped},
+                              run.progress) as h:
+            for name, err in h.errors.items():  # cannot run here: skipped with the reason; any other error: failed
+                if err.kind == "BackendUnavailable":
+                    skipped[name] = str(err).removeprefix("BackendUnavailable: ")
+                    h.stopped.pop(name)
+            if p["baseline"] in h.stopped:
+                raise RuntimeError(f"the baseline {p['baseline']} could not be built: {h.stopped[p['baseline']]}")
+            for res in p["resolutions"]:
+                w, h_ = parse_resolution(res)
+                pairs = [real_frame_pair(w, h_, p["clip"], k * QUALITY_PAIR_STEP, dev) for k in range(p["quality_pairs"])]
+                here = [c for c in configs if (c.resolutions is None or res in c.resolutions)]
+                scored = triplets if res == p["target_resolution"] else []
+                h.prepare({c.name: FrameInputs.from_tensors(pairs, [(t.frame0, t.frame2) for t in scored]
+                                                            if c.name in [p["baseline"], *int8] else [])
+                           for c in here if c.name not in skipped})
+                timing = timings[res] = h.measure_checked(
+                    limits, _checks(p, res, reference), names=[c.name for c in here if c.name not in skipped],
+                    warmup=p["warmup"], rounds=p["repeats"], baseline=p["baseline"], max_slowdown=p["max_slowdown"])
+                base_t = timing.timings[p["baseline"]]
+                for c in here:
+                    row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res,
+                                           "model": f"RIFE {model.layout.name}"}
+                    if c.name in skipped or c.name in timing.stopped:
+                        reason = skipped.get(c.name) or timing.stopped[c.name]
+                        status = "too slow" if reason.startswith("too slow") else (
+                            "failed" if reason.startswith("failed") else "skipped")
+                        rows.append({**row, "status": status, "reason": reason})
+                        continue
+                    t = timing.timings[c.name]
+                    out, facts = h.outputs(c.name)
+                    outputs[(c.name, res)] = torch.from_numpy(out["pairs"])
+                    if out["heldout"]:
+                        held[c.name] = out["heldout"]
+                    rows.append({**row, "status": "ran", "reason": "", **t.as_dict(),
+                                 "speedup": base_t.median / t.median, "speedup_p10": base_t.median / t.p90,
+                                 "speedup_p90": base_t.median / t.p10, "first_call_s": timing.first_call_s[c.name],
+                                 "peak_mem_mib": facts["peak_mem_mib"], "peak_mem_kind": facts["peak_mem_kind"],
+                                 **agreement(outputs[(c.name, res)], outputs[(p["baseline"], res)]),
+                                 "applied": "; ".join(f"{k}: {v}" for k, v in facts["applied"].items()),
+                                 "options_skipped": "; ".join(f"{k}: {v}" for k, v in facts["skipped"].items()),
+                                 "worker": timing.workers[c.name], "noisy": timing.noisy,
+                                 "timing_attempts": timing.attempts})
+        load = run.table(pd.DataFrame([{"resolution": r, "noisy": t.noisy, "attempts": t.attempts,
+                                        "failed_checks": "; ".join(t.problems), **(t.load.as_dict() if t.load else {})}
+                                       for r, t in timings.items()]), "timing_load")
+        noisy = load[load.noisy]
         df = run.table(pd.DataFrame(rows), "results")
         ran = df[df.status == "ran"]
         run.table(ran.pivot_table(index="config", columns="resolution", values="speedup", sort=False), "speedup")
@@ -296,22 +357,12 @@ def run(
         run.figure(_speedup_figure(df, f"Speedup over FP32 eager, same run ({title})"), "speedup_bars")
         run.figure(_quality_figure(df, f"Quality against speed ({title})"), "quality_vs_speed")
 
-        # INT8 (and the baseline) against the ground truth of held-out triplets
-        int8 = [c.name for c in configs if c.dtype == "int8" and c.name in built and not ran[ran.config == c.name].empty]
+        # INT8 (and the baseline) against the ground truth of held-out triplets, from the workers' predictions
+        int8 = [n for n in int8 if not ran[(ran.config == n) & (ran.resolution == p["target_resolution"])].empty]
         gt = pd.DataFrame()
-        if int8:
-            triplets = heldout_triplets(p)
-            parts = []
-            for name in [p["baseline"], *int8]:
-                for tri in triplets:
-                    clip = tri.name.split(":")[0]
-                    q, _ = evaluate_triplets(built[name], [tri], clip, methods=["rife"], scale=p["scale"], progress=False)
-                    parts.append(q.assign(config=name))
-            per = pd.concat(parts, ignore_index=True)
-            gt = per.groupby("config", sort=False)[["psnr", "ssim"]].mean().reset_index()
-            gt["n"] = len(triplets)
-            gt["psnr_change_db"] = gt["psnr"] - float(gt.loc[gt.config == p["baseline"], "psnr"].iloc[0])
-            run.table(gt, "int8_vs_ground_truth")
+        if int8 and p["baseline"] in held:
+            gt = run.table(_score_heldout({n: held[n] for n in [p["baseline"], *int8] if n in held}, triplets,
+                                          p["baseline"]), "int8_vs_ground_truth")
 
         # published anchors, labelled as theirs
         best_fps = {("RIFE " + model.variant, r, "output fps"): float(g.fps.max()) for r, g in ran.groupby("resolution")}
@@ -330,16 +381,19 @@ def run(
         pool = within if not within.empty else i8  # the fastest INT8 path within the loss budget, else the fastest
         i8row = pool.loc[pool.speedup.idxmax()] if not pool.empty else None
         i8loss = None if i8row is None or pd.isna(i8row["psnr_change_db"]) else float(-i8row["psnr_change_db"])
-        lines = []
+        lines = [f"**noisy timing at {r.resolution}**: after {r.attempts} timings these checks still failed: "
+                 f"{r.failed_checks}. Its latencies and speedups are published flagged, not as clean results; rerun "
+                 f"on an idle machine" for r in noisy.itertuples()]
         for r, g in ran.groupby("resolution", sort=False):
             f = g.loc[g.speedup.idxmax()]
-            lines.append(f"**{r}**: FP32 eager {g.loc[g.config == p['baseline'], 'median_ms'].iloc[0]:.1f} ms; "
+            lines.append(f"{'(noisy) ' if r in set(noisy.resolution) else ''}**{r}**: FP32 eager {g.loc[g.config == p['baseline'], 'median_ms'].iloc[0]:.1f} ms; "
                          f"fastest **{f['config']}** ({f['backend']}, {f['dtype']}) {f['median_ms']:.1f} ms "
                          f"(p10-p90 {f['p10_ms']:.1f}-{f['p90_ms']:.1f}), **{f['speedup']:.2f}x**, {f['fps']:.2f} fps, "
                          f"PSNR vs FP32 {f['psnr_vs_fp32_db']:.1f} dB")
         verdicts = {}
+        flag = " (noisy timing: not a clean result)" if p["target_resolution"] in set(noisy.resolution) else ""
         if best is not None:
-            verdicts["fp32_quality"] = _verdict(best["speedup"], p["target_speedup"])
+            verdicts["fp32_quality"] = _verdict(best["speedup"], p["target_speedup"]) + flag
             lines.append(f"fastest path at FP32 quality (PSNR vs FP32 >= {p['fp32_quality_db']:g} dB) at "
                          f"{p['target_resolution']}: **{best['config']}**, {best['speedup']:.2f}x FP32 eager: target "
                          f"{verdicts['fp32_quality']}")
@@ -347,16 +401,18 @@ def run(
             lines.append(f"every engine timed in this run is a rifelab backend, so none is faster than rifelab's best; "
                          f"the fastest at {p['target_resolution']} is {fastest['config']} ({fastest['speedup']:.2f}x)")
         if p["target_fps"] is not None and best is not None:
-            verdicts["fps"] = _verdict(best["fps"], p["target_fps"])
+            verdicts["fps"] = _verdict(best["fps"], p["target_fps"]) + flag
             lines.append(f"output fps of {best['config']} at {p['target_resolution']}: {verdicts['fps']}")
         if i8row is not None:
-            verdicts["int8_speedup"] = _verdict(i8row["speedup"], p["int8_target_speedup"])
+            verdicts["int8_speedup"] = _verdict(i8row["speedup"], p["int8_target_speedup"]) + flag
             verdicts["int8_loss"] = _verdict(i8loss, p["int8_max_loss_db"], above=False)
             lines.append(f"INT8 ({i8row['config']}): {i8row['speedup']:.2f}x FP32 eager, target {verdicts['int8_speedup']}; "
                          f"PSNR {i8row['psnr_vs_fp32_db']:.1f} dB vs the FP32 output; change against the ground truth "
                          f"of {int(gt['n'].iloc[0])} held-out triplets {-(i8loss or 0):+.2f} dB, target {verdicts['int8_loss']}")
         lines += [f"INT8 variant {r.config}: {r.speedup:.2f}x FP32 eager, {r.psnr_change_db:+.2f} dB against the ground "
                   f"truth" for r in i8.itertuples() if i8row is not None and r.config != i8row["config"]]
+        lines.append("timing: one worker process per configuration, interleaved rounds; load " + "; ".join(
+            f"{r}: {t.load.describe()}" for r, t in timings.items() if t.load))
         lines.append(f"CPU ISA: {cap.isa}. bf16/fp16 paths need native support (skipped otherwise); INT8 speed "
                      f"depends on VNNI/AMX ({'present' if cap.vnni or cap.amx else 'absent here'})")
         lines += [f"{r.config} @ {r.resolution}: {r.status}: {r.reason}" for r in not_run.itertuples()]
@@ -371,8 +427,13 @@ def run(
             "int8_speedup": num(i8row["speedup"]) if i8row is not None else None,
             "int8_loss_vs_gt_db": num(i8loss),
             "not_run": int(len(not_run)),
+            "noisy": bool(len(noisy)),
         }
-        metrics = {"isa": cap.isa, "verdicts": verdicts,
+        metrics = {"isa": cap.isa, "verdicts": verdicts, "noisy": bool(len(noisy)),
+                   "timing": {r: {"noisy": t.noisy, "attempts": t.attempts, "failed_checks": t.problems,
+                                  "workers": t.workers, "load": t.load.as_dict() if t.load else None,
+                                  "history": t.history} for r, t in timings.items()},
+                   "baseline_reference_ms": reference,
                    "speedup": {f"{r.config}@{r.resolution}": r.speedup for r in ran.itertuples()},
                    "psnr_vs_fp32_db": {f"{r.config}@{r.resolution}": r.psnr_vs_fp32_db for r in ran.itertuples()},
                    "not_run": {f"{r.config}@{r.resolution}": f"{r.status}: {r.reason}" for r in not_run.itertuples()},

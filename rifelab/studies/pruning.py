@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,8 @@ from rifelab.measure.evaluation import evaluate_triplets
 from rifelab.rife.model import RIFE
 from rifelab.rife.checkpoints import load_rife
 from rifelab.publish.notebooks import parse_set
-from rifelab.measure.harness import time_interleaved
+from rifelab.measure.harness import Harness, InterleavedTiming, noise_limits
+from rifelab.measure.workloads import FrameInputs, InterpolateWorkload, ModelSpec
 from rifelab.measure.profiling import resolve_device, speedup_ci
 from rifelab.publish.results import atomic_path, input_folders, results_base
 from rifelab.pruning import prune as P
@@ -94,6 +96,8 @@ PARAMS: dict[str, Param] = {
     "timing_clip": Param("str", "clip whose first frame pair is timed"),
     "timing_warmup": Param("int", "unrecorded calls per model before timing", low=0),
     "timing_rounds": Param("int", "interleaved timed rounds over all models", low=1),
+    "noise": Param("dict", "when the timing counts as disturbed: max_spread (p90/p10), max_other_cpu (cores other "
+                   "processes may use), max_steal (share), attempts (timings in all before publishing flagged noisy)"),
     "trap_sparsity": Param("float", "sparsity of the mask-trap comparison", low=0.0, high=0.95),
     "target_speedup": Param("float", "target: measured speedup at least this", low=1.0),
     "target_ci_low": Param("float", "target: lower end of the speedup's 95% interval at least this", low=0.0),
@@ -218,6 +222,37 @@ def _triplets(p: Mapping[str, Any], use: str) -> list[Triplet]:
 def _split_table(p: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame([{"use": use, "clip": r.clip, "frames": f"[{r.start}, {r.stop})", "triplets_per_clip": p[n]}
                          for use, (key, n) in SPLITS.items() for r in clip_ranges(p[key], key)])
+
+
+#: a pruned model cannot run much faster than its MAC reduction allows (the non-conv time is not cut at all)
+MAC_BOUND_TOLERANCE = 1.25
+
+
+def _timing_workloads(models: Mapping[str, RIFE], names: Sequence[str], p: Mapping[str, Any], dev: torch.device,
+                      folder: str) -> dict[str, InterpolateWorkload]:
+    """One worker workload per timed architecture: pruned models saved to `folder` and rebuilt in their worker."""
+    out = {}
+    for k in names:
+        if getattr(models[k], "pruning_info", None) is None:
+            spec = ModelSpec(checkpoint=p["checkpoint"], device=str(dev), threads=p["threads"], plain=True, name=k)
+        else:
+            path = P.save_pruned(models[k], Path(folder) / f"model{len(out)}.pt")
+            spec = ModelSpec(checkpoint=str(path), device=str(dev), threads=p["threads"], pruned=True, name=k)
+        out[k] = InterpolateWorkload(spec)
+    return out
+
+
+def _mac_bound_check(gmac: Mapping[str, float]):
+    """Ratios inside physical bounds: no architecture faster than its MAC ratio to the unpruned one allows."""
+    def check(t: InterleavedTiming) -> list[str]:
+        base = t.timings["unpruned"].median
+        out = []
+        for k, tm in t.timings.items():
+            bound = gmac["unpruned"] / gmac[k] * MAC_BOUND_TOLERANCE
+            if base / tm.median > bound:
+                out.append(f"{k}: {base / tm.median:.2f}x the unpruned model, beyond its MAC bound of {bound:.2f}x")
+        return out
+    return check
 
 
 def _timing_pair(clip: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -558,11 +593,16 @@ def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
     results_root: str | os.PathLike | None = None,
+    params_path: str | os.PathLike | None = None,
 ) -> StudyResult:
     """Evaluate and time every configuration side by side, judge the target, save best.pt, publish."""
-    with StudyRun.start("pruning", PARAMS, profile, overrides, results_root) as run_:
+    with StudyRun.start("pruning", PARAMS, profile, overrides, results_root, params_path) as run_:
         p, model, dev, notes = run_.params, run_.model(), run_.device, []
         _check_splits(p)
+        try:
+            limits = noise_limits(p["noise"])
+        except ValueError as exc:
+            raise ParamError(f"pruning.{exc}") from None
         t_start = time.perf_counter()
         run_.table(_split_table(p), "data_split")
         evals = _triplets(p, "held-out evaluation")
@@ -640,10 +680,12 @@ def run(
         # speed: one interleaved run over every distinct architecture
         timed_names = list(dict.fromkeys(i["timed_as"] for i in info.values()))
         a, b = img0.to(dev), img1.to(dev)
-        fns = {k: (lambda m=models[k]: m.interpolate(a, b)) for k in timed_names}
-        with torch.inference_mode():
-            timing = time_interleaved(fns, dev, warmup=p["timing_warmup"], rounds=p["timing_rounds"],
-                                      baseline="unpruned", progress=run_.progress)
+        gmacs = {k: P.model_gmac(models[k], h, w)[0] for k in timed_names}
+        with tempfile.TemporaryDirectory(prefix="rifelab-pruning-") as tmp, \
+                Harness.isolated(_timing_workloads(models, timed_names, p, dev, tmp), run_.progress) as harness:
+            harness.prepare({k: FrameInputs.from_tensors([(img0, img1)]) for k in timed_names})
+            timing = harness.measure_checked(limits, _mac_bound_check(gmacs), warmup=p["timing_warmup"],
+                                             rounds=p["timing_rounds"], baseline="unpruned")
         for k, why in timing.stopped.items():
             notes.append(f"{k} was not timed: {why}")
         base_t = timing.timings["unpruned"]
@@ -661,6 +703,7 @@ def run(
                 "finetuned": k.endswith("+ft"), "params_m": params / 1e6,
                 "nonzero_params_m": P.nonzero_parameters(m.net) / 1e6, "gmac": gmac, "gmac_ratio": gmac / base_gmac,
                 "latency_ms": t.median * 1e3 if t else float("nan"), "latency_timed_as": i["timed_as"],
+                "worker": timing.workers.get(i["timed_as"]), "noisy": timing.noisy,
                 "speedup": ratio, "speedup_ci_low": lo, "speedup_ci_high": hi,
                 "psnr": float(q[k]["psnr"].mean()), "ssim": float(q[k]["ssim"].mean()), "dpsnr": float(d.mean()),
                 "dpsnr_min": float(d.min()), "n_eval": len(d),
@@ -719,11 +762,14 @@ def run(
             "forward_ms_outside_convs_share": float(prof.loc[prof["layer"] == "other", "share"].iloc[0]),
             "mask_trap_max_abs_diff_weights_only": float(mask_w.iloc[0]),
             "mask_trap_max_abs_diff_with_bias": float(mask_w.iloc[1]),
-            "reload_max_abs_diff": reload_diff, "timing_stopped": timing.stopped,
+            "reload_max_abs_diff": reload_diff, "timing_stopped": timing.stopped, "noisy": timing.noisy,
+            "timing": {"noisy": timing.noisy, "attempts": timing.attempts, "failed_checks": timing.problems,
+                       "workers": timing.workers, "load": timing.load.as_dict() if timing.load else None,
+                       "history": timing.history},
             "study_seconds": time.perf_counter() - t_start, "notes": notes,
         }
         headline = {"target_met": verdict["target_met"], "unpruned_psnr": round(float(base_psnr.mean()), 3),
-                    "unpruned_ms": round(base_t.median * 1e3, 2)}
+                    "unpruned_ms": round(base_t.median * 1e3, 2), "noisy": timing.noisy}
         if verdict.get("best_config"):
             headline.update({"best_speedup": round(verdict["best_speedup"], 3),
                              "best_dpsnr": round(verdict["best_dpsnr"], 3)})
@@ -731,6 +777,12 @@ def run(
         if sens is not None:
             plot_data["sensitivity"] = sens.assign(probe=lambda d: d["group"] + "@" + d["ratio"].map("{:g}".format))[["probe", "dpsnr"]]
         lines = _sentences(table, verdict, p, shares, sens, notes)
+        lines.append(f"Timing: each architecture in its own worker process, {timing.attempts} timing(s); load: "
+                     f"{timing.load.describe() if timing.load else 'not recorded'}.")
+        if timing.noisy:
+            lines.insert(0, f"**noisy timing**: after {timing.attempts} timings these checks still failed: "
+                         f"{'; '.join(timing.problems)}. The latencies, speedups and the target verdict below are "
+                         "published flagged, not as clean results; rerun on an idle machine.")
         return run_.finish(metrics, headline, plot_data, lines)
 
 
