@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from rifelab.devicerun.inputs import INPUTS_DIR
-from rifelab.devicerun.payload import TakeOutError, payload, restore, take_out, taken_out
+from rifelab.devicerun.payload import TakeOutError, payload, restore, take_out
 from rifelab.devicerun.prepare import prepare_inputs
 from rifelab.devicerun.render import PROFILE, land, render
 from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
@@ -32,7 +32,7 @@ from rifelab.interpolate.cli import add_interpolate_parser
 from rifelab.rife.checkpoints import load_rife
 from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.measure.profiling import count_parameters, environment_record, resolve_device
-from rifelab.pruning.prune import add_prune_parser
+from rifelab.pruning.cli import add_prune_parser
 from rifelab.publish.report import build_report
 from rifelab.publish.results import COMMITTED_RESULTS, find_project_root, results_base, save_json, to_markdown
 
@@ -212,12 +212,13 @@ def _cmd_device_restore(args: argparse.Namespace) -> int:
 
 def _cmd_device_report(args: argparse.Namespace) -> int:
     root = find_project_root()
-    if taken_out(root):  # the files --prepare took out for the device call come back before anything lands
-        _cmd_device_restore(args)
-        if taken_out(root):
-            print(f"error: committed files are still out of the tree: {', '.join(taken_out(root))}; nothing landed. "
-                  "Fix what the message above names, then `bash scripts/device_run.sh --restore`.", file=sys.stderr)
-            return 1
+    try:  # the files --prepare took out for the device call come back before anything lands
+        back = restore(root)
+    except TakeOutError as exc:
+        print(f"error: {exc}. Nothing landed: fix that, then `bash scripts/device_run.sh --restore`.", file=sys.stderr)
+        return 1
+    if back:
+        print(f"restored {len(back)} committed files from HEAD: {', '.join(back)}")
     results = Path(args.results_root) if args.results_root else None
     base = results_base(PROFILE, results)
     if results is None:

@@ -167,3 +167,12 @@ def test_landing_puts_the_taken_out_files_back_first(repo, tmp_path, monkeypatch
     assert cli_main(["device-report", str(archive), "--results-root", str(tmp_path / "landed"), "--no-notebook"]) == 0
     assert _clean(repo) and taken_out(repo) == []
     assert (tmp_path / "landed" / "cuda" / "device_run.tar.gz").read_bytes() == archive.read_bytes()
+
+
+def test_landing_lands_nothing_while_a_taken_out_file_cannot_come_back(repo, tmp_path, monkeypatch):
+    archive = _fixture_archive(tmp_path / "raw", tmp_path / "device_out")
+    take_out(repo, [".device_inputs"], margin=0)
+    _write(repo / "results/cpu/finetune/big1.pt", 10 * KB, seed=7)  # another file where the taken-out one was
+    monkeypatch.chdir(repo)
+    assert cli_main(["device-report", str(archive), "--results-root", str(tmp_path / "landed"), "--no-notebook"]) == 1
+    assert not (tmp_path / "landed").exists()

@@ -41,11 +41,12 @@ def test_sweep_on_the_dvc_experiment_queue(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     tracked = ["common.seed"] + [f"interactive.{k}" for k, p in interactive.PARAMS.items() if p.tracked]
     stage = {
-        "cmd": f"{sys.executable} -m rifelab.cli notebook notebooks/{interactive.NOTEBOOK} --profile cpu",
+        "cmd": f"{sys.executable} -m rifelab.cli notebook notebooks/{interactive.NOTEBOOK} --profile cpu "
+               "--results-root results",
         "deps": [f"notebooks/{interactive.NOTEBOOK}"],
         "params": tracked,
         "outs": [{"results/cpu/interactive": {"cache": False}}],
-        "metrics": [{"results/cpu/metrics/interactive.json": {"cache": False}}],
+        "metrics": [{"results/headlines/cpu/interactive.json": {"cache": False}}],
     }
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"interactive": stage}}, sort_keys=False))
     env = dict(os.environ, PYTHONPATH=str(REPO), GIT_AUTHOR_NAME="rifelab test", GIT_AUTHOR_EMAIL="test@rifelab",
@@ -75,11 +76,11 @@ def test_sweep_on_the_dvc_experiment_queue(tmp_path):
             for rev in exp.get("revs", []):
                 data = rev["data"]
                 stride = data["params"]["params.yaml"]["data"]["interactive"]["triplet_stride"]
-                found[rev["name"]] = (stride, data["metrics"]["results/cpu/metrics/interactive.json"]["data"])
+                found[rev["name"]] = (stride, data["metrics"]["results/headlines/cpu/interactive.json"]["data"])
     assert sorted(found) == ["stride1", "stride2"]
     assert found["stride1"][0] == 1 and found["stride2"][0] == 2
-    psnr = {name: m["rife_psnr_db"] for name, (_, m) in found.items()}
+    psnr = {name: m["psnr_db"] for name, (_, m) in found.items()}
     assert all(20 < v < 60 for v in psnr.values()) and psnr["stride1"] != psnr["stride2"]  # two real runs
     assert not (repo / "results").exists()  # the workspace stays as it was; results live in the experiments
     table = _run([*dvc, "exp", "show", "--no-pager", "--csv"], repo, env)
-    assert "stride1" in table and "rife_psnr_db" in table
+    assert "stride1" in table and "psnr_db" in table

@@ -266,3 +266,27 @@ def test_colab_like_install_runs_a_notebook_outside_the_repository(tmp_path):
     assert_figures_render(executed, min_images=3)
     assert "Trial run" in executed.read_text() and (work / SCRATCH / "cpu" / "metrics" / "coalign.json").is_file()
     assert _git(ROOT, "status", "--porcelain", "--untracked-files=all") == status
+
+
+# ----------------------------------------------------------------------------- readable outputs
+
+
+def test_dvc_metrics_show_is_one_short_row_per_profile_and_study(tmp_path):
+    """Short headlines share a few column names, so `dvc metrics show` (all studies, three profiles) fits 120 columns."""
+    from dvc_checks import DVC
+    from rifelab.publish.headlines import COLUMNS, headline_path, short_headline
+
+    assert DVC["metrics"] == ["results/headlines"]
+    full = {"interactive": {"rife_psnr_db": 31.481, "average_psnr_db": 26.2, "pipeline_output_fps": 8.351},
+            "baseline": {"psnr_carphone": 31.5, "psnr_bikes": 36.7, "ms_320x192": 39.06, "ms_1280x720": 883.7,
+                         "ms_640x360": 136.16},
+            "optimisation": {"baseline_ms": 728.233, "best_fp32_quality_speedup": 2.9144, "not_run": 0},
+            "pruning": {"target_met": False, "unpruned_psnr": 33.583, "best_speedup": 1.257, "best_dpsnr": -0.625},
+            "coalign": {"es_iterations": 382, "solver_speedup": 438.6, "synthetic_abs_rel_solver": 0.00531}}
+    rows = {s: short_headline(s, h) for s, h in full.items()}
+    assert rows["baseline"] == {"psnr_db": 34.1, "ms": 883.7}  # mean of the sources; the largest resolution
+    assert rows["pruning"]["loss_db"] == 0.62 and rows["interactive"] == {"psnr_db": 31.48, "fps": 8.35}
+    columns = set().union(*rows.values())
+    assert columns <= set(COLUMNS) and all(1 <= len(r) <= 3 for r in rows.values())
+    width = len(str(headline_path("results", "cuda", "optimisation"))) + sum(4 + max(len(c), 7) for c in columns)
+    assert width <= 120

@@ -18,10 +18,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from notebook_checks import assert_figures_render
-from rifelab.pruning import prune as P
-from rifelab.pruning import sensitivity as S
+from rifelab.pruning.apply import apply_physical, load_pruned, nonzero_parameters, prune_model, read_pruned_meta, save_pruned
+from rifelab.pruning.cli import add_prune_parser
+from rifelab.pruning.groups import PruningError, channel_groups, conv_layers, layer_out_channels
+from rifelab.pruning.importance import channel_importance, group_l1_scores, importance_scores, importance_table
+from rifelab.pruning.plans import make_plan, plan_architecture_aware, plan_from_ratios, plan_lite, plan_naive_global
+from rifelab.pruning.sensitivity import allocate, group_latency_savings, group_latency_share, group_sensitivity, kept_channels, layer_latency_profile, plan_from_allocation, prunable_groups
 from rifelab.frames.clips import clip_triplets
 from rifelab.frames.images import to_tensor
 from rifelab.frames.splits import SplitError, check_disjoint, range_frames, range_triplets
@@ -29,6 +34,9 @@ from rifelab.pruning.distill import distill, distillation_targets, loss_gradient
 from rifelab.measure.metrics import psnr
 from rifelab.publish.notebooks import run_notebook
 from rifelab.studies import pruning as study
+from rifelab.studies.base import PROFILES, load_study_params
+from rifelab.studies.pruning import params as study_params
+from rifelab.studies.pruning.study import mac_bound_check
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(
@@ -47,19 +55,19 @@ def pair(carphone):
 
 @pytest.fixture(scope="module")
 def aware_plan(rife):
-    return P.plan_architecture_aware(rife.net, 0.375)
+    return plan_architecture_aware(rife.net, 0.375)
 
 
 @pytest.fixture(scope="module")
 def physical(rife, aware_plan):
-    return P.prune_model(rife, aware_plan, mode="physical")
+    return prune_model(rife, aware_plan, mode="physical")
 
 
 # ---------------------------------------------------------------- groups and importance
 
 
 def test_channel_groups_follow_the_residual(rife):
-    groups = {g.name: g for g in P.channel_groups(rife.net)}
+    groups = {g.name: g for g in channel_groups(rife.net)}
     assert len(groups) == 4 * 10  # conv0.0, trunk, convblock.0..6, head per block
     for b in range(4):
         trunk = groups[f"block{b}.conv0.1.0"]
@@ -71,7 +79,7 @@ def test_channel_groups_follow_the_residual(rife):
 
 
 def test_importance_is_the_filter_l1_norm(rife):
-    imp = P.channel_importance(rife.net)
+    imp = channel_importance(rife.net)
     w = rife.net.block2.convblock[4][0].weight.detach()
     got = imp[imp["layer"] == "block2.convblock.4.0"].sort_values("channel")["l1"].to_numpy()
     np.testing.assert_allclose(got, w.abs().sum(dim=(1, 2, 3)).numpy(), rtol=1e-5)
@@ -80,8 +88,8 @@ def test_importance_is_the_filter_l1_norm(rife):
     assert len(head) == 5
     top = imp[imp["layer"] == "block2.convblock.4.0"].sort_values("rank_in_layer").iloc[0]
     assert top["l1"] == pytest.approx(got.max(), rel=1e-6)
-    table = P.importance_table(imp, sparsity=0.25)
-    assert len(table) == len(P.conv_layers(rife.net))
+    table = importance_table(imp, sparsity=0.25)
+    assert len(table) == len(conv_layers(rife.net))
     assert table["below_global_threshold_at_0.25"].between(0, 1).all()
 
 
@@ -98,7 +106,7 @@ def test_architecture_aware_plan_rules(rife, aware_plan):
     assert channels["block3.convblock.2.0"] == 40  # 64 * (1 - 0.375) = 40
     assert all(channels[f"block{b}.conv0.0.0"] == rife.net.blocks[b].conv0[0][0].out_channels for b in range(4))
     # the kept channels of a group are its highest-L1 ones
-    imp = P.channel_importance(rife.net)
+    imp = channel_importance(rife.net)
     l1 = imp[imp["layer"] == "block1.convblock.5.0"].sort_values("channel")["l1"].to_numpy()
     kept = aware_plan.keep["block1.convblock.5.0"]
     dropped = aware_plan.removed("block1.convblock.5.0")
@@ -106,7 +114,7 @@ def test_architecture_aware_plan_rules(rife, aware_plan):
 
 
 def test_ratio_scale_and_min_channels(rife):
-    plan = P.plan_architecture_aware(rife.net, 0.5, ratio_scale={"block0.*": 0.0}, min_channels=48)
+    plan = plan_architecture_aware(rife.net, 0.5, ratio_scale={"block0.*": 0.0}, min_channels=48)
     ch = plan.channels()
     assert ch["block0.convblock.1.0"] == 192  # scale 0: block 0 untouched
     assert ch["block1.convblock.1.0"] == 64
@@ -114,9 +122,9 @@ def test_ratio_scale_and_min_channels(rife):
 
 
 def test_naive_global_uses_one_threshold(rife):
-    plan = P.plan_naive_global(rife.net, 0.25)
+    plan = plan_naive_global(rife.net, 0.25)
     assert plan.removed_fraction == pytest.approx(0.25, abs=0.002)
-    scores = P._group_scores(rife.net, list(plan.groups.values()))
+    scores = group_l1_scores(rife.net, list(plan.groups.values()))
     kept, removed = [], []
     for name, g in plan.groups.items():
         if not g.prunable:
@@ -133,7 +141,7 @@ def test_naive_global_uses_one_threshold(rife):
 
 
 def test_physical_pruning_is_smaller_runs_and_matches_plan(rife, physical, aware_plan, pair):
-    assert P.layer_out_channels(physical.net) == {**P.layer_out_channels(rife.net), **aware_plan.layer_channels()}
+    assert layer_out_channels(physical.net) == {**layer_out_channels(rife.net), **aware_plan.layer_channels()}
     # consumers shrank with their producers: the trunk feeds convblock.0 and lastconv
     b3 = physical.net.block3
     assert b3.convblock[0][0].in_channels == b3.conv0[1][0].out_channels == len(aware_plan.keep["block3.conv0.1.0"])
@@ -150,17 +158,17 @@ def test_physical_pruning_is_smaller_runs_and_matches_plan(rife, physical, aware
 
 
 def test_protected_layers_are_untouched(rife, pair):
-    plan = P.plan_architecture_aware(rife.net, 0.5, protected=["block*.conv0.0.0", "block3.convblock.7.0"])
+    plan = plan_architecture_aware(rife.net, 0.5, protected=["block*.conv0.0.0", "block3.convblock.7.0"])
     assert "block3.conv0.1.0" in plan.protected  # protecting convblock.7 protects its coupled trunk group ...
     assert "block3.convblock.6.0" in plan.protected  # ... and the group feeding its inputs
     assert "block2.conv0.1.0" not in plan.protected
-    assert "block2.conv0.1.0" in P.plan_architecture_aware(rife.net, 0.5, protected=["block2.lastconv"]).protected
-    phys = P.prune_model(rife, plan, mode="physical")
-    mask = P.prune_model(rife, plan, mode="mask")
+    assert "block2.conv0.1.0" in plan_architecture_aware(rife.net, 0.5, protected=["block2.lastconv"]).protected
+    phys = prune_model(rife, plan, mode="physical")
+    mask = prune_model(rife, plan, mode="mask")
     for name in ("block0.conv0.0.0", "block2.conv0.0.0", "block3.conv0.1.0", "block3.convblock.7.0", "block3.lastconv"):
-        ref = P.conv_layers(rife.net)[name].weight
-        assert torch.equal(P.conv_layers(phys.net)[name].weight.detach(), ref.detach()), name
-        assert torch.equal(P.conv_layers(mask.net)[name].weight.detach(), ref.detach()), name
+        ref = conv_layers(rife.net)[name].weight
+        assert torch.equal(conv_layers(phys.net)[name].weight.detach(), ref.detach()), name
+        assert torch.equal(conv_layers(mask.net)[name].weight.detach(), ref.detach()), name
     assert phys.net.block3.lastconv.in_channels == 64  # protected trunk: the head still sees every channel
     # unprotected trunk of block 1: the head keeps exactly the rows of the kept channels
     keep = plan.keep["block1.conv0.1.0"]
@@ -169,29 +177,29 @@ def test_protected_layers_are_untouched(rife, pair):
 
 
 def test_mask_pruning_keeps_shapes_and_shows_the_bias_trap(rife, aware_plan, physical, pair):
-    mask = P.prune_model(rife, aware_plan, mode="mask")
-    shapes = {n: m.weight.shape for n, m in P.conv_layers(rife.net).items()}
-    assert {n: m.weight.shape for n, m in P.conv_layers(mask.net).items()} == shapes
-    w = P.conv_layers(mask.net)["block3.convblock.2.0"].weight
+    mask = prune_model(rife, aware_plan, mode="mask")
+    shapes = {n: m.weight.shape for n, m in conv_layers(rife.net).items()}
+    assert {n: m.weight.shape for n, m in conv_layers(mask.net).items()} == shapes
+    w = conv_layers(mask.net)["block3.convblock.2.0"].weight
     gone = aware_plan.removed("block3.convblock.2.0")
     assert torch.count_nonzero(w[gone]) == 0 and torch.count_nonzero(w[aware_plan.keep["block3.convblock.2.0"]]) > 0
-    assert P.nonzero_parameters(mask.net) < P.nonzero_parameters(rife.net)
-    with_bias = P.prune_model(rife, aware_plan, mode="mask", mask_bias=True)
+    assert nonzero_parameters(mask.net) < nonzero_parameters(rife.net)
+    with_bias = prune_model(rife, aware_plan, mode="mask", mask_bias=True)
     o_phys, o_mask, o_bias = (m.interpolate(*pair) for m in (physical, mask, with_bias))
     assert (o_bias - o_phys).abs().max() < 1e-3  # zeroed biases: same network as the removal
     assert (o_mask - o_phys).abs().max() > 1e-2  # biases kept: PReLU(bias) still flows on
 
 
 def test_save_and_load_reproduce_outputs(rife, physical, aware_plan, pair, tmp_path):
-    path = P.save_pruned(physical, tmp_path / "phys.pt")
+    path = save_pruned(physical, tmp_path / "phys.pt")
     payload = torch.load(path, weights_only=True)  # plain tensors and plan, no pickled module
     assert set(payload) == {"format", "mode", "mask_bias", "plan", "state_dict", "meta"}
-    again = P.load_pruned(path)
+    again = load_pruned(path)
     assert again.pruning_info.plan.keep == aware_plan.keep
     assert torch.equal(again.interpolate(*pair), physical.interpolate(*pair))
     assert torch.equal(again.interpolate(*pair, 0.25, 0.5), physical.interpolate(*pair, 0.25, 0.5))  # same API
-    mask = P.prune_model(rife, aware_plan, mode="mask")
-    again_m = P.load_pruned(P.save_pruned(mask, tmp_path / "mask.pt"))
+    mask = prune_model(rife, aware_plan, mode="mask")
+    again_m = load_pruned(save_pruned(mask, tmp_path / "mask.pt"))
     assert torch.equal(again_m.interpolate(*pair), mask.interpolate(*pair))
     assert again_m.net.block3.convblock[2][0].weight.shape == (64, 64, 3, 3)
 
@@ -201,33 +209,33 @@ def test_save_and_load_reproduce_outputs(rife, physical, aware_plan, pair, tmp_p
 
 @pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan"), "a quarter", None])
 def test_sparsity_outside_range_is_refused(rife, bad):
-    for fn in (P.plan_naive_global, P.plan_architecture_aware):
-        with pytest.raises(P.PruningError, match=r"\[0, 1\)"):
+    for fn in (plan_naive_global, plan_architecture_aware):
+        with pytest.raises(PruningError, match=r"\[0, 1\)"):
             fn(rife.net, bad)
 
 
 def test_unknown_layers_and_bad_settings_are_refused(rife, physical, aware_plan, tmp_path):
-    with pytest.raises(P.PruningError, match=r"'block9\.conv0\.0\.0' matches no conv layer"):
-        P.plan_architecture_aware(rife.net, 0.25, protected=["block9.conv0.0.0"])
-    with pytest.raises(P.PruningError, match="matches no conv layer"):
-        P.plan_architecture_aware(rife.net, 0.25, ratio_scale={"decoder.*": 0.5})
-    with pytest.raises(P.PruningError, match="min_channels"):
-        P.plan_architecture_aware(rife.net, 0.25, min_channels=0)
-    with pytest.raises(P.PruningError, match="unknown pruning method"):
-        P.make_plan(rife.net, "random", 0.25)
-    with pytest.raises(P.PruningError, match="mode"):
-        P.prune_model(rife, aware_plan, mode="soft")
-    with pytest.raises(P.PruningError, match="already pruned"):
-        P.prune_model(physical, aware_plan)
-    with pytest.raises(P.PruningError, match="unpruned"):
-        P.apply_physical(copy.deepcopy(physical.net), aware_plan)
-    with pytest.raises(P.PruningError, match="no pruning plan"):
-        P.save_pruned(rife, tmp_path / "x.pt")
-    with pytest.raises(P.PruningError, match="not found"):
-        P.load_pruned(tmp_path / "missing.pt")
+    with pytest.raises(PruningError, match=r"'block9\.conv0\.0\.0' matches no conv layer"):
+        plan_architecture_aware(rife.net, 0.25, protected=["block9.conv0.0.0"])
+    with pytest.raises(PruningError, match="matches no conv layer"):
+        plan_architecture_aware(rife.net, 0.25, ratio_scale={"decoder.*": 0.5})
+    with pytest.raises(PruningError, match="min_channels"):
+        plan_architecture_aware(rife.net, 0.25, min_channels=0)
+    with pytest.raises(PruningError, match="unknown pruning method"):
+        make_plan(rife.net, "random", 0.25)
+    with pytest.raises(PruningError, match="mode"):
+        prune_model(rife, aware_plan, mode="soft")
+    with pytest.raises(PruningError, match="already pruned"):
+        prune_model(physical, aware_plan)
+    with pytest.raises(PruningError, match="unpruned"):
+        apply_physical(copy.deepcopy(physical.net), aware_plan)
+    with pytest.raises(PruningError, match="no pruning plan"):
+        save_pruned(rife, tmp_path / "x.pt")
+    with pytest.raises(PruningError, match="not found"):
+        load_pruned(tmp_path / "missing.pt")
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(P.PruningError, match="not a pruned model"):
-        P.load_pruned(tmp_path / "other.pt")
+    with pytest.raises(PruningError, match="not a pruned model"):
+        load_pruned(tmp_path / "other.pt")
     with pytest.raises(SplitError, match="overlap"):
         check_disjoint({"fine-tuning": range_frames({"bikes": [0, 100]}), "held-out": range_frames({"bikes": [90, 120]})})
 
@@ -242,8 +250,8 @@ def test_scene_cuts_are_skipped():
 
 
 def test_distillation_moves_the_student_towards_the_teacher(rife, carphone):
-    plan = P.plan_architecture_aware(rife.net, 0.5)
-    student = P.prune_model(rife, plan)
+    plan = plan_architecture_aware(rife.net, 0.5)
+    student = prune_model(rife, plan)
     data = distillation_targets(rife, list(clip_triplets(carphone[:5], count=2)), progress=False)
     a, b = data.img0[0], data.img1[0]
 
@@ -254,7 +262,7 @@ def test_distillation_moves_the_student_towards_the_teacher(rife, carphone):
     result = distill(student, data, steps=4, lr=3e-4, batch_size=2, crop=128, progress=False)
     assert len(result.losses) == 4 and all(math.isfinite(x) for x in result.losses)
     assert fidelity() > before + 1.0
-    assert P.layer_out_channels(student.net) == {**P.layer_out_channels(rife.net), **plan.layer_channels()}
+    assert layer_out_channels(student.net) == {**layer_out_channels(rife.net), **plan.layer_channels()}
     with pytest.raises(ValueError, match="multiple of 64"):
         distill(student, data, steps=1, crop=100)
     with pytest.raises(ValueError, match="lr"):
@@ -266,10 +274,10 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_finetuning_resumes_where_it_stopped(rife, carphone, tmp_path):
-    plan = P.plan_architecture_aware(rife.net, 0.5)
+    plan = plan_architecture_aware(rife.net, 0.5)
     data = distillation_targets(rife, list(clip_triplets(carphone[:5], count=2)), progress=False)
     kw = dict(steps=6, lr=3e-4, batch_size=1, crop=64, progress=False)
-    straight = P.prune_model(rife, plan)
+    straight = prune_model(rife, plan)
     whole = distill(straight, data, **kw)
 
     class Stop(Exception):
@@ -280,21 +288,21 @@ def test_finetuning_resumes_where_it_stopped(rife, carphone, tmp_path):
             raise Stop
 
     state = tmp_path / "run.state.pt"
-    student = P.prune_model(rife, plan)
+    student = prune_model(rife, plan)
     with pytest.raises(Stop):
         distill(student, data, state_path=state, save_every=100, callback=stop_at_3, **kw)
     saved = torch.load(state, weights_only=True)
     assert saved["step"] == 3 and not saved["finished"]  # the interruption itself saved the state
-    fresh = P.prune_model(rife, plan)  # a new process: nothing in memory but the state file
+    fresh = prune_model(rife, plan)  # a new process: nothing in memory but the state file
     resumed = distill(fresh, data, state_path=state, **kw)
     assert resumed.resumed_at == 3 and len(resumed.losses) == 6
     np.testing.assert_allclose(resumed.losses, whole.losses, rtol=1e-5)
     a, b = _params(fresh.net), _params(straight.net)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    again = distill(P.prune_model(rife, plan), data, state_path=state, **kw)  # finished: returns at once
+    again = distill(prune_model(rife, plan), data, state_path=state, **kw)  # finished: returns at once
     assert again.resumed_at == 6 and again.losses == resumed.losses
     # other settings do not resume a foreign state: they start over
-    other = distill(P.prune_model(rife, plan), data, state_path=state, **{**kw, "steps": 2})
+    other = distill(prune_model(rife, plan), data, state_path=state, **{**kw, "steps": 2})
     assert other.resumed_at == 0 and len(other.losses) == 2
 
 
@@ -302,46 +310,46 @@ def test_finetuning_resumes_where_it_stopped(rife, carphone, tmp_path):
 
 
 def test_plan_from_ratios_uses_torch_pruning_rules(rife, pair):
-    plan = P.plan_from_ratios(rife.net, {"block3.convblock.*": 0.5, "block1.conv0.1.0": 0.3},
+    plan = plan_from_ratios(rife.net, {"block3.convblock.*": 0.5, "block1.conv0.1.0": 0.3},
                               protected=["block3.convblock.4.0"])
     ch = plan.channels()
     assert ch["block3.convblock.1.0"] == 32
     assert ch["block1.conv0.1.0"] == 88  # int(128 * 0.7) = 89, rounded down to a multiple of 8
     assert ch["block3.convblock.4.0"] == ch["block3.convblock.3.0"] == 64  # protected, and the group feeding it
     assert ch["block2.convblock.1.0"] == 96 and ch["block3.lastconv"] == 5
-    l1 = P.importance_scores(rife.net, "l1")["block3.convblock.2.0"]
+    l1 = importance_scores(rife.net, "l1")["block3.convblock.2.0"]
     kept, gone = plan.keep["block3.convblock.2.0"], plan.removed("block3.convblock.2.0")
     assert l1[kept].min() >= l1[gone].max()  # torch-pruning kept the most important channels
-    small = P.prune_model(rife, plan)
+    small = prune_model(rife, plan)
     assert small.interpolate(*pair).shape == pair[0].shape
-    assert P.layer_out_channels(small.net)["block1.convblock.7.0"] == 88  # the trunk is one coupled group
+    assert layer_out_channels(small.net)["block1.convblock.7.0"] == 88  # the trunk is one coupled group
 
 
 def test_lite_plan_is_the_uniform_width_cut(rife, pair):
-    plan = P.plan_lite(rife.net)
+    plan = plan_lite(rife.net)
     trunks = [len(plan.keep[f"block{b}.conv0.1.0"]) for b in range(4)]
     assert trunks == [144, 96, 72, 48]
     assert all(len(plan.keep[f"block{b}.convblock.3.0"]) == t for b, t in enumerate(trunks))
     assert len(plan.keep["block0.conv0.0.0"]) == 72  # the first conv is cut too (a narrower network)
-    assert P.prune_model(rife, plan).interpolate(*pair).shape == pair[0].shape
+    assert prune_model(rife, plan).interpolate(*pair).shape == pair[0].shape
 
 
 def test_importance_criteria_differ_and_taylor_needs_gradients(rife, carphone):
-    l1 = P.importance_scores(rife.net, "l1")
-    gn = P.importance_scores(rife.net, "group_norm")
+    l1 = importance_scores(rife.net, "l1")
+    gn = importance_scores(rife.net, "group_norm")
     assert set(gn) == set(l1) and all(len(gn[k]) == len(l1[k]) for k in l1)
     w = rife.net.block2.convblock[4][0].weight.detach()
     # group norm sees the consumer's input weights too: not a monotone function of the filter's own L1
     assert not np.array_equal(np.argsort(gn["block2.convblock.4.0"]), np.argsort(w.abs().sum((1, 2, 3)).numpy()))
     work = copy.deepcopy(rife)
-    with pytest.raises(P.PruningError, match="gradients"):
-        P.importance_scores(work.net, "taylor")
+    with pytest.raises(PruningError, match="gradients"):
+        importance_scores(work.net, "taylor")
     loss = loss_gradients(work, task_data(list(clip_triplets(carphone[:5], count=2))), batches=1, crop=64)
     assert loss > 0
-    tay = P.importance_scores(work.net, "taylor")
+    tay = importance_scores(work.net, "taylor")
     assert all(np.isfinite(v).all() and (v >= 0).all() for v in tay.values())
-    a = P.plan_from_ratios(rife.net, {"block2.convblock.4.0": 0.5}, importance="l1")
-    b = P.plan_from_ratios(rife.net, {"block2.convblock.4.0": 0.5}, importance=tay)
+    a = plan_from_ratios(rife.net, {"block2.convblock.4.0": 0.5}, importance="l1")
+    b = plan_from_ratios(rife.net, {"block2.convblock.4.0": 0.5}, importance=tay)
     assert a.channels() == b.channels() and a.keep["block2.convblock.4.0"] != b.keep["block2.convblock.4.0"]
 
 
@@ -352,26 +360,26 @@ def test_sensitivity_measures_the_drop_of_one_group(rife, carphone):
     tris = list(clip_triplets(carphone[:9], count=1))
     # everything protected but block3.convblock.6.0: one group, two ratios
     prot = ["block0.*", "block1.*", "block2.*", "block3.conv0.*", "block3.convblock.[0-5].0"]
-    sens = S.group_sensitivity(rife, tris, ratios=(0.25, 0.75), protected=prot)
+    sens = group_sensitivity(rife, tris, ratios=(0.25, 0.75), protected=prot)
     assert list(sens["group"]) == ["block3.convblock.6.0"] * 2
     assert list(sens["kept"]) == [48, 16]
     assert sens["dpsnr"].iloc[1] < 0  # three quarters of a trunk conv's channels gone: worse than unpruned
 
 
 def test_latency_profile_covers_every_conv_and_macs_sit_in_block3(rife):
-    prof = S.layer_latency_profile(rife, 96, 128, rounds=1)
-    assert set(prof["layer"]) == set(P.conv_layers(rife.net)) | {"other"}
+    prof = layer_latency_profile(rife, 96, 128, rounds=1)
+    assert set(prof["layer"]) == set(conv_layers(rife.net)) | {"other"}
     assert prof["share"].sum() == pytest.approx(1.0) and (prof["ms"] >= 0).all()
     by_block = prof[prof["block"] >= 0].groupby("block")["mac_share"].sum()
     assert by_block.idxmax() == 3 and by_block.sum() == pytest.approx(1.0)
-    shares = S.group_latency_share(prof)
+    shares = group_latency_share(prof)
     assert len(shares) == 4 * 10 + 1
-    assert S.kept_channels(192, 0.25) == 144 and S.kept_channels(48, 0.25) == 32 and S.kept_channels(16, 0.9) == 8
+    assert kept_channels(192, 0.25) == 144 and kept_channels(48, 0.25) == 32 and kept_channels(16, 0.9) == 8
 
 
 def test_latency_savings_table_follows_the_kept_channel_rule(rife):
     prot = ["block0.*", "block1.*", "block2.*", "block3.conv0.*", "block3.convblock.[0-5].0"]
-    save = S.group_latency_savings(rife, (0.25, 0.75), 64, 64, protected=prot, warmup=0, rounds=2)
+    save = group_latency_savings(rife, (0.25, 0.75), 64, 64, protected=prot, warmup=0, rounds=2)
     assert list(save["group"]) == ["block3.convblock.6.0"] * 2 and list(save["kept"]) == [48, 16]
     assert {"full_ms", "cut_ms", "saving_ms", "saving_p25_ms", "saving_p75_ms"} <= set(save.columns)
     assert (save["saving_p25_ms"] <= save["saving_ms"]).all() and (save["saving_ms"] <= save["saving_p75_ms"]).all()
@@ -393,7 +401,7 @@ def test_allocation_is_the_best_plan_within_the_budget():
     loss = {(r.group, r.ratio): max(0.0, -r.dpsnr) for r in sens.itertuples()}
     gain = {(r.group, r.ratio): r.saving_ms for r in save.itertuples()}
     for budget in (0.0, 0.5, 1.0, 2.5):
-        alloc = S.allocate(sens, save, budget, resolution_db=0.001)
+        alloc = allocate(sens, save, budget, resolution_db=0.001)
         assert alloc.predicted_loss_db <= budget + 1e-9
         assert sum(loss[(g, r)] for g, r in alloc.ratios.items()) == pytest.approx(alloc.predicted_loss_db)
         best = 0.0  # brute force over every combination
@@ -402,30 +410,30 @@ def test_allocation_is_the_best_plan_within_the_budget():
             if sum(loss[c] for c in chosen) <= budget + 1e-9:
                 best = max(best, sum(gain[c] for c in chosen))
         assert alloc.predicted_saving_ms == pytest.approx(best, abs=1e-9)
-    assert "b" not in S.allocate(sens, save, 10.0, protected_groups=["b"]).ratios
-    with pytest.raises(P.PruningError, match="budget"):
-        S.allocate(sens, save, -1.0)
+    assert "b" not in allocate(sens, save, 10.0, protected_groups=["b"]).ratios
+    with pytest.raises(PruningError, match="budget"):
+        allocate(sens, save, -1.0)
 
 
 def test_plan_from_sensitivity_respects_budget_and_protected_layers(rife):
     protected = ["block*.conv0.0.0", "block3.convblock.7.0"]
-    groups = [g.name for g in S.prunable_groups(rife.net, protected)]
+    groups = [g.name for g in prunable_groups(rife.net, protected)]
     assert "block3.conv0.1.0" not in groups and "block3.convblock.6.0" not in groups  # trunk and its feeder
     assert "block2.conv0.1.0" in groups
     sens, save = _synthetic(groups)
-    alloc = S.allocate(sens, save, 3.0)
-    plan = S.plan_from_allocation(rife.net, alloc, protected=protected)
+    alloc = allocate(sens, save, 3.0)
+    plan = plan_from_allocation(rife.net, alloc, protected=protected)
     drops = sens.set_index(["group", "ratio"])["dpsnr"]
     assert sum(max(0.0, -drops[(g, r)]) for g, r in alloc.ratios.items()) <= 3.0
     ch = plan.channels()
     for g, r in alloc.ratios.items():
-        assert ch[g] == S.kept_channels(plan.groups[g].width, r)
+        assert ch[g] == kept_channels(plan.groups[g].width, r)
     for g in plan.groups:
         if g not in alloc.ratios:
             assert ch[g] == plan.groups[g].width, g
-    small = P.prune_model(rife, plan)
+    small = prune_model(rife, plan)
     for name in ("block0.conv0.0.0", "block3.conv0.0.0", "block3.convblock.7.0", "block3.conv0.1.0"):
-        assert torch.equal(P.conv_layers(small.net)[name].weight, P.conv_layers(rife.net)[name].weight), name
+        assert torch.equal(conv_layers(small.net)[name].weight, conv_layers(rife.net)[name].weight), name
 
 
 # ---------------------------------------------------------------- the finetune stage and the study
@@ -436,7 +444,7 @@ def test_finetune_stage_is_cached_and_the_study_notebook_runs(tmp_path):
     assert set(first["status"]) == {"trained"}
     folder = study.finetune_dir("cpu", tmp_path)
     assert {p.name for p in folder.glob("*.pt")} == {"lite.pt", "sensitivity-2.pt"}  # no resume states left
-    meta = P.read_pruned_meta(folder / "lite.pt")
+    meta = read_pruned_meta(folder / "lite.pt")
     assert meta["finished"] and meta["steps"] == 2 and len(meta["losses"]) == 2
     assert set(study.finetune("cpu", TINY, tmp_path)["status"]) == {"up to date"}  # forced rerun: nothing trained
     changed = study.finetune("cpu", {**TINY, "finetune_lr": 1e-4}, tmp_path)
@@ -460,7 +468,7 @@ def test_finetune_stage_is_cached_and_the_study_notebook_runs(tmp_path):
     assert isinstance(metrics["noisy"], bool) and json.loads((tmp_path / "cpu" / "metrics" / "pruning.json")
                                                              .read_text())["noisy"] == metrics["noisy"]
     assert metrics["mask_trap_max_abs_diff_with_bias"] < 1e-3 < metrics["mask_trap_max_abs_diff_weights_only"]
-    best = P.load_pruned(out / "best.pt")
+    best = load_pruned(out / "best.pt")
     assert best.pruning_info.mode == "physical"
     assert (tmp_path / "cpu" / "metrics" / "pruning.json").exists()
     with pytest.raises(Exception, match="finetune"):  # checkpoints of other settings are refused, not used
@@ -471,7 +479,7 @@ def test_a_speedup_beyond_the_mac_bound_fails_the_timing_check():
     from rifelab.measure.harness import InterleavedTiming
     from rifelab.measure.profiling import Timing
 
-    check = study._mac_bound_check({"unpruned": 10.0, "cut": 5.0})  # half the MACs: at most 2x (x1.25 tolerance)
+    check = mac_bound_check({"unpruned": 10.0, "cut": 5.0})  # half the MACs: at most 2x (x1.25 tolerance)
     t = InterleavedTiming(timings={"unpruned": Timing.from_samples([1.0] * 3), "cut": Timing.from_samples([0.2] * 3)})
     (problem,) = check(t)
     assert problem.startswith("cut: 5.00x the unpruned model, beyond its MAC bound of 2.50x")
@@ -484,14 +492,14 @@ def test_a_speedup_beyond_the_mac_bound_fails_the_timing_check():
 
 def test_prune_subcommand_saves_a_loadable_model(tmp_path, pair):
     parser = argparse.ArgumentParser()
-    P.add_prune_parser(parser.add_subparsers())
+    add_prune_parser(parser.add_subparsers())
     out = tmp_path / "lite.pt"
     args = parser.parse_args(["prune", "--method", "lite", "--sparsity", "0.25", "--output", str(out)])
     assert args.func(args) == 0
-    model = P.load_pruned(out)
+    model = load_pruned(out)
     assert model.pruning_info.plan.method == "lite" and model.pruning_info.mode == "physical"
     assert model.interpolate(*pair).shape == pair[0].shape
-    with pytest.raises(P.PruningError, match=r"\[0, 1\)"):
+    with pytest.raises(PruningError, match=r"\[0, 1\)"):
         args = parser.parse_args(["prune", "--sparsity", "1", "--output", str(tmp_path / "x.pt")])
         args.func(args)
     assert not (tmp_path / "x.pt").exists()
@@ -507,7 +515,7 @@ def test_finetune_stage_command_explains_its_options(capsys):
 def test_taylor_plans_in_the_finetune_stage(tmp_path):
     opts = {**TINY, "importance": "taylor", "finetune": ["sensitivity@2"]}
     assert set(study.finetune("cpu", opts, tmp_path)["status"]) == {"trained"}
-    model = P.load_pruned(study.finetune_dir("cpu", tmp_path) / "sensitivity-2.pt")
+    model = load_pruned(study.finetune_dir("cpu", tmp_path) / "sensitivity-2.pt")
     assert model.pruning_info.plan.settings["importance"] == "precomputed"  # Taylor scores from the task loss
     assert set(study.finetune("cpu", opts, tmp_path)["status"]) == {"up to date"}
 
@@ -521,3 +529,26 @@ def test_paired_speedup_interval_ignores_load_drift():
     assert ratio == pytest.approx(2.0) and lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
     _, lo_u, hi_u = speedup_ci(base, fast)  # unpaired: the drift widens the interval
     assert hi_u - lo_u > 1.0
+
+
+def test_finetune_stage_tracks_exactly_the_keys_that_feed_it():
+    """dvc.yaml's finetune stage and the study's fingerprints follow one declaration (`feeds` on the schema)."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["finetune"]["do"]
+    (entry,) = stage["params"]
+    (keys,) = entry.values()
+    assert sorted(keys) == sorted(study_params.FINETUNE_STAGE_KEYS)
+    fed = {k for k, p in study.PARAMS.items() if p.feeds}
+    assert set(study_params.PLANNING_KEYS) | set(study_params.TRAINING_KEYS) <= fed | set(study_params.MODEL_KEYS)
+    assert all(p.tracked for p in study.PARAMS.values() if p.feeds)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_committed_finetune_outputs_match_the_derived_fingerprints(profile):
+    """The derived key sets hash as the hand-written ones did: the committed checkpoints and tables stay current."""
+    folder = ROOT / "results" / profile / "finetune"
+    if not (folder / "planning.json").is_file():
+        pytest.skip(f"no committed finetune outputs for {profile}")
+    p = load_study_params("pruning", study.PARAMS, profile)
+    assert json.loads((folder / "planning.json").read_text())["fingerprint"] == study_params.planning_fingerprint(p)
+    for spec in study.parse_finetune(p["finetune"], p):
+        assert read_pruned_meta(folder / spec.file)["fingerprint"] == study_params.spec_fingerprint(p, spec), spec.name

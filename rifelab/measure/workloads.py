@@ -36,8 +36,9 @@ def _frozen(value: Any) -> Any:
 class ModelSpec:
     """A model to build: backend + precision + switches (torch engine switches or backend options).
 
-    `pruned`: `checkpoint` is a pruned model saved by `rifelab.pruning.prune.save_pruned` (timed as the plain
-    RIFE model it rebuilds); `plain`: the plain RIFE model of `checkpoint`, no engine (as pruned models are timed). INT8 calibration is described, not carried: `calibration` = (pairs, width, height,
+    `pruned`: `checkpoint` is a pruned model saved by `rifelab.pruning.apply.save_pruned` (timed as the plain
+    RIFE model it rebuilds); `plain`: the plain RIFE model of `checkpoint`, no engine (as pruned models are timed).
+    INT8 calibration is described, not carried: `calibration` = (pairs, width, height,
     {clip: [start, stop)}); the worker reads those frames itself.
     """
 
@@ -86,7 +87,7 @@ def load_model(spec: ModelSpec) -> Any:
         torch.set_num_threads(int(spec.threads))
     dev = resolve_device(spec.device)
     if spec.pruned:
-        from rifelab.pruning.prune import load_pruned  # only pruning studies time pruned models
+        from rifelab.pruning.apply import load_pruned  # only pruning studies time pruned models
 
         if spec.checkpoint is None:
             raise ValueError("a pruned ModelSpec needs the checkpoint saved by save_pruned")

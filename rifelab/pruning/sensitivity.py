@@ -43,19 +43,10 @@ from tqdm.auto import tqdm
 from rifelab.measure.evaluation import evaluate_triplets
 from rifelab.measure.harness import time_interleaved
 from rifelab.measure.profiling import count_flops, synchronize
-from rifelab.pruning import prune as P
-from rifelab.pruning.prune import (
-    DEFAULT_PROTECTED,
-    ChannelGroup,
-    ChannelPlan,
-    PruningError,
-    _match_patterns,
-    _out_dim,
-    channel_groups,
-    conv_layers,
-    plan_from_ratios,
-    prune_model,
-)
+from rifelab.pruning.apply import prune_model
+from rifelab.pruning.groups import ChannelGroup, PruningError, channel_groups, conv_layers, out_dim
+from rifelab.pruning.importance import importance_scores
+from rifelab.pruning.plans import DEFAULT_PROTECTED, ChannelPlan, match_patterns, plan_from_ratios
 from rifelab.rife.model import RIFE
 from rifelab.rife.network import padding_multiple
 
@@ -87,7 +78,7 @@ def kept_channels(width: int, ratio: float, round_to: int = 8) -> int:
 def prunable_groups(net: nn.Module, protected: Sequence[str] = DEFAULT_PROTECTED) -> list[ChannelGroup]:
     """Groups a plan may cut: not a head, not protected (nor feeding a protected layer's inputs)."""
     groups = channel_groups(net)
-    prot = set().union(*_match_patterns(protected, groups, "protected layer", with_inputs=True).values()) if protected else set()
+    prot = set().union(*match_patterns(protected, groups, "protected layer", with_inputs=True).values()) if protected else set()
     return [g for g in groups if g.prunable and g.name not in prot]
 
 
@@ -120,7 +111,7 @@ def group_sensitivity(
     if len(triplets) == 0:
         raise PruningError("sensitivity needs at least one triplet")
     groups = prunable_groups(model.net, protected)
-    scores = P.importance_scores(model.net, importance) if isinstance(importance, str) else importance
+    scores = importance_scores(model.net, importance) if isinstance(importance, str) else importance
     base = evaluate_triplets(model, triplets, "sensitivity", methods=("rife",), scale=scale, progress=False)[0]
     base_psnr = base["psnr"].to_numpy()
     rows = []
@@ -311,7 +302,7 @@ def group_latency_savings(
             xs.append(torch.rand(shapes[name], device=dev, dtype=dt))
         for name in g.consumers:
             m = layers[name]
-            cout = int(m.weight.shape[_out_dim(m)])
+            cout = int(m.weight.shape[out_dim(m)])
             mods.append(_standalone(m, act_of(name), kept, cout, dev, dt))
             xs.append(torch.rand((shapes[name][0], kept, *shapes[name][2:]), device=dev, dtype=dt))
 

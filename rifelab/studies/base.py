@@ -2,8 +2,9 @@
 
 A study run writes into a hidden temporary folder beside its result folder and swaps it into place only when the
 run succeeds, so a failed or interrupted run never leaves a mix of old and new results. Files land under
-`<results root>/<profile>/`: `<study>/<device_key>/` (everything), `metrics/<study>.json` (a short headline for
-`dvc metrics show`) and `plots/<study>/*.csv` (for `dvc plots show`).
+`<results root>/<profile>/`: `<study>/<device_key>/` (everything), `metrics/<study>.json` (the headline, with the
+environment) and `plots/<study>/*.csv` (for `dvc plots show`), and `<results root>/headlines/<profile>/<study>.json`
+(two or three numbers under shared column names: one row of `dvc metrics show`).
 
 Only the pipeline writes the committed `results/`: its stages pass `--results-root results`. Any other run (a
 notebook in JupyterLab or Colab, `rifelab notebook` without `--results-root`) writes into the scratch folder
@@ -35,6 +36,7 @@ from rifelab.params import FOLDER as PACKAGED_PARAMS
 from rifelab.rife.model import RIFE
 from rifelab.rife.checkpoints import load_rife
 from rifelab.measure.profiling import environment_record, resolve_device
+from rifelab.publish.headlines import headline_path, short_headline
 from rifelab.publish.inline import figures_as_png
 from rifelab.publish.results import (COMMITTED_RESULTS, atomic_path, find_project_root, results_base, save_figure,
                                     save_json, save_table)
@@ -60,7 +62,10 @@ class Param:
     """Schema of one study parameter.
 
     `kind` is one of KINDS; a `list` checks each item against `item` (a kind) and the bounds/choices. `tracked=False`
-    marks a cosmetic key (progress bars, live widgets): DVC does not rerun the study when it changes.
+    marks a cosmetic key (progress bars, live widgets): DVC does not rerun the study when it changes. `feeds` names
+    the study's cached products made from this key by another DVC stage of the study (the pruning study's
+    finetune stage: see `rifelab.studies.pruning.params`): that stage tracks the key, and the products' fingerprints
+    are derived from these flags, so the stage's params and the cache follow one declaration.
     """
 
     kind: str
@@ -71,6 +76,7 @@ class Param:
     item: str | None = None
     nullable: bool = False
     tracked: bool = True
+    feeds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or (self.item is not None and self.item not in KINDS):
@@ -339,6 +345,8 @@ class StudyRun:
         shutil.rmtree(old, ignore_errors=True)
         env = {k: self.env[k] for k in ("device_name", "torch_version", "git_commit", "profile")}
         save_json({**headline, "environment": env}, self.base / "metrics" / f"{self.study}.json")
+        save_json(short_headline(self.study, headline), headline_path(self.base.parent, self.profile, self.study),
+                  with_environment=False)
         for name, df in (plots or {}).items():
             with atomic_path(self.base / "plots" / self.study / f"{name}.csv") as tmp:
                 df.to_csv(tmp, index=False)

@@ -15,12 +15,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import textwrap
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -46,6 +44,7 @@ from rifelab.depth.stopping import stopping_rule
 from rifelab.measure.harness import time_interleaved
 from rifelab.measure.profiling import PeakMemory, Timing, speedup_ci
 from rifelab.depth.synthetic import load_snippets_npz, synthetic_video
+from rifelab.studies.coalign.figures import case_name, frames_figure, loss_curves_figure, quality_vs_time_figure
 from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun, load_study_params
 
 log = logging.getLogger(__name__)
@@ -295,81 +294,6 @@ def measure_case(
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def _case_name(T: int, W: int, H: int) -> str:
-    return f"{T} frames {W}x{H}"
-
-
-def loss_curves_figure(cases: Mapping[tuple[int, int, int], CaseResult]) -> plt.Figure:
-    """Loss per Adam step of the full-length runs per case, with the stop of each early-stopping rule."""
-    n = len(cases)
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    first = next(iter(cases.values()))
-    for ax, ((T, W, H), cr) in zip(axes[0], cases.items()):
-        for k, (label, hist) in enumerate(cr.histories.items()):
-            ax.semilogy(np.arange(1, len(hist) + 1), hist, color=palette[k % len(palette)], lw=1.2, label=label)
-        for k, (label, stop) in enumerate(cr.stops.items()):
-            colour = palette[list(cr.histories).index(stop["history"]) % len(palette)]
-            ax.axvline(stop["iterations"], color=colour, ls=":", lw=1)
-            ax.text(stop["iterations"], ax.get_ylim()[1], f" {k + 1}", color=colour, va="top", fontsize=8)
-        ax2 = ax.twinx()
-        ax2.plot(cr.scale_histories[cr.ref_method], color="gray", ls="--", lw=0.8)
-        ax2.set_ylabel("mean scale (reference)", color="gray", fontsize=8)
-        ax.set_title(f"synthetic video, {_case_name(T, W, H)}", fontsize=9)
-        ax.set_xlabel("Adam step")
-    axes[0][0].set_ylabel("loss")
-    axes[0][0].legend(fontsize=7, loc="lower left")
-    stop_names = "; ".join(f"{k + 1}: {label}" for k, label in enumerate(first.stops))
-    fig.suptitle(textwrap.fill(f"stops — {stop_names}", int(17 * 4.6 * n)), fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def quality_vs_time_figure(methods: pd.DataFrame, device_name: str) -> plt.Figure:
-    """AbsRel against the synthetic truth versus co-alignment time, one marker per case, one colour per method."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    timed = methods[methods["time_s"] > 0]
-    cases = list(dict.fromkeys(zip(timed["frames"], timed["width"], timed["height"])))
-    markers = dict(zip(cases, "osD^v<>ph*" * 4))
-    for k, (method, grp) in enumerate(timed.groupby("method", sort=False)):
-        for _, r in grp.iterrows():
-            case = (r["frames"], r["width"], r["height"])
-            ax.scatter(r["time_s"], r["abs_rel_vs_synthetic"], color=palette[k % len(palette)], marker=markers[case],
-                       s=30, label=method if case == cases[0] else None)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"co-alignment time (s), {device_name}")
-    ax.set_ylabel("AbsRel vs synthetic truth")
-    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    ax.set_title("Accuracy against the synthetic truth vs time; markers: "
-                 + ", ".join(f"{m} {_case_name(*c)}" for c, m in markers.items()), fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def frames_figure(truth: np.ndarray, examples: Mapping[str, np.ndarray], idx: np.ndarray,
-                  abs_rel: Mapping[str, float], case: str) -> plt.Figure:
-    """Example frames of the synthetic truth and of merged videos (each min-max normalised to [-1, 1])."""
-    show = {"synthetic truth (1/depth)": truth, **examples}
-    fig, axes = plt.subplots(len(show), len(idx), figsize=(2.2 * len(idx), 1.8 * len(show)), squeeze=False)
-    for r, (name, frames) in enumerate(show.items()):
-        for c, i in enumerate(idx):
-            axes[r][c].imshow(frames[c], cmap="Spectral_r", vmin=-1, vmax=1)
-            axes[r][c].set_xticks([])
-            axes[r][c].set_yticks([])
-            if r == 0:
-                axes[r][c].set_title(f"frame {i}", fontsize=8)
-        err = f"\nAbsRel {abs_rel[name]:.3f}" if name in abs_rel else ""
-        axes[r][0].set_ylabel(textwrap.fill(name, 26) + err, fontsize=7)
-    fig.suptitle(f"Merged inverse depth vs the synthetic truth, {case} (AbsRel vs synthetic truth)", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-# ------------------------------------------------------------------------------------------------ summaries
-
-
 def _pick(methods: pd.DataFrame, method: str) -> pd.DataFrame:
     sub = methods[methods["method"] == method]
     if sub.empty:
@@ -394,7 +318,7 @@ def report004_quantities(methods: pd.DataFrame, ref: str, es: str) -> pd.DataFra
         "AbsRel vs synthetic truth, early stopping": e["abs_rel_vs_synthetic"],
         "δ1 vs synthetic truth, early stopping": e["delta1_vs_synthetic"],
     }
-    cols = [f"ours: {_case_name(T, W, H)} ({SYNTH})" for T, W, H in zip(r["frames"], r["width"], r["height"])]
+    cols = [f"ours: {case_name(T, W, H)} ({SYNTH})" for T, W, H in zip(r["frames"], r["width"], r["height"])]
     table = pd.DataFrame({q: list(v) for q, v in rows.items()}, index=cols).T
     table.index.name = "quantity"
     return table
@@ -442,7 +366,7 @@ def summary_lines(methods: pd.DataFrame, loss_step: pd.DataFrame, verdict: Mappi
                   solver: str, p: Mapping[str, Any], env: Mapping[str, Any]) -> list[str]:
     """Result sentences, every number taken from this run's tables."""
     r, e, s = _pick(methods, ref), _pick(methods, es), _pick(methods, solver)
-    cases = ", ".join(_case_name(T, W, H) for T, W, H in zip(r["frames"], r["width"], r["height"]))
+    cases = ", ".join(case_name(T, W, H) for T, W, H in zip(r["frames"], r["width"], r["height"]))
     claim = claims.claims("coalign").set_index("metric")["value"]
     pct = lambda v: _span(100 * v, ".2f") + "%"  # noqa: E731
     met = lambda ok: "**met**" if ok else "**missed**"  # noqa: E731
@@ -489,6 +413,130 @@ def summary_lines(methods: pd.DataFrame, loss_step: pd.DataFrame, verdict: Mappi
 # ------------------------------------------------------------------------------------------------ run
 
 
+@dataclass
+class Synthetic:
+    """Every synthetic case measured: results by (frames, width, height), the largest case, its truth at `idx`."""
+
+    cases: dict[tuple[int, int, int], CaseResult]
+    largest: tuple[int, int, int]
+    idx: np.ndarray
+    truth: np.ndarray
+
+    @property
+    def methods(self) -> tuple[str, str, str]:
+        """(reference, early-stopping, solver) method names."""
+        first = next(iter(self.cases.values()))
+        return first.ref_method, first.es_methods[0], first.solver_methods[0]
+
+
+def _study_params(profile: str, overrides: Mapping[str, Any] | None,
+                  params_path: str | os.PathLike | None) -> dict[str, Any]:
+    params = load_study_params("coalign", PARAMS, profile, overrides, params_path)
+    check_params(params)
+    if params["threads"] is None and profile == "cpu":
+        # ~1e5-element tensors: intra-op threads mostly add overhead (two threads were ~30x slower than one on a
+        # busy 2-core machine), so the cpu profile runs this study on one thread unless `threads` says otherwise
+        params["threads"] = 1
+    return params
+
+
+def measure_synthetic(run: StudyRun) -> Synthetic:
+    """Every method on every synthetic case (frames x resolutions); examples and truth of the largest case."""
+    p, dev = run.params, run.device
+    cases: dict[tuple[int, int, int], CaseResult] = {}
+    largest = max(((T, *parse_resolution(r)) for T in p["frames"] for r in p["resolutions"]),
+                  key=lambda c: c[0] * c[1] * c[2])
+    idx = np.linspace(0, largest[0] - 1, p["example_frames"]).round().astype(int)
+    truth = None
+    for T in p["frames"]:
+        for res in p["resolutions"]:
+            W, H = parse_resolution(res)
+            video = synthetic_video(T, H, W, p["dilations"], scale_jitter=p["scale_jitter"],
+                                    shift_jitter=p["shift_jitter"], noise_std=p["noise_std"],
+                                    dtype=p["snippet_dtype"], seed=p["seed"])
+            big = (T, W, H) == largest
+            cases[(T, W, H)] = measure_case(video.snippets, p, dev, gt_depth=video.depth,
+                                            example_idx=idx if big else None, progress=run.progress)
+            if big:
+                truth = normalise_video(video.inverse_depth)[idx]
+            log.info("coalign: %s done", case_name(T, W, H))
+    return Synthetic(cases, largest, idx, truth)
+
+
+def publish_synthetic(run: StudyRun, syn: Synthetic) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Methods and loss-step tables, the figures, report 004's quantities beside ours. Returns (methods, loss_step,
+    the largest case's rows)."""
+    ref, es, solver = syn.methods
+    cases, largest = syn.cases, syn.largest
+    methods = run.table(pd.DataFrame([row for cr in cases.values() for row in cr.rows])
+                        .assign(device=str(run.device)), "methods_synthetic")
+    loss_step = run.table(pd.DataFrame([row for cr in cases.values() for row in cr.loss_steps]), "loss_step")
+    run.figure(loss_curves_figure(cases), "loss_curves")
+    run.figure(quality_vs_time_figure(methods, run.env["device_name"]), "quality_vs_time")
+    big = cases[largest]
+    big_rows = methods[(methods["frames"] == largest[0]) & (methods["width"] == largest[1])
+                       & (methods["height"] == largest[2])]
+    run.figure(frames_figure(syn.truth, {k: big.examples[k] for k in [NAIVE, ref, es, solver]}, syn.idx,
+                             dict(zip(big_rows["method"], big_rows["abs_rel_vs_synthetic"])),
+                             f"{SYNTH} video, {case_name(*largest)}"), "frames")
+    quantities = run.table(report004_quantities(methods, ref, es), "report004_quantities_synthetic")
+    ours = {("RollingDepth co-alignment", col, q): float(v) for col in quantities.columns
+            for q, v in quantities[col].items()}
+    run.table(claims.beside_ours(claims.claims("coalign"), ours, "ours"), "published_vs_ours")
+    return methods, loss_step, big_rows
+
+
+def measure_real(run: StudyRun, ref: str, es: str, notes: list[str]) -> list[str]:
+    """The methods on `snippets_npz` (no truth), when given: its table, and the summary line."""
+    p = run.params
+    if not p["snippets_npz"]:
+        return []
+    real_case = measure_case(load_snippets_npz(p["snippets_npz"]), p, run.device, progress=run.progress)
+    real = run.table(pd.DataFrame(real_case.rows).assign(device=str(run.device)), "real_snippets")
+    notes += real_case.notes
+    rr, re_ = _pick(real, ref), _pick(real, es)
+    return [f"Real snippets ({Path(p['snippets_npz']).name}, no truth): early stopping ran "
+            f"{int(re_['iterations'].iloc[0])} steps, {float(re_['speedup_vs_ref'].iloc[0]):.1f}× "
+            f"faster than {int(rr['iterations'].iloc[0])}, MAE {float(re_['mae'].iloc[0]):.3f} vs the reference."]
+
+
+def _headline(big_rows: pd.DataFrame, methods: tuple[str, str, str], verdict: Mapping[str, Any]) -> dict[str, Any]:
+    r, e, s = (_pick(big_rows, m).iloc[0] for m in methods)
+    return {
+        "es_iterations": int(e["iterations"]),
+        "es_speedup": round(float(e["speedup_vs_ref"]), 2),
+        "solver_speedup": round(float(s["speedup_vs_ref"]), 1),
+        "synthetic_abs_rel_ref": round(float(r["abs_rel_vs_synthetic"]), 5),
+        "synthetic_abs_rel_es": round(float(e["abs_rel_vs_synthetic"]), 5),
+        "synthetic_abs_rel_solver": round(float(s["abs_rel_vs_synthetic"]), 5),
+        "target_es_met": verdict["target_early_stopping_met"],
+        "target_solver_met": verdict["target_solver_met"],
+    }
+
+
+def _metrics(syn: Synthetic, big_rows: pd.DataFrame, verdict: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    ref, es, solver = syn.methods
+    return {
+        "ground_truth": f"{SYNTH} (rifelab.synthdepth ray-cast room)",
+        "largest_case": case_name(*syn.largest),
+        "reference": ref, "early_stopping": es, "solver": solver,
+        "targets": verdict,
+        "largest": {m: {k: v for k, v in row.items() if k not in ("frames", "width", "height", "method")}
+                    for m, row in big_rows.set_index("method").to_dict("index").items()},
+        "cases": [case_name(*c) for c in syn.cases],
+        "notes": notes,
+    }
+
+
+def _plot_data(syn: Synthetic, big_rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    ref_hist = syn.cases[syn.largest].histories[syn.methods[0]]
+    return {
+        "abs_rel_per_method": big_rows[["method", "abs_rel_vs_synthetic"]],
+        "time_per_method": big_rows[big_rows["time_s"] > 0][["method", "time_s"]],
+        "loss_curve": pd.DataFrame({"step": np.arange(1, len(ref_hist) + 1), "loss": ref_hist}),
+    }
+
+
 def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
@@ -496,96 +544,13 @@ def run(
     params_path: str | os.PathLike | None = None,
 ) -> StudyResult:
     """Every method on every synthetic case (and on `snippets_npz`, if given): tables, figures, targets, publish."""
-    params = load_study_params("coalign", PARAMS, profile, overrides, params_path)
-    check_params(params)
-    if params["threads"] is None and profile == "cpu":
-        # ~1e5-element tensors: intra-op threads mostly add overhead (two threads were ~30x slower than one on a
-        # busy 2-core machine), so the cpu profile runs this study on one thread unless `threads` says otherwise
-        params["threads"] = 1
-    with StudyRun("coalign", profile, params, results_root) as run:
-        p, dev = run.params, run.device
-        notes: list[str] = []
-        cases: dict[tuple[int, int, int], CaseResult] = {}
-        truths: dict[tuple[int, int, int], np.ndarray] = {}
-        largest = max(((T, *parse_resolution(r)) for T in p["frames"] for r in p["resolutions"]),
-                      key=lambda c: c[0] * c[1] * c[2])
-        idx = np.linspace(0, largest[0] - 1, p["example_frames"]).round().astype(int)
-        for T in p["frames"]:
-            for res in p["resolutions"]:
-                W, H = parse_resolution(res)
-                video = synthetic_video(T, H, W, p["dilations"], scale_jitter=p["scale_jitter"],
-                                        shift_jitter=p["shift_jitter"], noise_std=p["noise_std"],
-                                        dtype=p["snippet_dtype"], seed=p["seed"])
-                big = (T, W, H) == largest
-                cases[(T, W, H)] = measure_case(video.snippets, p, dev, gt_depth=video.depth,
-                                                example_idx=idx if big else None, progress=run.progress)
-                if big:
-                    truths[(T, W, H)] = normalise_video(video.inverse_depth)[idx]
-                log.info("coalign: %s done", _case_name(T, W, H))
-        first = next(iter(cases.values()))
-        ref, es, solver = first.ref_method, first.es_methods[0], first.solver_methods[0]
-        methods = run.table(pd.DataFrame([row for cr in cases.values() for row in cr.rows])
-                            .assign(device=str(dev)), "methods_synthetic")
-        loss_step = run.table(pd.DataFrame([row for cr in cases.values() for row in cr.loss_steps]), "loss_step")
-        notes += [n for cr in cases.values() for n in cr.notes]
-
-        run.figure(loss_curves_figure(cases), "loss_curves")
-        run.figure(quality_vs_time_figure(methods, run.env["device_name"]), "quality_vs_time")
-        big = cases[largest]
-        shown = [NAIVE, ref, es, solver]
-        big_rows = methods[(methods["frames"] == largest[0]) & (methods["width"] == largest[1])
-                           & (methods["height"] == largest[2])]
-        run.figure(frames_figure(truths[largest], {k: big.examples[k] for k in shown}, idx,
-                                 dict(zip(big_rows["method"], big_rows["abs_rel_vs_synthetic"])),
-                                 f"{SYNTH} video, {_case_name(*largest)}"), "frames")
-
-        quantities = run.table(report004_quantities(methods, ref, es), "report004_quantities_synthetic")
-        ours = {("RollingDepth co-alignment", col, q): float(v) for col in quantities.columns
-                for q, v in quantities[col].items()}
-        run.table(claims.beside_ours(claims.claims("coalign"), ours, "ours"), "published_vs_ours")
-
-        real = None
-        if p["snippets_npz"]:
-            real_case = measure_case(load_snippets_npz(p["snippets_npz"]), p, dev, progress=run.progress)
-            real = run.table(pd.DataFrame(real_case.rows).assign(device=str(dev)), "real_snippets")
-            notes += real_case.notes
-
-        verdict = targets(methods, ref, es, solver, p)
-        lines = summary_lines(methods, loss_step, verdict, ref, es, solver, p, run.env)
-        if real is not None:
-            rr, re_ = _pick(real, ref), _pick(real, es)
-            lines.append(f"Real snippets ({Path(p['snippets_npz']).name}, no truth): early stopping ran "
-                         f"{int(re_['iterations'].iloc[0])} steps, {float(re_['speedup_vs_ref'].iloc[0]):.1f}× "
-                         f"faster than {int(rr['iterations'].iloc[0])}, MAE {float(re_['mae'].iloc[0]):.3f} vs "
-                         "the reference.")
-        lines += notes
-
-        r, e, s = (_pick(big_rows, m).iloc[0] for m in (ref, es, solver))
-        headline = {
-            "es_iterations": int(e["iterations"]),
-            "es_speedup": round(float(e["speedup_vs_ref"]), 2),
-            "solver_speedup": round(float(s["speedup_vs_ref"]), 1),
-            "synthetic_abs_rel_ref": round(float(r["abs_rel_vs_synthetic"]), 5),
-            "synthetic_abs_rel_es": round(float(e["abs_rel_vs_synthetic"]), 5),
-            "synthetic_abs_rel_solver": round(float(s["abs_rel_vs_synthetic"]), 5),
-            "target_es_met": verdict["target_early_stopping_met"],
-            "target_solver_met": verdict["target_solver_met"],
-        }
-        metrics = {
-            "ground_truth": f"{SYNTH} (rifelab.synthdepth ray-cast room)",
-            "largest_case": _case_name(*largest),
-            "reference": ref, "early_stopping": es, "solver": solver,
-            "targets": verdict,
-            "largest": {m: {k: v for k, v in row.items() if k not in ("frames", "width", "height", "method")}
-                        for m, row in big_rows.set_index("method").to_dict("index").items()},
-            "cases": [_case_name(*c) for c in cases],
-            "notes": notes,
-        }
-        timed_big = big_rows[big_rows["time_s"] > 0]
-        ref_hist = big.histories[ref]
-        plot_data = {
-            "abs_rel_per_method": big_rows[["method", "abs_rel_vs_synthetic"]],
-            "time_per_method": timed_big[["method", "time_s"]],
-            "loss_curve": pd.DataFrame({"step": np.arange(1, len(ref_hist) + 1), "loss": ref_hist}),
-        }
-        return run.finish(metrics, headline, plot_data, lines)
+    with StudyRun("coalign", profile, _study_params(profile, overrides, params_path), results_root) as run:
+        syn = measure_synthetic(run)
+        ref, es, solver = syn.methods
+        methods, loss_step, big_rows = publish_synthetic(run, syn)
+        notes = [n for cr in syn.cases.values() for n in cr.notes]
+        real_lines = measure_real(run, ref, es, notes)
+        verdict = targets(methods, ref, es, solver, run.params)
+        lines = summary_lines(methods, loss_step, verdict, ref, es, solver, run.params, run.env) + real_lines + notes
+        return run.finish(_metrics(syn, big_rows, verdict, notes), _headline(big_rows, syn.methods, verdict),
+                          _plot_data(syn, big_rows), lines)
