@@ -62,6 +62,65 @@ RECURSIVE_HELP = (
 )
 
 
+def _add_scene_options(p: argparse.ArgumentParser) -> None:
+    """Options deciding static pairs and scene cuts (duplicated instead of interpolated)."""
+    g = p.add_argument_group("static frames and scene cuts (duplicated instead of interpolated)")
+    g.add_argument("--static-ssim", type=_threshold, default=0.996, metavar="X",
+                   help="a pair with SSIM >= X is static: its inserted frames repeat the nearest original "
+                   "(default 0.996; 'off' to always interpolate)")
+    g.add_argument("--cut-ssim", type=_threshold, default=0.2, metavar="X",
+                   help="a pair with SSIM < X is a scene cut: inserted frames repeat the nearest original instead of "
+                   "morphing across the cut (default 0.2; 'off' disables)")
+    g.add_argument("--cut-hist", type=_threshold, default=0.4, metavar="X",
+                   help="a pair whose colour histograms differ by more than X (total variation distance 0..1) is a "
+                   "scene cut too (default 0.4; 'off' disables)")
+
+
+def _add_retime_options(p: argparse.ArgumentParser) -> None:
+    """Options setting the output frame rate instead of --multi."""
+    g = p.add_argument_group("frame-rate retiming (instead of --multi)")
+    g.add_argument("--target-fps", type=float, default=None, metavar="F",
+                   help="make output frames at times k/F (e.g. 60 for a 24 fps input): each is interpolated from the "
+                   "two input frames around it at its own t, or copied when it falls on an input frame; "
+                   "floor((T-1) x F / input fps) + 1 frames, none duplicated or dropped. Replaces --multi")
+    g.add_argument("--allow-frame-drop", action="store_true",
+                   help="accept an output rate below the input's (--target-fps 12 on a 25 fps input skips input "
+                   "frames); refused without it. The retiming ratio is bounded like --multi: at most "
+                   "256 output frames per input pair")
+    g.add_argument("--fps-ratio", default=None, metavar="R",
+                   help="output rate = input rate x R, as a fraction or decimal (5/2 turns 24 fps into 60, 6/5 "
+                   "turns 25 into 30); same frames as --target-fps")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """Options of the output: format, frame rate, quality, resume/overwrite, damaged or deep input."""
+    g = p.add_argument_group("output")
+    g.add_argument("--ext", default="png", choices=list(OUTPUT_IMAGE_EXTENSIONS),
+                   help="image format of a folder output (default png, lossless; jpg re-encodes originals lossily)")
+    g.add_argument("--fps", type=float, default=None,
+                   help="frame rate of a video output (default: input rate x (N-1), same duration; give the input "
+                   "rate for slow motion)")
+    g.add_argument("--input-fps", type=float, default=None,
+                   help=f"frame rate of a folder input (default {DEFAULT_INPUT_FPS:g}) or override of a video's")
+    g.add_argument("--crf", type=int, default=18, help="video quality, 0 best .. 51 worst (default 18)")
+    g.add_argument("--lossless", action="store_true", help="lossless RGB video (libx264rgb, crf 0): exact frames")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into the same output folder: keep its complete frames, remove "
+                   "stale temporary files, compute the rest (the options must match the first run)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the frames an earlier run recorded in OUTPUT's manifest, or a video rifelab wrote (its "
+                   "record .NAME.rifelab.json beside it still matches); a non-empty output is refused otherwise, and "
+                   "so is any file rifelab did not write")
+    g.add_argument("--allow-damaged-input", action="store_true",
+                   help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
+                   "decode errors and frames missing from the container's count stop the run)")
+    g.add_argument("--allow-8bit", action="store_true",
+                   help="accept writing a 10-, 12- or 16-bit input (10-bit video, 16-bit PNG/TIFF) at 8 bits where the "
+                   "output cannot hold its depth (jpg/bmp/webp frames, .webm/.avi video, RGBA); without it such a run "
+                   "is refused. PNG/TIFF frames and .mp4/.mkv/.mov video keep the depth (16-bit frames; 10-bit HEVC, "
+                   "or 16-bit FFV1 in .mkv)")
+
+
 def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `interpolate` subcommand to `rifelab`'s subparsers; returns its parser."""
     p = subparsers.add_parser(
@@ -90,53 +149,9 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--uhd", action="store_true", help="4K input: sets --scale 0.5 unless --scale is given")
     g.add_argument("--ensemble", action="store_true",
                    help="average the flow with that of the swapped pair (slower, slightly smoother)")
-    g = p.add_argument_group("static frames and scene cuts (duplicated instead of interpolated)")
-    g.add_argument("--static-ssim", type=_threshold, default=0.996, metavar="X",
-                   help="a pair with SSIM >= X is static: its inserted frames repeat the nearest original "
-                   "(default 0.996; 'off' to always interpolate)")
-    g.add_argument("--cut-ssim", type=_threshold, default=0.2, metavar="X",
-                   help="a pair with SSIM < X is a scene cut: inserted frames repeat the nearest original instead of "
-                   "morphing across the cut (default 0.2; 'off' disables)")
-    g.add_argument("--cut-hist", type=_threshold, default=0.4, metavar="X",
-                   help="a pair whose colour histograms differ by more than X (total variation distance 0..1) is a "
-                   "scene cut too (default 0.4; 'off' disables)")
-    g = p.add_argument_group("frame-rate retiming (instead of --multi)")
-    g.add_argument("--target-fps", type=float, default=None, metavar="F",
-                   help="make output frames at times k/F (e.g. 60 for a 24 fps input): each is interpolated from the "
-                   "two input frames around it at its own t, or copied when it falls on an input frame; "
-                   "floor((T-1) x F / input fps) + 1 frames, none duplicated or dropped. Replaces --multi")
-    g.add_argument("--allow-frame-drop", action="store_true",
-                   help="accept an output rate below the input's (--target-fps 12 on a 25 fps input skips input "
-                   "frames); refused without it. The retiming ratio is bounded like --multi: at most "
-                   "256 output frames per input pair")
-    g.add_argument("--fps-ratio", default=None, metavar="R",
-                   help="output rate = input rate x R, as a fraction or decimal (5/2 turns 24 fps into 60, 6/5 "
-                   "turns 25 into 30); same frames as --target-fps")
-    g = p.add_argument_group("output")
-    g.add_argument("--ext", default="png", choices=list(OUTPUT_IMAGE_EXTENSIONS),
-                   help="image format of a folder output (default png, lossless; jpg re-encodes originals lossily)")
-    g.add_argument("--fps", type=float, default=None,
-                   help="frame rate of a video output (default: input rate x (N-1), same duration; give the input "
-                   "rate for slow motion)")
-    g.add_argument("--input-fps", type=float, default=None,
-                   help=f"frame rate of a folder input (default {DEFAULT_INPUT_FPS:g}) or override of a video's")
-    g.add_argument("--crf", type=int, default=18, help="video quality, 0 best .. 51 worst (default 18)")
-    g.add_argument("--lossless", action="store_true", help="lossless RGB video (libx264rgb, crf 0): exact frames")
-    g.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run into the same output folder: keep its complete frames, remove "
-                   "stale temporary files, compute the rest (the options must match the first run)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace the frames an earlier run recorded in OUTPUT's manifest, or a video rifelab wrote (its "
-                   "record .NAME.rifelab.json beside it still matches); a non-empty output is refused otherwise, and "
-                   "so is any file rifelab did not write")
-    g.add_argument("--allow-damaged-input", action="store_true",
-                   help="continue with the frames a damaged input video decodes, reporting the lost ones (by default "
-                   "decode errors and frames missing from the container's count stop the run)")
-    g.add_argument("--allow-8bit", action="store_true",
-                   help="accept writing a 10-, 12- or 16-bit input (10-bit video, 16-bit PNG/TIFF) at 8 bits where the "
-                   "output cannot hold its depth (jpg/bmp/webp frames, .webm/.avi video, RGBA); without it such a run "
-                   "is refused. PNG/TIFF frames and .mp4/.mkv/.mov video keep the depth (16-bit frames; 10-bit HEVC, "
-                   "or 16-bit FFV1 in .mkv)")
+    _add_scene_options(p)
+    _add_retime_options(p)
+    _add_output_options(p)
     g = p.add_argument_group("model and pipeline")
     g.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
     g.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
