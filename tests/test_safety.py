@@ -466,7 +466,7 @@ def test_audio_is_copied_when_the_duration_is_kept(with_audio, tmp_path, caplog)
 def test_batch_rerun_with_its_output_root_under_the_glob(frames, tmp_path, monkeypatch, capsys):
     import rifelab.interpolate.batch as batch
 
-    monkeypatch.setattr(batch, "load_interpolation_model", lambda args: Blend())
+    monkeypatch.setattr(batch, "load_model", lambda spec, model=None: Blend())
     g = tmp_path / "e" / "g"
     (g / "a").mkdir(parents=True)
     for i, f in enumerate(frames):
