@@ -290,3 +290,51 @@ def test_dvc_metrics_show_is_one_short_row_per_profile_and_study(tmp_path):
     assert columns <= set(COLUMNS) and all(1 <= len(r) <= 3 for r in rows.values())
     width = len(str(headline_path("results", "cuda", "optimisation"))) + sum(4 + max(len(c), 7) for c in columns)
     assert width <= 120
+
+
+def test_report_opens_with_a_summary_and_links_to_each_section(tmp_path):
+    import nbformat
+
+    from rifelab.publish.headlines import headline_path, short_headline
+    from rifelab.publish.report import build_report
+
+    books = tmp_path / "results" / "cpu" / "notebooks"
+    books.mkdir(parents=True)
+    paths = []
+    for study, title in (("interactive", "00 · Interactive"), ("coalign", "04 · Co-alignment")):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell("[![Open In Colab](x)](y)", metadata={"tags": ["colab"]}),
+                    nbformat.v4.new_code_cell("install()", metadata={"tags": ["colab"]}),
+                    nbformat.v4.new_markdown_cell(f"# {title}\n\nstory"),
+                    nbformat.v4.new_code_cell("show()", outputs=[nbformat.v4.new_output(
+                        "display_data", data={"text/html": f"<p>{study} table</p>"})])]
+        paths.append(books / f"{'00' if study == 'interactive' else '04'}_{study}.ipynb")
+        nbformat.write(nb, paths[-1])
+    for study, full in (("interactive", {"rife_psnr_db": 31.481, "pipeline_output_fps": 8.351}),
+                        ("coalign", {"solver_speedup": 438.6, "synthetic_abs_rel_solver": 0.00531})):
+        path = headline_path(tmp_path / "results", "cpu", study)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(short_headline(study, full)))
+    html = build_report(paths, tmp_path / "report.html").read_text()
+    assert "In short" in html and "PSNR 31.48 dB" in html and "8.35 output frames/s" in html and "438.6x" in html
+    assert 'href="#nb-00_interactive"' in html and 'id="nb-04_coalign"' in html and "00 · Interactive</a>" in html
+    assert "Open In Colab" not in html and "install()" not in html  # the Colab cells are not for the reader
+
+
+def test_tables_read_with_meaningful_digits_and_an_empty_one_is_a_sentence():
+    import pandas as pd
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from rifelab.publish.inline import EMPTY_TABLE, figures_as_png
+
+    shell = InteractiveShell.instance()
+    old = pd.get_option("display.float_format")
+    try:
+        figures_as_png()
+        data, _ = shell.display_formatter.format(pd.DataFrame({"iterations": [377.0], "psnr": [31.4812]}))
+        assert ">377<" in data["text/html"] and ">31.48<" in data["text/html"] and "377.0000" not in data["text/html"]
+        data, _ = shell.display_formatter.format(pd.DataFrame({"skipped": []}))
+        assert data == {"text/plain": EMPTY_TABLE, "text/html": f"<p><em>{EMPTY_TABLE}</em></p>"}
+    finally:
+        pd.set_option("display.float_format", old)
+        InteractiveShell.clear_instance()

@@ -322,8 +322,10 @@ def test_dvc_plots_folder_is_ignored():
     assert "dvc_plots/" in (ROOT / ".gitignore").read_text().split()
 
 
+# av: a core dependency here, but absent on the GPU machine of the device run, whose modules (frames.images among
+# them) must import without it (tests/test_device_run.py): where they use it, it is imported inside the function
 OPTIONAL_HEAVY = {"papermill", "nbconvert", "onnx", "onnxruntime", "openvino", "nncf", "torch_tensorrt", "tensorrt",
-                  "ray", "pynvml", "ipywidgets", "IPython", "ptflops", "jupytext"}
+                  "ray", "pynvml", "ipywidgets", "IPython", "ptflops", "jupytext", "av"}
 
 
 def test_imports_sit_at_the_top_except_optional_heavy_dependencies():

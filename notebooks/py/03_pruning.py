@@ -100,7 +100,7 @@ res.tables["published_claims"][["source", "model", "metric", "value", "unit", "s
 # ## Closing note
 #
 # The Pareto table (physical models: speedup with its 95 % interval, PSNR change, Middlebury IE) and the verdict, both
-# generated from this run. The best model is saved as `best.pt` beside the tables; `rifelab.pruning.prune.load_pruned(path)`
+# generated from this run. The best model is saved as `best.pt` beside the tables; `rifelab.pruning.apply.load_pruned(path)`
 # returns a model with the usual `interpolate(img0, img1, timestep, scale)`.
 
 # %%

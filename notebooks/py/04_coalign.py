@@ -108,9 +108,9 @@ if "real_snippets" in res.tables:  # snippets_npz: real snippets, no truth
     display(res.tables["real_snippets"].round(4))
 
 # %% [markdown]
-# ## What this run measured
+# ## Verdict
 #
-# Generated from the tables above: the targets (met or missed), speed-ups and accuracy against the synthetic truth.
+# The summary below is generated from the tables above: the targets (met or missed), speed-ups and accuracy against the synthetic truth.
 
 # %%
 display(Markdown(res.summary_markdown()))

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-import av
 import imageio.v3 as iio
 import numpy as np
 import torch
@@ -200,6 +199,8 @@ def read_image_deep(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     orientation, _ = _inspect_image(p)
     if p.suffix.lower() == ".png":
+        import av  # optional here: the GPU machine of the device run has no PyAV (tests/test_device_run.py)
+
         try:
             with av.open(str(p)) as c:
                 frame = next(c.decode(video=0))
@@ -247,6 +248,8 @@ def encode_image(frame: np.ndarray, ext: str = "png") -> bytes:
 
 def _encode_png16(frame: np.ndarray) -> bytes:
     """A uint16 (H, W, 3) frame as 16-bit RGB PNG bytes (FFmpeg's PNG encoder through PyAV)."""
+    import av  # optional here: the GPU machine of the device run has no PyAV (tests/test_device_run.py)
+
     h, w = frame.shape[:2]
     ctx = av.codec.CodecContext.create("png", "w")
     ctx.width, ctx.height, ctx.pix_fmt = w, h, "rgb48be"

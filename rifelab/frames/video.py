@@ -123,6 +123,28 @@ def _tag_seconds(tag: str | None) -> float | None:
     return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else None
 
 
+def _find_lost(found: VideoDamage, exact: bool, gaps: list[int], last_index: int, span: list[float],
+               stated_seconds: float | None, rate: Any) -> bool:
+    """Fill `found.lost` (and `expected`) and say whether frames were lost.
+
+    With a stated frame count, or decode errors, frames missing by timestamp are lost. Without a count
+    (Matroska, WebM) gaps between timestamps are a variable frame rate, not a loss: only a decoded span
+    shorter than the stated duration (a cut-off tail) is.
+    """
+    if exact or found.errors:
+        short = found.expected is not None and found.decoded < found.expected - (0 if exact else 1)
+        if short:  # name the lost frames: gaps in the timestamps, then the missing tail
+            found.lost = gaps + list(range(last_index + 1, found.expected))
+        return short
+    tail = 0
+    if rate and span and stated_seconds is not None:
+        tail = int(round((stated_seconds - (span[1] - span[0])) * float(rate)))
+    found.expected = last_index + 1 + tail if tail >= 2 else None
+    if tail >= 2:
+        found.lost = list(range(last_index + 1, last_index + 1 + tail))
+    return tail >= 2
+
+
 def read_video(
     name_or_path: str | os.PathLike, allow_damaged: bool = False, damage: list[VideoDamage] | None = None,
     deep: bool = False,
@@ -195,19 +217,7 @@ def read_video(
         av.logging.set_level(level)
         av.logging.set_skip_repeated(skip)
     del found.errors[MAX_REPORTED_ERRORS:]
-    if exact or found.errors:  # a stated count, or decode errors: frames missing by timestamp are lost
-        short = found.expected is not None and found.decoded < found.expected - (0 if exact else 1)
-        if short:  # name the lost frames: gaps in the timestamps, then the missing tail
-            found.lost = gaps + list(range(last_index + 1, found.expected))
-    else:  # no count (Matroska, WebM): gaps between timestamps are a variable frame rate, not a loss;
-        # only a decoded span shorter than the stated duration (a cut-off tail) is
-        tail = 0
-        if rate and span and stated_seconds is not None:
-            tail = int(round((stated_seconds - (span[1] - span[0])) * float(rate)))
-        short = tail >= 2
-        found.expected = last_index + 1 + tail if short else None
-        if short:
-            found.lost = list(range(last_index + 1, last_index + 1 + tail))
+    short = _find_lost(found, exact, gaps, last_index, span, stated_seconds, rate)
     if short or found.errors:
         if not allow_damaged:
             raise DataError(

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from rifelab.measure.benchmark import parse_resolution
 
-__all__ = ["COLUMNS", "HEADLINES", "short_headline", "headline_path"]
+__all__ = ["COLUMNS", "HEADLINES", "short_headline", "headline_path", "headline_sentence"]
 
 HEADLINES = "headlines"  # results/headlines/<profile>/<study>.json
 # column: what it holds (in every study that has it)
@@ -66,3 +66,15 @@ def short_headline(study: str, headline: Mapping[str, Any]) -> dict[str, float]:
 def headline_path(results_root: str | os.PathLike, profile: str, study: str) -> Path:
     """`<results_root>/headlines/<profile>/<study>.json`."""
     return Path(results_root) / HEADLINES / profile / f"{study}.json"
+
+
+_PHRASES = {
+    "psnr_db": "PSNR {} dB", "fps": "{} output frames/s", "ms": "{} ms per frame at the largest resolution",
+    "speedup": "best speedup {}x", "loss_db": "for {} dB less PSNR", "abs_rel": "AbsRel {} against the synthetic truth",
+}
+
+
+def headline_sentence(study: str, row: Mapping[str, float]) -> str:
+    """One clause of the report's summary, e.g. `baseline: PSNR 33.95 dB, 883.7 ms per frame at the largest ...`."""
+    parts = [_PHRASES[k].format(f"{v:g}") for k, v in row.items() if k in _PHRASES]
+    return f"**{study}**: {', '.join(parts)}" if parts else ""

@@ -6,16 +6,19 @@ bars) are left out, and the header names each notebook by its project-relative n
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
 import nbformat
 from nbconvert import HTMLExporter
 
+from rifelab.publish.headlines import headline_path, headline_sentence
 from rifelab.publish.results import atomic_write_text
 
-__all__ = ["build_report", "reader_cells"]
+__all__ = ["build_report", "reader_cells", "summary_paragraph"]
 
 _DROPPED_TAGS = {"parameters", "injected-parameters", "colab"}  # colab: the badge and install cells
 
@@ -35,6 +38,32 @@ def reader_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return cells
 
 
+def _title(nb: nbformat.NotebookNode, fallback: str) -> str:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and "colab" not in cell.get("metadata", {}).get("tags", []):
+            match = re.search(r"^#\s+(.+)$", cell.source, re.M)
+            if match:
+                return match.group(1).strip()
+    return fallback
+
+
+def summary_paragraph(notebooks: Sequence[Path]) -> str:
+    """One paragraph from the short headlines of the studies whose executed notebooks these are (results/<profile>/
+    notebooks/NN_<study>.ipynb -> results/headlines/<profile>/<study>.json); empty without any."""
+    clauses = []
+    for p in notebooks:
+        profile, study = p.parent.parent.name, p.stem.split("_", 1)[-1]
+        path = headline_path(p.parent.parent.parent, profile, study)
+        if path.is_file():
+            clauses.append(headline_sentence(study, json.loads(path.read_text(encoding="utf-8"))))
+    clauses = [c for c in clauses if c]
+    if not clauses:
+        return ""
+    profile = notebooks[0].parent.parent.name
+    return (f"**In short** ({profile} profile, the headline of each study; details and the device in each section): "
+            + "; ".join(clauses) + ".")
+
+
 def build_report(notebooks: Sequence[str | os.PathLike], output: str | os.PathLike, title: str = "rifelab studies") -> Path:
     """Concatenate executed notebooks (in the given order) into one self-contained HTML file."""
     paths = [Path(p) for p in notebooks]
@@ -43,12 +72,13 @@ def build_report(notebooks: Sequence[str | os.PathLike], output: str | os.PathLi
         raise FileNotFoundError(f"executed notebooks not found: {', '.join(missing)}; run `dvc repro` first")
     merged = nbformat.v4.new_notebook()
     merged.metadata["title"] = title
-    contents = "\n".join(f"- {p.stem}" for p in paths)
+    books = [nbformat.read(p, as_version=4) for p in paths]
+    contents = "\n".join(f"- [{_title(nb, p.stem)}](#nb-{p.stem})" for p, nb in zip(paths, books))
+    summary = summary_paragraph(paths)
     merged.cells.append(nbformat.v4.new_markdown_cell(
-        f"# {title}\n\nExecuted notebooks, in order (their code is in `notebooks/`):\n\n{contents}"))
-    for p in paths:
-        nb = nbformat.read(p, as_version=4)
-        merged.cells.append(nbformat.v4.new_markdown_cell(f"---\n\n*Notebook `{p.name}`*"))
+        f"# {title}\n\n{summary}\n\nExecuted notebooks, in order (their code is in `notebooks/`):\n\n{contents}"))
+    for p, nb in zip(paths, books):
+        merged.cells.append(nbformat.v4.new_markdown_cell(f'<a id="nb-{p.stem}"></a>\n\n---\n\n*Notebook `{p.name}`*'))
         merged.cells.extend(reader_cells(nb))
         if "kernelspec" in nb.metadata and "kernelspec" not in merged.metadata:
             merged.metadata["kernelspec"] = nb.metadata["kernelspec"]

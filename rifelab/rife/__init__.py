@@ -1,4 +1,4 @@
-"""RIFE v4 flow network (IFNet, variants 4.0 and 4.6), checkpoint loading and `interpolate`.
+"""RIFE v4 flow network (IFNet, every layout of 4.0-4.26: `layouts.py`), checkpoint loading and `interpolate`.
 
 Written from `spec/ifnet-v4.md`. The fast path (no refinement network) is what RIFE 4.x ships:
 

@@ -18,6 +18,8 @@ Vocabulary of a description:
   `encoder_width` hidden channels, `encoder_channels` feature channels per frame (warped with the images).
 - `mask_residual`: each block adds to the blend mask (up to 4.6) instead of replacing it (from 4.7 on).
 - `ensemble`: whether the layout's reference code supports the ensemble mode (not from 4.21 on).
+- `large_motion_retry`: 4.0/4.1 only: when block 1 asks for more than 32 px in both directions, the reference
+  restarts from block 0 with every scale doubled (skipped in traced, compiled and CUDA-graph runs).
 - `pad_multiple`: the padding multiple of the reference code at scale 1 (32; 64 with a 16x first block;
   128 for 4.25.lite, whose first block works at 32x).
 """
@@ -46,6 +48,7 @@ class Layout:
     mask_residual: bool = False
     ensemble: bool = True
     pad_multiple: int = 32
+    large_motion_retry: bool = False
 
     @property
     def key(self) -> str:
@@ -97,7 +100,7 @@ _LITE = (128, 96, 64, 48)
 
 LAYOUTS: tuple[Layout, ...] = (
     Layout(("4.0", "4.1"), _W, activation="prelu", trunk="conv", trunk_residual=True, out_channels=5,
-           pixel_shuffle=False, mask_residual=True),
+           pixel_shuffle=False, mask_residual=True, large_motion_retry=True),
     Layout(("4.2", "4.3", "4.4"), _W, trunk="conv", out_channels=5, pixel_shuffle=False, mask_residual=True),
     Layout(("4.5",), _W, out_channels=5, mask_residual=True),
     Layout(("4.6",), _W, mask_residual=True),

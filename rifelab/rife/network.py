@@ -171,6 +171,19 @@ def make_encoder(layout: Layout) -> nn.Module | None:
     return None
 
 
+def _large_motion(f: torch.Tensor) -> bool:
+    """RIFE 4.0/4.1's retry test: block 1 asks for more than 32 px in both directions (over the whole batch).
+
+    A data-dependent branch: it is skipped while traced, compiled or captured in a CUDA graph (exported graphs,
+    `compile`, `cuda_graphs`), which then follow the plain path.
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if f.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    return bool(f[:, :2].abs().max() > 32) and bool(f[:, 2:4].abs().max() > 32)
+
+
 def _swap_flow(flow: torch.Tensor) -> torch.Tensor:
     return torch.cat((flow[:, 2:4], flow[:, :2]), 1)
 
@@ -256,7 +269,9 @@ class IFNet(nn.Module):
         flow: torch.Tensor | None = None
         mask: torch.Tensor | None = None
         carried: torch.Tensor | None = None
-        for i, s in enumerate(scale_list):
+        scales = list(scale_list)
+        for i in range(len(scales)):
+            s = scales[i]
             if flow is None or mask is None:
                 feats = (f0, f1) if f0 is not None else ()
                 flow, mask, carried = self._run_block(i, (img0, img1, *feats, t), None, s, cat_fn)
@@ -269,6 +284,12 @@ class IFNet(nn.Module):
             wf = (warp_fn(f0, flow[:, :2]), warp_fn(f1, flow[:, 2:4])) if f0 is not None and f1 is not None else ()
             extra = (carried,) if carried is not None else ()
             f, m, carried = self._run_block(i, (w0, w1, *wf, t, mask, *extra), flow, s, cat_fn)
+            if i == 1 and lay.large_motion_retry and not self.training and _large_motion(f):
+                scales = [x * 2 for x in scales]  # the official 4.0/4.1 code: restart coarser (no ensemble there)
+                s = scales[i]
+                flow, mask, _ = self._run_block(0, (img0, img1, t), None, scales[0], cat_fn)
+                w0, w1 = warp_fn(img0, flow[:, :2]), warp_fn(img1, flow[:, 2:4])
+                f, m, carried = self._run_block(i, (w0, w1, t, mask), flow, s, cat_fn)
             if ensemble:
                 f2, m2, _ = self._run_block(i, (w1, w0, *wf[::-1], 1 - t, -mask), _swap_flow(flow), s, cat_fn)
                 f, m = (f + _swap_flow(f2)) / 2, (m - m2) / 2
