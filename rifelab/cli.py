@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -21,20 +22,33 @@ from rifelab.devicerun.payload import TakeOutError, payload, restore, take_out
 from rifelab.devicerun.prepare import prepare_inputs
 from rifelab.devicerun.render import PROFILE, land, render
 from rifelab.frames.assets import ASSETS, CLIPS, AssetError, fetch
-from rifelab.engines.backends import add_backend_options, model_from_args
-from rifelab.interpolate.batch import add_batch_parser
+from rifelab.engines.cli import (
+    add_backend_options,
+    add_device_option,
+    add_export_parser,
+    add_model_options,
+    add_scale_option,
+)
+from rifelab.engines.spec import ModelSpec, load_checkpoint, load_model
 from rifelab.frames.images import read_image
 from rifelab.measure.benchmark import bench_row, model_macs
 from rifelab.measure.compare import compare
 from rifelab.measure.harness import NoiseLimits
-from rifelab.engines.export import add_export_parser, padded_size
-from rifelab.interpolate.cli import add_interpolate_parser
-from rifelab.rife.checkpoints import load_rife
+from rifelab.interpolate.cli import add_batch_parser, add_interpolate_parser
 from rifelab.publish.notebooks import parse_set, run_notebook
 from rifelab.measure.profiling import count_parameters, environment_record, resolve_device
 from rifelab.pruning.cli import add_prune_parser
 from rifelab.publish.report import build_report
-from rifelab.publish.results import COMMITTED_RESULTS, find_project_root, results_base, save_json, to_markdown
+from rifelab.publish.results import (
+    COMMITTED_RESULTS,
+    PROFILES,
+    PROFILE_FILES,
+    find_project_root,
+    results_base,
+    save_json,
+    to_markdown,
+)
+from rifelab.rife.contract import padded_size
 
 log = logging.getLogger("rifelab")
 
@@ -54,12 +68,12 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 def _model_record(checkpoint: str) -> dict[str, Any]:
     """Detected layout, parameters and MACs at 720p of a checkpoint (for `rifelab info --checkpoint`)."""
-    model = load_rife(checkpoint, device="cpu")
+    model = load_checkpoint(ModelSpec(checkpoint=checkpoint, device="cpu"))
     macs, _ = model_macs(model, 1280, 720)
     lay = model.layout
     return {"checkpoint": str(checkpoint), "layout": f"RIFE {lay.name}", "versions": ", ".join(lay.versions),
             "structure": lay.describe(), "parameters": count_parameters(model.net),
-            "gmac_1280x720": round(macs / 1e9, 2), "padded_720p": "x".join(map(str, padded_size(1280, 720, 1.0, model))),
+            "gmac_1280x720": round(macs / 1e9, 2), "padded_720p": "{1}x{0}".format(*padded_size(720, 1280, model.padding_multiple(1.0))),
             "ensemble": lay.ensemble}
 
 
@@ -84,8 +98,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.frames:
         raise ValueError("--frames needs --compare (the single-configuration bench times the bundled clip pair)")
     args.resolution = args.resolution or ["1280x720"]
-    model = model_from_args(args, device)
-    base = load_rife(args.checkpoint, device=device if args.backend == "torch" else "cpu")  # MACs / parameters
+    spec = ModelSpec.from_args(args)
+    model = load_model(spec)
+    base = load_checkpoint(spec if spec.backend == "torch" else replace(spec, device="cpu"))  # MACs / parameters
     rows = []
     for res in args.resolution:
         row = bench_row(
@@ -261,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit. "
                        "With --checkpoint also the RIFE layout detected from its keys (version range), the "
                        "parameter count and the MACs of one frame at 1280x720.")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    add_device_option(p)
     p.add_argument("--checkpoint", default=None,
                    help="a RIFE 4.0-4.26 checkpoint (.pkl/.pth) to describe: detected layout, parameters, GMAC at 720p")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -273,13 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "bootstrap 95%% interval; peak memory; GMAC and parameters through ptflops.")
     p.add_argument("--resolution", nargs="+", default=None, metavar="WxH",
                    help="one or more frame sizes, width x height (default: 1280x720; with --frames, their own size)")
-    p.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
-    p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
-    p.add_argument("--scale", type=float, default=1.0, help="flow scale: 0.25, 0.5, 1 (default), 2 or 4")
+    add_model_options(p)
+    add_scale_option(p)
     p.add_argument("--warmup", type=int, default=3, help="unrecorded warm-up calls (default: 3)")
     p.add_argument("--repeats", type=int, default=10,
                    help="recorded calls (default: 10); with --compare, interleaved rounds (one call of each per round)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-macs", action="store_true", help="skip the GMAC count (ptflops)")
     p.add_argument("--json", default=None, metavar="PATH", help="also save the rows and environment as JSON here")
     add_backend_options(p)
@@ -302,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("notebook", help="run a study notebook headless with papermill (used by dvc.yaml)",
                        description="Execute NOTEBOOK with papermill from the project root and save the executed "
                        "copy. The notebook's study reads `common` and its own section of the profile's params file "
-                       "(params.yaml for cpu, params-cuda.yaml, params-mps.yaml) and validates them before it runs.")
+                       f"({', '.join(f'{f} for {k}' for k, f in PROFILE_FILES.items())}) and validates them before it runs.")
     p.add_argument("notebook", help="path of the .ipynb to run, e.g. notebooks/01_baseline.ipynb")
-    p.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
+    p.add_argument("--profile", default="cpu", choices=list(PROFILES),
                    help="device profile whose params file and result folder are used (default: cpu)")
     p.add_argument("--output", "-o", default=None,
                    help="where to save the executed notebook (default: <results root>/<profile>/notebooks/<name>)")

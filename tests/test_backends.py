@@ -17,14 +17,20 @@ import pytest
 import torch
 
 from rifelab.engines import backends as bk
+from rifelab.engines.spec import ModelSpec, load_model
 from rifelab.frames.splits import overlapping_frames, range_frames, range_pairs
 from rifelab.rife import network as models_mod
 from rifelab.measure.benchmark import agreement, real_frame_pair
-from rifelab.engines.export import ExportError, FlowGraph, check_onnx_dtypes, export_onnx, padded_size, verify_onnx
+from rifelab.rife.contract import padded_size
+from rifelab.engines.export import ExportError, FlowGraph, check_onnx_dtypes, export_onnx, verify_onnx
 from rifelab.rife.network import base_grid
 from rifelab.rife.checkpoints import load_rife
 
 FP32_MAX_ABS = 1e-4
+
+
+def _load(backend: str, model, precision: str = "fp32", **switches):
+    return load_model(ModelSpec(backend, precision, switches, device="cpu"), model)
 INT8_MIN_PSNR = 30.0
 
 
@@ -68,7 +74,7 @@ def test_export_matches_pytorch_on_real_frames(model, tmp_path):
 
     proto = onnx.load(str(path))
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == [1, 3, *padded_size(160, 96)[::-1]] == [1, 3, 128, 192]  # static, padded
+    assert dims == [1, 3, *padded_size(96, 160, 64)] == [1, 3, 128, 192]  # static, padded
     assert {"GridSample", "Conv"} <= {n.op_type for n in proto.graph.node}
 
 
@@ -118,7 +124,7 @@ def test_cli_export_reports_the_check(tmp_path, capsys):
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_fp32_backends_match_pytorch(model, pair, reference, backend):
     a, b = pair
-    m = bk.load_backend(backend, model, "cpu", "fp32")
+    m = _load(backend, model)
     out = m.interpolate(a, b, torch.tensor([0.5, 0.25]))  # per-sample timesteps, padded 160x96
     assert out.shape == a.shape and out.dtype == a.dtype
     assert (out - reference).abs().max().item() <= FP32_MAX_ABS
@@ -132,7 +138,7 @@ def test_fp32_backends_match_pytorch(model, pair, reference, backend):
 def test_openvino_int8_calibrates_on_held_out_frames(model, pair, reference):
     pytest.importorskip("nncf")
     a, b = pair
-    m = bk.load_backend("openvino", model, "cpu", "int8", options={"calibration_count": 2})
+    m = _load("openvino", model, "int8", calibration_count=2)
     out = m.interpolate(a, b, torch.tensor([0.5, 0.25]))
     q = agreement(out, reference)
     assert q["psnr_vs_fp32_db"] >= INT8_MIN_PSNR and q["max_abs_diff"] > 0  # quantised: close, not identical
@@ -142,8 +148,7 @@ def test_openvino_int8_calibrates_on_held_out_frames(model, pair, reference):
 def test_int8_fp32_blocks_keep_those_convolutions_unquantised(model, pair):
     pytest.importorskip("nncf")
     a, b = pair
-    m = bk.load_backend("openvino", model, "cpu", "int8",
-                        options={"calibration_count": 1, "int8_fp32_blocks": [3]})
+    m = _load("openvino", model, "int8", calibration_count=1, int8_fp32_blocks=[3])
     m.interpolate(a, b)
     (q,) = m._ov_models.values()
     quantised = {op.get_friendly_name() for op in q.get_ops() if op.get_type_name() == "Convolution"
@@ -152,7 +157,7 @@ def test_int8_fp32_blocks_keep_those_convolutions_unquantised(model, pair):
     assert quantised and not [n for n in quantised if "/block3/" in n]
     assert "block(s) [3]" in m.applied["int8"]
     with pytest.raises(ValueError, match="blocks 0-3"):
-        bk.load_backend("openvino", model, "cpu", "int8", options={"int8_fp32_blocks": [4]})
+        _load("openvino", model, "int8", int8_fp32_blocks=[4])
 
 
 def test_calibration_pairs_come_from_the_calibration_ranges():
@@ -193,7 +198,7 @@ def test_tensorrt_without_cuda_is_reported_not_faked(model):
     problem = bk.backend_problem("tensorrt", "fp16", "cpu")
     assert problem and "CUDA" in problem
     with pytest.raises(bk.BackendUnavailable, match="CUDA"):
-        bk.load_backend("tensorrt", model, "cpu", "fp16")
+        _load("tensorrt", model, "fp16")
 
 
 def test_tensorrt_graph_exports_up_to_where_cuda_is_needed(model):
@@ -217,11 +222,11 @@ def test_missing_packages_and_isa_are_reported(model, monkeypatch):
     monkeypatch.setattr(bk, "capabilities", lambda: _caps(modules=("onnx",)))
     assert "not installed" in bk.backend_problem("openvino", "fp32", "cpu")
     with pytest.raises(bk.BackendUnavailable, match="onnxruntime package, which is not installed"):
-        bk.load_backend("onnxruntime", model, "cpu")
+        _load("onnxruntime", model)
     monkeypatch.setattr(bk, "capabilities", lambda: _caps(native_bf16=False, amx=False, avx512=False,
                                                           cpu_capability="AVX2"))
     with pytest.raises(bk.BackendUnavailable, match="native bf16.*AVX2"):
-        bk.load_backend("openvino", model, "cpu", "bf16")
+        _load("openvino", model, "bf16")
     assert bk.missing_requirements(["native_bf16"], "cpu") and not bk.missing_requirements(["native_bf16"], "cuda")
     monkeypatch.setattr(bk, "capabilities", lambda: _caps(compiler=None))
     assert "C++ compiler" in bk.missing_requirements(["compile"], "cpu")[0]
@@ -249,8 +254,7 @@ def test_cli_bench_json_rows_and_unavailable_backend(tmp_path, capsys):
 
 
 def test_interpolate_cli_takes_the_backend():
-    from rifelab.interpolate.cli import add_interpolate_parser
-    from rifelab.interpolate.run import load_interpolation_model
+    from rifelab.interpolate.cli import add_interpolate_parser, load_interpolation_model
 
     parser = argparse.ArgumentParser()
     add_interpolate_parser(parser.add_subparsers())

@@ -17,13 +17,13 @@ from rifelab.engines import torch_engine as engine_mod
 from rifelab.engines.torch_engine import (
     Engine,
     EngineConfig,
-    add_bench_options,
-    engine_from_args,
     parse_config,
     parse_options,
 )
 from rifelab.measure.metrics import psnr
 from rifelab.rife.model import RIFE
+from rifelab.engines.cli import add_backend_options, add_model_options
+from rifelab.engines.spec import ModelSpec, load_model
 from rifelab.rife.checkpoints import load_rife
 from rifelab.measure.benchmark import real_frame_pair
 
@@ -293,10 +293,12 @@ def test_bad_inputs_are_clear(model, frames):
 
 def test_bench_options_build_the_engine():
     p = argparse.ArgumentParser()
-    p.add_argument("--checkpoint", default=None)
-    add_bench_options(p)
-    args = p.parse_args(["--dtype", "bf16", "--channels-last", "--tf32", "--compile-mode", "default"])
-    eng = engine_from_args(args, "cpu")
+    add_model_options(p)
+    add_backend_options(p)
+    args = p.parse_args(["--dtype", "bf16", "--channels-last", "--tf32", "--compile-mode", "default", "--device", "cpu"])
+    spec = ModelSpec.from_args(args)
+    assert spec.backend == "torch" and spec.options == {"channels_last": True, "tf32": True}
+    eng = load_model(spec)
     assert eng.config.dtype == "bf16" and eng.config.channels_last and eng.config.tf32
     assert eng.config.name == "bf16-channels_last-tf32"
     assert "tf32" in eng.skipped and "channels_last" in eng.applied

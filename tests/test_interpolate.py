@@ -392,8 +392,7 @@ def test_optimised_engine_passthrough(model, frames, tmp_path):
     engine = pytest.importorskip("rifelab.engines.torch_engine")
     import argparse
 
-    from rifelab.interpolate.cli import add_interpolate_parser
-    from rifelab.interpolate.run import load_interpolation_model
+    from rifelab.interpolate.cli import add_interpolate_parser, load_interpolation_model
 
     parser = argparse.ArgumentParser()
     add_interpolate_parser(parser.add_subparsers())

@@ -120,12 +120,12 @@ def test_video_output_record_and_batch_record_links_are_refused(frame_folder, tm
 
 
 def test_export_refuses_a_link(tmp_path, monkeypatch):
-    from rifelab.engines import export
+    from rifelab.engines import cli as engines_cli
 
     victim = _victim(tmp_path)
     link = tmp_path / "m.onnx"
     link.symlink_to(victim)
-    monkeypatch.setattr(export, "load_rife", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    monkeypatch.setattr(engines_cli, "load_checkpoint", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
     assert main(["export", "--resolution", "64x64", "-o", str(link), "--no-verify"]) == 2
     assert victim.read_text() == "VICTIM CONTENT\n"
 
@@ -153,11 +153,11 @@ def test_overwrite_never_replaces_a_users_video(frame_folder, tmp_path, capsys):
 
 
 def test_export_never_replaces_a_file_it_did_not_write(tmp_path, monkeypatch, capsys):
-    from rifelab.engines import export
+    from rifelab.engines import cli as engines_cli
 
     mine = tmp_path / "mine.onnx"
     mine.write_bytes(b"my own model")
-    monkeypatch.setattr(export, "load_rife", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    monkeypatch.setattr(engines_cli, "load_checkpoint", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
     assert main(["export", "--resolution", "64x64", "-o", str(mine), "--no-verify"]) == 2
     assert mine.read_bytes() == b"my own model"
     assert "not written by rifelab" in capsys.readouterr().err

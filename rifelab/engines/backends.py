@@ -1,11 +1,11 @@
 """Inference backends behind one `interpolate` API: PyTorch, ONNX Runtime, OpenVINO (FP32, bf16, INT8), TensorRT.
 
-    from rifelab.backends import load_backend
-    m = load_backend("openvino", load_rife(), precision="int8")   # NNCF post-training INT8
-    out = m.interpolate(img0, img1, 0.5)                           # same signature as RIFE.interpolate
-    m.report()                                                     # what was done, and what was skipped
+    from rifelab.engines.backends import OpenVinoModel
+    m = OpenVinoModel(load_rife(), precision="int8")   # NNCF post-training INT8 (or: engines.spec.load_model)
+    out = m.interpolate(img0, img1, 0.5)               # the Interpolator contract (rifelab.rife.contract)
+    m.report()                                         # what was done, and what was skipped
 
-Every backend takes frames of any size: they are padded as `RIFE.prepare` pads them, and one graph is
+Every backend takes frames of any size: they are padded by `prepare_pair` as RIFE pads them, and one graph is
 built (exported, compiled, quantised) per padded input shape, flow scale and ensemble flag, then reused.
 A backend that cannot run here raises `BackendUnavailable` with the reason (`backend_problem` gives the
 reason without building anything); nothing falls back silently to another engine.
@@ -20,7 +20,6 @@ evaluation of rifelab uses (read through `rifelab.frames.splits`; the studies ch
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import importlib.util
@@ -37,18 +36,22 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from rifelab.engines.export import INPUT_NAMES, FlowGraph, export_onnx
-from rifelab.engines.torch_engine import (
-    DTYPES,
-    Engine,
-    add_bench_options,
-    engine_from_args,
-)
+from rifelab.engines.export import FLOW_OUTPUT_NAMES, INPUT_NAMES, OUTPUT_NAME, FlowGraph, export_onnx
+from rifelab.engines.spec import BACKENDS, PRECISIONS
 from rifelab.frames.splits import range_pairs
-from rifelab.measure.profiling import resolve_device
-from rifelab.rife.checkpoints import load_rife
-from rifelab.rife.model import RIFE, check_pair
-from rifelab.rife.network import check_scale
+from rifelab.rife.contract import (
+    Frames,
+    PreparedPair,
+    Timestep,
+    alpha_planes,
+    check_rgba_pair,
+    prepare_pair,
+    rgba_output,
+)
+from rifelab.rife.model import RIFE
+
+#: a built graph: padded (img0, img1, t) and whether flow and mask are wanted -> (frame,) or (frame, flow, mask)
+Runner = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], "tuple[torch.Tensor, ...]"]
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +67,12 @@ __all__ = [
     "missing_requirements",
     "backend_requirements",
     "backend_problem",
-    "add_backend_options",
     "ExportedModel",
     "OnnxRuntimeModel",
     "OpenVinoModel",
     "TensorRTModel",
-    "load_backend",
-    "model_from_args",
 ]
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-#: precisions each backend offers (torch: the engine's dtypes)
-PRECISIONS: dict[str, tuple[str, ...]] = {
-    "torch": DTYPES,
-    "onnxruntime": ("fp32",),
-    "openvino": ("fp32", "bf16", "int8"),
-    "tensorrt": ("fp16", "fp32"),
-}
 #: what a configuration may declare in `requires`, and what each means
 REQUIREMENTS: dict[str, str] = {
     "cuda": "an NVIDIA GPU with a CUDA build of torch",
@@ -261,7 +253,7 @@ class ExportedModel:
     def __init__(self, model: RIFE, device: str | torch.device = "cpu", precision: str = "fp32",
                  name: str | None = None, threads: int | None = None):
         if not isinstance(model, RIFE):
-            raise TypeError(f"model must be a rifelab.models.RIFE (from load_rife), got {type(model).__name__}")
+            raise TypeError(f"model must be a rifelab RIFE (from load_rife or load_pruned), got {type(model).__name__}")
         self.device = torch.device(device)
         problem = backend_problem(self.backend, precision, self.device)
         if problem:
@@ -272,7 +264,7 @@ class ExportedModel:
         self.threads = threads
         self.applied: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
-        self._runners: dict[tuple, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+        self._runners: dict[tuple, Runner] = {}
         self._workdir = tempfile.TemporaryDirectory(prefix="rifelab-backend-")
 
     @property
@@ -292,25 +284,36 @@ class ExportedModel:
     def _threads(self) -> int:
         return int(self.threads or torch.get_num_threads())
 
-    def _build(self, n: int, h: int, w: int, scale: float,
-               ensemble: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    def _build(self, n: int, h: int, w: int, scale: float, ensemble: bool) -> Runner:
         raise NotImplementedError
 
-    def interpolate(self, img0: torch.Tensor, img1: torch.Tensor, timestep: float | torch.Tensor = 0.5,
-                    scale: float = 1.0, ensemble: bool = False) -> torch.Tensor:
-        """Frame at `timestep` between img0 and img1: (N,3,H,W) float in [0, 1], any H, W (as RIFE.interpolate)."""
-        img0, img1 = check_pair(img0, img1)
-        scale = check_scale(scale)
-        in_dtype, in_device = img0.dtype, img0.device
-        a, b = img0.to(self.device), img1.to(self.device)
-        p0, p1, t, _, (h, w) = self.model.prepare(a, b, timestep, scale, ensemble)
-        key = (*p0.shape[:1], *p0.shape[2:], scale, bool(ensemble))
+    def _forward(self, img0: Frames, img1: Frames, timestep: Timestep, scale: float, ensemble: bool,
+                 with_flow: bool) -> tuple[PreparedPair, tuple[torch.Tensor, ...]]:
+        """The prepared pair and the padded graph outputs: (frame,), or (frame, flow, mask) with `with_flow`."""
+        self.model.net.check_ensemble(ensemble)
+        prep = prepare_pair(img0, img1, timestep, scale, multiple=self.model.net.padding_multiple,
+                            scales=self.model.net.scale_list, device=self.device, dtype=torch.float32)
+        n, hp, wp = prep.padded
+        key = (n, hp, wp, prep.scale, bool(ensemble))
         run = self._runners.get(key)
         if run is None:
-            run = self._build(int(p0.shape[0]), int(p0.shape[2]), int(p0.shape[3]), scale, bool(ensemble))
+            run = self._build(n, hp, wp, prep.scale, bool(ensemble))
             self._runners[key] = run
-        out = run(p0.contiguous(), p1.contiguous(), t.contiguous())
-        return out[:, :, :h, :w].to(device=in_device, dtype=in_dtype)
+        return prep, run(prep.img0.contiguous(), prep.img1.contiguous(), prep.t.contiguous(), with_flow)
+
+    def interpolate(self, img0: Frames, img1: Frames, timestep: Timestep = 0.5,
+                    scale: float = 1.0, ensemble: bool = False) -> torch.Tensor:
+        """Frame at `timestep` between img0 and img1: (N,3,H,W) float in [0, 1], any H, W (as RIFE.interpolate)."""
+        prep, (frame, *_) = self._forward(img0, img1, timestep, scale, ensemble, with_flow=False)
+        return prep.output(frame)
+
+    def interpolate_rgba(self, img0: torch.Tensor, img1: torch.Tensor, timestep: Timestep = 0.5,
+                         scale: float = 1.0, ensemble: bool = False) -> torch.Tensor:
+        """(N,4,H,W) RGBA frames: colour exactly as this backend's `interpolate` (the same compiled graph, whose
+        flow and mask outputs warp and blend the alpha plane)."""
+        img0, img1 = check_rgba_pair(img0, img1)
+        prep, (frame, flow, mask) = self._forward(img0[:, :3], img1[:, :3], timestep, scale, ensemble, with_flow=True)
+        return rgba_output(prep, frame, flow, mask, *alpha_planes(img0, img1))
 
     __call__ = interpolate
 
@@ -318,7 +321,8 @@ class ExportedModel:
         tag = "dyn" if dynamic else f"{n}x{h}x{w}"
         path = self.workdir / f"rife_{tag}_s{scale:g}{'_ens' if ensemble else ''}.onnx"
         if not path.exists():
-            export_onnx(self.model, path, w, h, batch=n, scale=scale, ensemble=ensemble, dynamic=dynamic)
+            export_onnx(self.model, path, w, h, batch=n, scale=scale, ensemble=ensemble, dynamic=dynamic,
+                        flow_outputs=True)
         return path
 
 
@@ -327,7 +331,7 @@ class OnnxRuntimeModel(ExportedModel):
 
     backend = "onnxruntime"
 
-    def _build(self, n: int, h: int, w: int, scale: float, ensemble: bool):
+    def _build(self, n: int, h: int, w: int, scale: float, ensemble: bool) -> Runner:
         import onnxruntime as ort
 
         path = self._export(n, h, w, scale, ensemble, dynamic=False)
@@ -343,9 +347,10 @@ class OnnxRuntimeModel(ExportedModel):
             self.applied["io"] = "inputs and outputs copied through host memory (numpy)"
         out_dev = self.device
 
-        def run(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def run(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor, with_flow: bool) -> tuple[torch.Tensor, ...]:
             feeds = {k: v.detach().cpu().numpy() for k, v in zip(INPUT_NAMES, (p0, p1, t))}
-            return torch.from_numpy(sess.run(None, feeds)[0]).to(out_dev)
+            names = list(FLOW_OUTPUT_NAMES) if with_flow else [OUTPUT_NAME]
+            return tuple(torch.from_numpy(o).to(out_dev) for o in sess.run(names, feeds))
 
         return run
 
@@ -406,15 +411,15 @@ class OpenVinoModel(ExportedModel):
             src = ", ".join(f"{c} frames [{s}, {e})" for c, (s, e) in self.calibration_ranges.items())
         items = []
         for i in range(a.shape[0]):
-            p0, p1, t, _, _ = self.model.prepare(a[i : i + 1], b[i : i + 1], 0.5, scale)
-            items.append({"img0": p0.numpy(), "img1": p1.numpy(), "t": t.numpy()})
+            p = self.model.prepare_pair(a[i : i + 1], b[i : i + 1], 0.5, scale)
+            items.append({"img0": p.img0.numpy(), "img1": p.img1.numpy(), "t": p.t.numpy()})
         t0 = time.perf_counter()
         nncf.set_log_level(logging.WARNING)  # its INFO lines and progress bars would land in saved notebooks
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             q = nncf.quantize(m, nncf.Dataset(items), subset_size=len(items), fast_bias_correction=True,
                               ignored_scope=nncf.IgnoredScope(
                                   types=list(INT8_FP32_OPS), validate=False,
-                                  patterns=[rf".*/net/block{b}/.*" for b in self.int8_fp32_blocks]))
+                                  patterns=[rf"(.*/)?block{b}/.*" for b in self.int8_fp32_blocks]))
         self.calibration_s = time.perf_counter() - t0
         self.applied["int8"] = (f"NNCF post-training INT8 of the convolutions only, calibrated on "
                                 f"{len(items)} real pairs ({src}) at {a.shape[-1]}x{a.shape[-2]} in "
@@ -423,7 +428,7 @@ class OpenVinoModel(ExportedModel):
                                    if self.int8_fp32_blocks else ""))
         return q
 
-    def _build(self, n: int, h: int, w: int, scale: float, ensemble: bool):
+    def _build(self, n: int, h: int, w: int, scale: float, ensemble: bool) -> Runner:
         import openvino as ov
 
         base = self._ov_model(h, w, scale, ensemble)
@@ -439,9 +444,10 @@ class OpenVinoModel(ExportedModel):
         self.applied["threads"] = f"{self._threads()} inference threads, latency hint"
         self.applied["shape"] = "one dynamic-shape export, reshaped to a static shape per padded input size"
 
-        def run(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def run(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor, with_flow: bool) -> tuple[torch.Tensor, ...]:
             request.infer({k: v.detach().cpu().numpy() for k, v in zip(INPUT_NAMES, (p0, p1, t))})
-            return torch.from_numpy(request.get_output_tensor(0).data.copy())
+            count = len(FLOW_OUTPUT_NAMES) if with_flow else 1
+            return tuple(torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(count))
 
         return run
 
@@ -456,9 +462,9 @@ class TensorRTModel(ExportedModel):
 
     def graph(self, scale: float, ensemble: bool) -> FlowGraph:
         """The module TensorRT compiles (the same graph the ONNX backends export)."""
-        return FlowGraph(self.model, scale, ensemble).to(self.device)
+        return FlowGraph(self.model, scale, ensemble, flow_outputs=True).to(self.device)
 
-    def _build(self, n: int, h: int, w: int, scale: float, ensemble: bool):
+    def _build(self, n: int, h: int, w: int, scale: float, ensemble: bool) -> Runner:
         import torch_tensorrt
 
         graph = self.graph(scale, ensemble)
@@ -469,75 +475,9 @@ class TensorRTModel(ExportedModel):
         self.applied["engine"] = (f"torch-tensorrt {getattr(torch_tensorrt, '__version__', '')} dynamo frontend, "
                                   f"{'fp16 kernels enabled' if self.precision == 'fp16' else 'fp32'}, static shape {n}x{h}x{w}")
 
-        def run(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def run(p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor, with_flow: bool) -> tuple[torch.Tensor, ...]:
             with torch.inference_mode():
-                return trt(p0, p1, t)
+                frame, flow, mask = trt(p0, p1, t)
+            return (frame, flow, mask) if with_flow else (frame,)
 
         return run
-
-
-_CLASSES: dict[str, type[ExportedModel]] = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel,
-                                            "tensorrt": TensorRTModel}
-
-
-def load_backend(
-    backend: str,
-    model: RIFE | None = None,
-    device: str | torch.device = "cpu",
-    precision: str | None = None,
-    name: str | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> Any:
-    """A model with RIFE's `interpolate` on `backend` ('torch', 'onnxruntime', 'openvino', 'tensorrt').
-
-    torch: a rifelab.engine.Engine (`options` are its switches, `precision` its dtype). Other backends take
-    `options` of their class (e.g. openvino: calibration_count, calibration_ranges). Raises BackendUnavailable
-    with the reason when the backend cannot run here.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    dev = resolve_device(device)
-    model = model if model is not None else load_rife(device=dev if backend == "torch" else "cpu")
-    opts = dict(options or {})
-    if backend == "torch":
-        if precision is not None:
-            opts["dtype"] = precision
-        return Engine(model, {"name": name or "torch-" + str(opts.get("dtype", "fp32")), **opts}, device=dev)
-    precision = precision or PRECISIONS[backend][0]
-    return _CLASSES[backend](model, dev, precision, name=name, **opts)
-
-
-def model_from_args(args: argparse.Namespace, device: str | torch.device | None = None) -> Any:
-    """The model `rifelab bench` / `rifelab interpolate` run: `--backend` with `--dtype` as its precision."""
-    backend = getattr(args, "backend", "torch") or "torch"
-    dtype = getattr(args, "dtype", "fp32")
-    if backend == "torch":
-        if dtype == "int8":
-            raise ValueError("--dtype int8 needs --backend openvino (NNCF post-training INT8)")
-        return engine_from_args(args, device)
-    if dtype not in PRECISIONS[backend]:
-        raise ValueError(f"--backend {backend} runs {', '.join(PRECISIONS[backend])}; got --dtype {dtype}")
-    dev = resolve_device(device or getattr(args, "device", "auto"))
-    model = load_rife(getattr(args, "checkpoint", None), device="cpu")
-    opts: dict[str, Any] = {}
-    if backend == "openvino" and getattr(args, "calibration_pairs", None):
-        opts["calibration_count"] = int(args.calibration_pairs)
-    m = load_backend(backend, model, dev, dtype, options=opts)
-    torch_only = [f"--{k.replace('_', '-')}" for k in ("channels_last", "cudnn_benchmark", "tf32", "compile", "cuda_graphs",
-                                                         "static_buffers", "cached_grids") if getattr(args, k, False)]
-    for flag in torch_only:
-        m.skipped[flag] = f"a PyTorch engine switch; backend {backend} does not use it"
-    return m
-
-
-def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """`--backend`, `--calibration-pairs` and the PyTorch engine's switches (`rifelab bench`, `rifelab interpolate`)."""
-    add_bench_options(parser, extra_dtypes=("int8",))
-    g = parser.add_argument_group("backend (rifelab.backends)")
-    g.add_argument("--backend", default="torch", choices=list(BACKENDS),
-                   help="torch (default: rifelab.engine with the switches above), onnxruntime (CPU, or its CUDA "
-                   "provider on --device cuda), openvino (CPU; --dtype fp32, bf16 on native-bf16 CPUs, int8 via NNCF) "
-                   "or tensorrt (CUDA, pip install 'rifelab[cuda]'); an unavailable one is an error saying why")
-    g.add_argument("--calibration-pairs", type=int, default=8, metavar="K",
-                   help="openvino int8: real frame pairs for calibration, from frames no quality evaluation uses "
-                   "(default 8)")

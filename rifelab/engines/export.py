@@ -13,7 +13,6 @@ needs an optimisation profile, so static is the default).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import logging
@@ -31,9 +30,9 @@ import torch.nn as nn
 from rifelab.measure.benchmark import parse_resolution, real_frame_pair
 from rifelab.measure.metrics import error_stats
 from rifelab.publish.results import atomic_path, refuse_link
-from rifelab.rife.checkpoints import load_rife
 from rifelab.rife.model import RIFE
-from rifelab.rife.network import check_scale, padding_multiple
+from rifelab.rife.contract import padded_size
+from rifelab.rife.network import check_scale
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +42,19 @@ __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAME",
     "FlowGraph",
-    "padded_size",
+    "FLOW_OUTPUT_NAMES",
     "export_onnx",
     "check_onnx_dtypes",
     "verify_onnx",
-    "add_export_parser",
+    "check_export_target",
+    "written_by_rifelab",
 ]
 
 DEFAULT_OPSET = 17  # GridSample needs >= 16
 INPUT_NAMES = ("img0", "img1", "t")
 OUTPUT_NAME = "frame"
+#: outputs of a graph exported with `flow_outputs`: the frame, the flows (N,4,H,W) and the blend logits (N,1,H,W)
+FLOW_OUTPUT_NAMES = (OUTPUT_NAME, "flow", "mask")
 _ONNX_FLOAT32 = 1
 _ONNX_TYPE_NAMES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
                     10: "float16", 11: "float64", 16: "bfloat16"}
@@ -65,27 +67,23 @@ class ExportError(RuntimeError):
 class FlowGraph(nn.Module):
     """IFNet with the flow scale and ensemble fixed: (img0, img1, t) padded -> padded frame.
 
-    This is the graph every exported backend (ONNX Runtime, OpenVINO, TensorRT) runs.
+    This is the graph every exported backend (ONNX Runtime, OpenVINO, TensorRT) runs. With `flow_outputs` it
+    also returns the flow and the mask logits (the backends blend an alpha plane with them).
     """
 
-    def __init__(self, model: RIFE, scale: float = 1.0, ensemble: bool = False):
+    def __init__(self, model: RIFE, scale: float = 1.0, ensemble: bool = False, flow_outputs: bool = False):
         super().__init__()
-        s = check_scale(scale)
         model.net.check_ensemble(ensemble)
         self.net = copy.deepcopy(model.net).float().cpu().eval()
-        self.scale_list = tuple(self.net.scale_list(s))
+        self.scale_list = tuple(self.net.scale_list(check_scale(scale)))
         self.ensemble = bool(ensemble)
+        self.flow_outputs = bool(flow_outputs)
 
-    def forward(self, img0: torch.Tensor, img1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(img0, img1, t, self.scale_list, self.ensemble)
-
-
-def padded_size(width: int, height: int, scale: float = 1.0, model: RIFE | None = None) -> tuple[int, int]:
-    """(W, H) the network runs at for width x height frames: each side rounded up to the padding multiple of
-    `model`'s layout at `scale` (default RIFE 4.0's, 64/scale)."""
-    scale = check_scale(scale)
-    m = model.padding_multiple(scale) if model is not None else padding_multiple(scale)
-    return width + (-width) % m, height + (-height) % m
+    def forward(self, img0: torch.Tensor, img1: torch.Tensor,
+                t: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.flow_outputs:
+            return self.net(img0, img1, t, self.scale_list, self.ensemble)  # node names under /net/ as before
+        return self.net.forward_all(img0, img1, t, self.scale_list, self.ensemble)
 
 
 def _failing_operator(exc: BaseException) -> str | None:
@@ -156,10 +154,12 @@ def export_onnx(
     ensemble: bool = False,
     dynamic: bool = False,
     opset: int = DEFAULT_OPSET,
+    flow_outputs: bool = False,
 ) -> Path:
     """Export the flow network for width x height frames (padded inside) to ONNX at `path`; returns the path.
 
     Static shape (batch, 3, H, W) with H, W the padded size unless `dynamic` (then N, H, W are symbolic).
+    `flow_outputs` adds the outputs `flow` and `mask` (FLOW_OUTPUT_NAMES) after `frame`.
     Raises ExportError naming the operator that does not export or the dtype that is wrong.
     """
     import onnx
@@ -169,19 +169,20 @@ def export_onnx(
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     check_export_target(path)
-    pw, ph = padded_size(width, height, scale, model)
-    graph = FlowGraph(model, scale, ensemble)
+    ph, pw = padded_size(height, width, model.padding_multiple(check_scale(scale)))
+    graph = FlowGraph(model, scale, ensemble, flow_outputs)
+    outputs = list(FLOW_OUTPUT_NAMES if flow_outputs else (OUTPUT_NAME,))
     x = torch.rand(batch, 3, ph, pw)
     example = (x, x.flip(-1).contiguous(), torch.full((batch, 1, ph, pw), 0.5))
     axes = {0: "batch", 2: "height", 3: "width"}
-    dynamic_axes = {n: axes for n in (*INPUT_NAMES, OUTPUT_NAME)} if dynamic else None
+    dynamic_axes = {n: axes for n in (*INPUT_NAMES, *outputs)} if dynamic else None
     path = Path(path)
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings about shapes turned into constants are expected
             with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-                torch.onnx.export(graph, example, buf, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                torch.onnx.export(graph, example, buf, input_names=list(INPUT_NAMES), output_names=outputs,
                                   opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True,
                                   dynamo=False)
     except Exception as exc:  # noqa: BLE001 - exporter errors come in many types; re-raised with the operator
@@ -239,9 +240,9 @@ def verify_onnx(
         a, b = real_frame_pair(width, height, clip=clip, index=start)
         a, b = a.expand(batch, -1, -1, -1), b.expand(batch, -1, -1, -1)
         ref = ref_model.interpolate(a, b, timestep, scale, ensemble)
-        p0, p1, t, _, _ = ref_model.prepare(a, b, timestep, scale, ensemble)
-        out = sess.run([OUTPUT_NAME], {"img0": p0.numpy(), "img1": p1.numpy(), "t": t.numpy()})[0]
-        out = torch.from_numpy(out)[:, :, :height, :width]
+        p = ref_model.prepare_pair(a, b, timestep, scale, ensemble)
+        out = sess.run([OUTPUT_NAME], {"img0": p.img0.numpy(), "img1": p.img1.numpy(), "t": p.t.numpy()})[0]
+        out = p.crop(torch.from_numpy(out))
         e = error_stats(out, ref)
         maxes.append(float(e["max_abs"].max()))
         maes.append(float(e["mae"].mean()))
@@ -250,57 +251,3 @@ def verify_onnx(
     return {"path": str(path), "resolution": f"{width}x{height}", "clip": clip, "pairs": list(pairs),
             "max_abs_diff": max(maxes), "mean_abs_diff": float(np.mean(maes)),
             "psnr_db": float("inf") if rmse == 0 else float(-20 * np.log10(rmse))}
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    w, h = parse_resolution(args.resolution)
-    out = check_export_target(args.output or f"rife_{w}x{h}_s{args.scale:g}{'_dyn' if args.dynamic else ''}.onnx")
-    model = load_rife(args.checkpoint, device="cpu")
-    export_onnx(model, out, w, h, batch=args.batch, scale=args.scale, ensemble=args.ensemble, dynamic=args.dynamic,
-                opset=args.opset)
-    pw, ph = padded_size(w, h, args.scale, model)
-    print(f"exported {out}: inputs img0, img1 (N,3,{ph},{pw}), t (N,1,{ph},{pw}); output frame; opset {args.opset}"
-          f"{'; N, H, W dynamic' if args.dynamic else '; static shape'}")
-    if args.no_verify:
-        return 0
-    sizes = [(w, h)]
-    if args.dynamic:  # a dynamic graph is checked at a second size too
-        sizes.append((max(64, w // 2), max(64, h // 2)))
-    worst = None
-    for vw, vh in sizes:
-        rep = verify_onnx(model, out, vw, vh, clip=args.clip)
-        print(f"verified on real frames ({rep['clip']} pairs {rep['pairs']}, {rep['resolution']}, ONNX Runtime CPU vs "
-              f"PyTorch): max abs diff {rep['max_abs_diff']:.3g}, mean abs diff {rep['mean_abs_diff']:.3g}, "
-              f"PSNR {rep['psnr_db']:.1f} dB")
-        worst = rep if worst is None or rep["max_abs_diff"] > worst["max_abs_diff"] else worst
-    if worst is not None and worst["max_abs_diff"] > args.tolerance:
-        print(f"rifelab export: error: max abs diff {worst['max_abs_diff']:.3g} exceeds --tolerance {args.tolerance:g}")
-        return 1
-    return 0
-
-
-def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `export` subcommand to `rifelab`'s subparsers; returns its parser."""
-    p = subparsers.add_parser(
-        "export", help="export the flow network to ONNX and check it against PyTorch on real frames",
-        description="Export RIFE's flow network for one frame size and flow scale to ONNX (static shape by default; "
-        "--dynamic leaves batch, height and width symbolic). The graph takes padded frames img0, img1 (N,3,H,W) and a "
-        "timestep plane t (N,1,H,W) and returns the padded middle frame. The export is then run with ONNX Runtime on "
-        "real frames of a bundled clip and compared with PyTorch (max abs diff, PSNR).")
-    p.add_argument("--resolution", default="1280x720", metavar="WxH", help="frame size, width x height (default 1280x720)")
-    p.add_argument("--output", "-o", default=None, help="ONNX file to write (default: rife_<W>x<H>_s<scale>.onnx)")
-    p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
-    p.add_argument("--scale", type=float, default=1.0, help="flow scale baked into the graph: 0.25, 0.5, 1, 2 or 4")
-    p.add_argument("--ensemble", action="store_true", help="bake in the flow ensemble (swapped pair averaged)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of a static graph (default 1)")
-    p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width (ONNX Runtime, OpenVINO)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, at least 16)")
-    p.add_argument("--clip", default="bigbuckbunny", help="bundled clip whose frames verify the export")
-    p.add_argument("--tolerance", type=float, default=1e-3,
-                   help="fail when the max abs diff vs PyTorch exceeds this (values in [0, 1]; default 1e-3)")
-    p.add_argument("--no-verify", action="store_true", help="skip the check on real frames")
-    p.set_defaults(func=_cmd_export)
-    return p

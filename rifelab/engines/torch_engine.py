@@ -1,6 +1,6 @@
 """Inference engine around the RIFE model with switchable speed optimisations.
 
-    from rifelab.engine import Engine, EngineConfig
+    from rifelab.engines.torch_engine import Engine, EngineConfig
     eng = Engine(load_rife(), EngineConfig(dtype="bf16", channels_last=True))
     out = eng.interpolate(img0, img1, timestep=0.5)        # same API as RIFE.interpolate
     eng.applied, eng.skipped                               # what was done, what was not and why
@@ -13,12 +13,11 @@ restored afterwards, so engines with different settings can be timed side by sid
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import logging
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -27,12 +26,24 @@ import torch.nn.functional as F
 
 from rifelab.measure.profiling import resolve_device
 from rifelab.rife.checkpoints import load_rife
-from rifelab.rife.model import RIFE, check_pair
+from rifelab.rife.contract import (
+    Frames,
+    PreparedPair,
+    Timestep,
+    alpha_planes,
+    check_pair,
+    check_rgba_pair,
+    output_dtype,
+    padded_size,
+    rgba_output,
+)
+from rifelab.rife.model import RIFE
 from rifelab.rife.network import (
     IFNet,
     base_grid,
     check_scale,
     grid_normaliser,
+    timestep_plane,
     warp,
 )
 
@@ -46,8 +57,6 @@ __all__ = [
     "EngineForward",
     "parse_config",
     "parse_options",
-    "add_bench_options",
-    "engine_from_args",
 ]
 
 DTYPES = ("fp32", "fp16", "bf16", "autocast")
@@ -210,9 +219,9 @@ class EngineForward(nn.Module):
         t: torch.Tensor,
         scale_list: Sequence[float] | None = None,
         ensemble: bool = False,
-    ) -> torch.Tensor:
-        frame, _, _ = self.net.forward_all(img0, img1, t, scale_list, ensemble, warp_fn=self.warp, cat_fn=self._cat)
-        return frame
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(frame, flow, mask logits) for padded inputs: colour and, for RGBA, what the alpha is blended with."""
+        return self.net.forward_all(img0, img1, t, scale_list, ensemble, warp_fn=self.warp, cat_fn=self._cat)
 
 
 # ----------------------------------------------------------------------------- engine
@@ -225,9 +234,9 @@ class _Buffers:
     img0: torch.Tensor
     img1: torch.Tensor
     t: torch.Tensor
-    graph: Any = None
-    out: torch.Tensor | None = None
-    last_t: Any = field(default=None)
+    graph: torch.cuda.CUDAGraph | None = None
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (frame, flow, mask) a graph writes
+    last_t: float | None = field(default=None)
     keep_alive: tuple = ()  # tensors a captured graph reads (the warp grid of its shape)
 
 
@@ -250,7 +259,7 @@ class Engine:
         if model is None:
             model = load_rife(checkpoint, device=resolve_device(device or "auto"))
         elif not isinstance(model, RIFE):
-            raise TypeError(f"model must be a rifelab.models.RIFE (from load_rife), got {type(model).__name__}")
+            raise TypeError(f"model must be a rifelab RIFE (from load_rife or load_pruned), got {type(model).__name__}")
         dev = resolve_device(device) if device is not None else model.device
         self.model: RIFE = copy.deepcopy(model).to(dev).eval()
         self.device = dev
@@ -420,15 +429,29 @@ class Engine:
 
     def interpolate(
         self,
-        img0: torch.Tensor,
-        img1: torch.Tensor,
-        timestep: float | torch.Tensor = 0.5,
+        img0: Frames,
+        img1: Frames,
+        timestep: Timestep = 0.5,
         scale: float = 1.0,
         ensemble: bool = False,
     ) -> torch.Tensor:
         """Frame at `timestep` between img0 and img1: (N,3,H,W) float in [0, 1], any H, W (as RIFE.interpolate)."""
         with self._context():
             return self._interpolate(img0, img1, timestep, scale, ensemble)
+
+    def interpolate_rgba(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        timestep: Timestep = 0.5,
+        scale: float = 1.0,
+        ensemble: bool = False,
+    ) -> torch.Tensor:
+        """(N,4,H,W) RGBA frames: colour exactly as this engine's `interpolate`, alpha with the same flow and mask."""
+        img0, img1 = check_rgba_pair(img0, img1)
+        with self._context():
+            prep, (frame, flow, mask) = self._forward(img0[:, :3], img1[:, :3], timestep, scale, ensemble)
+            return rgba_output(prep, frame, flow, mask, *alpha_planes(img0, img1))
 
     __call__ = interpolate
 
@@ -456,7 +479,8 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
 
-    def _run_net(self, p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor, scale_list: tuple, ensemble: bool) -> torch.Tensor:
+    def _run_net(self, p0: torch.Tensor, p1: torch.Tensor, t: torch.Tensor, scale_list: tuple,
+                 ensemble: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.compiled is not None and not self._compile_failed:
             try:
                 return self.compiled(p0, p1, t, scale_list, ensemble)
@@ -471,42 +495,43 @@ class Engine:
                     raise
         return self.fwd(p0, p1, t, scale_list, ensemble)
 
-    def _interpolate(
-        self, img0: torch.Tensor, img1: torch.Tensor, timestep: float | torch.Tensor, scale: float, ensemble: bool
-    ) -> torch.Tensor:
-        img0, img1 = check_pair(img0, img1)
-        in_dtype = img0.dtype
+    def _interpolate(self, img0: Frames, img1: Frames, timestep: Timestep, scale: float,
+                     ensemble: bool) -> torch.Tensor:
+        prep, (frame, _, _) = self._forward(img0, img1, timestep, scale, ensemble)
+        return prep.output(frame).clone() if self.use_graphs else prep.output(frame)
+
+    def _forward(self, img0: Frames, img1: Frames, timestep: Timestep, scale: float,
+                 ensemble: bool) -> tuple[PreparedPair, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The prepared pair and the padded (frame, flow, mask) of one optimised pass (inside `_context`)."""
+        if self.use_static:
+            prep = self._static_inputs(img0, img1, timestep, scale, ensemble)
+        else:
+            prep = self.model.prepare_pair(img0, img1, timestep, scale, ensemble)
+            if self.config.channels_last:
+                prep = replace(prep, **{k: getattr(prep, k).contiguous(memory_format=torch.channels_last)
+                                        for k in ("img0", "img1", "t")})
+        n, hp, wp = prep.padded
+        self.fwd.set_shape(n, hp, wp, self.device, self.model.dtype)
+        if self.use_graphs:
+            bufs = self._buffers[(n, hp, wp, prep.scale, ensemble)]
+            if bufs.graph is None:
+                self._capture(bufs, prep.scale_list, ensemble)
+            assert bufs.graph is not None and bufs.out is not None
+            bufs.graph.replay()
+            return prep, bufs.out
+        return prep, self._run_net(prep.img0, prep.img1, prep.t, prep.scale_list, ensemble)
+
+    def _static_inputs(self, img0: Frames, img1: Frames, timestep: Timestep, scale: float,
+                       ensemble: bool) -> PreparedPair:
+        """The pair copied into this shape's preallocated padded buffers (validated as `prepare_pair` does)."""
+        out_dtype = output_dtype(img0)
         scale = check_scale(scale)
         self.model.net.check_ensemble(ensemble)
         scale_list = tuple(self.model.net.scale_list(scale))
-        n, _, h, w = img0.shape
+        a, b = check_pair(img0, img1)
+        n, _, h, w = a.shape
         mult = self.model.padding_multiple(scale)
-        hp, wp = h + (-h) % mult, w + (-w) % mult
-        if self.use_static:
-            bufs = self._static_inputs(img0, img1, timestep, (n, hp, wp), scale, ensemble)
-            p0, p1, t = bufs.img0, bufs.img1, bufs.t
-        else:
-            p0, p1, t, _, _ = self.model.prepare(img0, img1, timestep, scale, ensemble)
-            if self.config.channels_last:
-                p0 = p0.contiguous(memory_format=torch.channels_last)
-                p1 = p1.contiguous(memory_format=torch.channels_last)
-                t = t.contiguous(memory_format=torch.channels_last)
-            bufs = None
-        self.fwd.set_shape(n, hp, wp, self.device, self.model.dtype)
-        if bufs is not None and self.use_graphs:
-            if bufs.graph is None:
-                self._capture(bufs, scale_list, ensemble)
-            bufs.graph.replay()
-            assert bufs.out is not None
-            return bufs.out[:, :, :h, :w].to(in_dtype, copy=True)
-        out = self._run_net(p0, p1, t, scale_list, ensemble)
-        return out[:, :, :h, :w].to(in_dtype)
-
-    def _static_inputs(
-        self, img0: torch.Tensor, img1: torch.Tensor, timestep: float | torch.Tensor, shape: tuple[int, int, int],
-        scale: float, ensemble: bool,
-    ) -> _Buffers:
-        n, hp, wp = shape
+        hp, wp = padded_size(h, w, mult)
         key = (n, hp, wp, scale, ensemble)
         bufs = self._buffers.get(key)
         dt = self.model.dtype
@@ -520,16 +545,10 @@ class Engine:
 
             bufs = _Buffers(zeros(3), zeros(3), zeros(1))
             self._buffers[key] = bufs
-        h, w = img0.shape[-2:]
-        bufs.img0[:, :, :h, :w].copy_(img0, non_blocking=True)
-        bufs.img1[:, :, :h, :w].copy_(img1, non_blocking=True)
+        bufs.img0[:, :, :h, :w].copy_(a, non_blocking=True)
+        bufs.img1[:, :, :h, :w].copy_(b, non_blocking=True)
         if isinstance(timestep, torch.Tensor):
-            tv = timestep.detach().to(device=self.device, dtype=dt).reshape(-1)
-            if tv.numel() not in (1, n):
-                raise ValueError(f"timestep tensor has {tv.numel()} values for a batch of {n}; give 1 or N values")
-            if not torch.isfinite(tv).all() or (tv < 0).any() or (tv > 1).any():
-                raise ValueError("timestep values must lie in [0, 1]")
-            bufs.t.copy_(tv.view(-1, 1, 1, 1).expand(n, 1, hp, wp))
+            bufs.t.copy_(timestep_plane(timestep.detach(), n, hp, wp, bufs.t))
             bufs.last_t = None
         else:
             tf = float(timestep)
@@ -538,7 +557,7 @@ class Engine:
             if bufs.last_t != tf:
                 bufs.t.fill_(tf)
                 bufs.last_t = tf
-        return bufs
+        return PreparedPair(bufs.img0, bufs.img1, bufs.t, scale, scale_list, mult, (h, w), out_dtype, a.device)
 
     def _capture(self, bufs: _Buffers, scale_list: tuple, ensemble: bool) -> None:
         """Warm up on a side stream (cuDNN autotuning, compilation), then capture one CUDA graph."""
@@ -550,7 +569,7 @@ class Engine:
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            bufs.out = self._run_net(bufs.img0, bufs.img1, bufs.t, scale_list, ensemble)
+            bufs.out = tuple(self._run_net(bufs.img0, bufs.img1, bufs.t, scale_list, ensemble))
         bufs.graph = graph
         bufs.keep_alive = (self.fwd.grid, self.fwd.grid_norm)  # another shape must not free them
 
@@ -619,51 +638,3 @@ def _probe_dtype(device: torch.device, dtype: torch.dtype, autocast: bool = Fals
         return None
     except (RuntimeError, TypeError, NotImplementedError) as exc:
         return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_bench_options(parser: argparse.ArgumentParser, extra_dtypes: Sequence[str] = ()) -> None:
-    """Engine switches for `rifelab bench` (one configuration per run); `extra_dtypes` widen --dtype's choices."""
-    g = parser.add_argument_group("engine options (rifelab.engine)")
-    g.add_argument("--dtype", default="fp32", choices=[*DTYPES, *extra_dtypes],
-                   help="fp32 (default), fp16, bf16 (weights and activations) or autocast (mixed precision)"
-                   + (f"; {', '.join(extra_dtypes)} on other backends (see --backend)" if extra_dtypes else ""))
-    g.add_argument("--autocast-dtype", default="auto", choices=list(AUTOCAST_DTYPES),
-                   help="with --dtype autocast: auto (fp16 on CUDA/MPS, bf16 on CPU), fp16 or bf16")
-    g.add_argument("--channels-last", action="store_true", help="NHWC memory format for weights and inputs")
-    g.add_argument("--cudnn-benchmark", action="store_true", help="cuDNN autotuning per shape (CUDA only)")
-    g.add_argument("--tf32", action="store_true", help="TF32 for float32 convolutions/matmuls (CUDA, Ampere+)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the network (slow first call)")
-    g.add_argument("--compile-mode", default="default", choices=list(COMPILE_MODES), help="torch.compile mode")
-    g.add_argument("--cuda-graphs", action="store_true", help="capture and replay a CUDA graph per shape (CUDA)")
-    g.add_argument("--static-buffers", action="store_true", help="preallocated padded input buffers, reused")
-    g.add_argument("--cached-grids", action="store_true", help="warp grids precomputed once per shape")
-    g.add_argument("--no-inference-mode", action="store_true", help="torch.no_grad instead of torch.inference_mode")
-
-
-def engine_from_args(args: argparse.Namespace, device: str | torch.device | None = None) -> Engine:
-    """Build the Engine that `rifelab bench` times from the options of `add_bench_options`."""
-    if args.dtype not in DTYPES:
-        raise ValueError(f"--dtype {args.dtype} is not a PyTorch engine dtype ({', '.join(DTYPES)}); "
-                         "see --backend for the engines that run it")
-    opts = dict(
-        dtype=args.dtype,
-        autocast_dtype=getattr(args, "autocast_dtype", "auto"),
-        channels_last=bool(getattr(args, "channels_last", False)),
-        cudnn_benchmark=bool(getattr(args, "cudnn_benchmark", False)),
-        tf32=bool(getattr(args, "tf32", False)),
-        compile=bool(getattr(args, "compile", False)),
-        compile_mode=getattr(args, "compile_mode", "default"),
-        cuda_graphs=bool(getattr(args, "cuda_graphs", False)),
-        static_buffers=bool(getattr(args, "static_buffers", False)),
-        cached_grids=bool(getattr(args, "cached_grids", False)),
-        inference_mode=not bool(getattr(args, "no_inference_mode", False)),
-    )
-    on = [k for k, v in opts.items() if v is True and k != "inference_mode"]
-    opts["name"] = "-".join([args.dtype, *on]) if on or args.dtype != "fp32" else "fp32-eager"
-    cfg = EngineConfig(**opts)
-    model = load_rife(getattr(args, "checkpoint", None), device=device or "cpu")
-    return Engine(model, cfg)
-

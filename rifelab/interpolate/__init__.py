@@ -4,8 +4,8 @@
     from rifelab.interpolate.schedule import InterpolateConfig
     summary = interpolate_sequence("frames/", "out/", load_rife(), InterpolateConfig(multi=4))
 
-Works with any model object that has `.interpolate(img0, img1, timestep, scale, ensemble)` on
-(N,3,H,W) float tensors in [0, 1] (rifelab.rife.model.RIFE, rifelab.engines.torch_engine.Engine).
+Works with any `rifelab.rife.contract.Interpolator`: RIFE, and every backend `rifelab.engines.spec.load_model`
+builds (`interpolate` for RGB frames, `interpolate_rgba` for frames with alpha, on the same backend).
 
 Timesteps. `multi` N is the number of frames per input pair including both originals, so N-2
 frames are inserted and a sequence of T frames becomes (N-1)(T-1)+1 frames. Output frame

@@ -23,7 +23,6 @@ item is reported in the summary and does not stop the others.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import logging
@@ -39,11 +38,11 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
+from rifelab.engines.spec import ModelSpec, load_model
 from rifelab.frames.images import DataError
 from rifelab.interpolate import raywatch
-from rifelab.interpolate.cli import add_interpolate_parser, config_from_args
 from rifelab.interpolate.pipeline import _model_device
-from rifelab.interpolate.run import interpolate_sequence, load_interpolation_model
+from rifelab.interpolate.run import interpolate_sequence
 from rifelab.interpolate.schedule import (
     JOURNAL_NAME,
     LOCK_NAME,
@@ -53,18 +52,17 @@ from rifelab.interpolate.schedule import (
 from rifelab.interpolate.sinks import read_manifest
 from rifelab.interpolate.sources import open_source
 from rifelab.interpolate.stages import logging_through_tqdm, progress_bar
-from rifelab.publish.results import UnsafePathError, atomic_write_text, refuse_link, to_markdown
+from rifelab.publish.results import UnsafePathError, atomic_write_text, refuse_link
+from rifelab.rife.contract import Interpolator
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BatchItem", "ItemResult", "collect_inputs", "plan_items", "run_item", "run_batch", "results_table",
-           "add_batch_parser"]
+           "VIDEO_OUTPUT_EXTENSIONS"]
 
 RECORD_DIR = ".rifelab-batch"
 VIDEO_OUTPUT_EXTENSIONS = ("mp4", "mkv", "mov", "webm")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-# interpolate options that do not apply to a batch (each item has its own output; reruns resume by themselves)
-_NOT_COPIED = {"help", "input", "output", "benchmark", "repeats", "resume"}
 
 
 @dataclass(frozen=True)
@@ -232,7 +230,7 @@ def _remove_empty_partial(partial: Path) -> None:
 
 def run_item(
     item: BatchItem,
-    model: Any,
+    model: Interpolator,
     config: InterpolateConfig,
     model_info: dict[str, Any] | None = None,
     on_frames: Callable[[int], None] | None = None,
@@ -318,21 +316,13 @@ def expected_frames(item: BatchItem, config: InterpolateConfig) -> int | None:
 # ----------------------------------------------------------------------------- workers
 
 
-def model_namespace(model_args: dict[str, Any]) -> argparse.Namespace:
-    """The `batch` command's defaults updated with `model_args`: what `load_interpolation_model` reads."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_batch_parser(parser.add_subparsers(dest="command"))
-    defaults = vars(parser.parse_args(["batch", "-o", "."]))
-    return argparse.Namespace(**{**defaults, **model_args})
-
-
 class _Worker:
-    """A Ray actor: one loaded model on one device, running items one at a time."""
+    """A Ray actor: one model loaded from the spec it was shipped, on its device, running items one at a time."""
 
-    def __init__(self, model_args: dict[str, Any], threads: int | None):
+    def __init__(self, spec: ModelSpec, threads: int | None):
         if threads:
             torch.set_num_threads(threads)
-        self.model = load_interpolation_model(model_namespace(model_args))
+        self.model = load_model(spec)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def run(self, index: int, item: BatchItem, config: InterpolateConfig, model_info: dict[str, Any],
@@ -363,7 +353,7 @@ def _ray() -> Any:
 def run_batch(
     items: Sequence[BatchItem],
     config: InterpolateConfig,
-    model_args: dict[str, Any] | None = None,
+    spec: ModelSpec | None = None,
     model_info: dict[str, Any] | None = None,
     *,
     use_ray: bool = True,
@@ -371,21 +361,21 @@ def run_batch(
     workers: int | None = None,
     threads: int | None = None,
     progress: bool = True,
-    model: Any = None,
+    model: Interpolator | None = None,
 ) -> list[ItemResult]:
     """Run every item; returns one result per item, in input order.
 
     With Ray: `workers` actors (default: one per GPU of the cluster when the device allows CUDA, else one
-    CPU actor) each load the model from `model_args` (the `interpolate` options: device, checkpoint, dtype,
-    ...) once and use `threads` torch threads (default: a local Ray shares this machine's cores among the
+    CPU actor) are each shipped `spec` (default: ModelSpec(), the PyTorch fp32 engine), load the model once
+    and use `threads` torch threads (default: a local Ray shares this machine's cores among the
     actors; a cluster gives 1). Ray is started locally unless `ray_address` names a cluster.
-    Without Ray (not installed, or `use_ray=False`) the items run in this process on `model` (or a model
-    loaded from `model_args`), one after another.
+    Without Ray (not installed, or `use_ray=False`) the items run in this process on `model` (or the model
+    loaded from `spec`), one after another.
     """
     config.validate()
     if not items:
         return []
-    model_args = dict(model_args or {})
+    spec = spec or ModelSpec()
     ray = _ray() if use_ray else None
     if use_ray and ray is None:
         if ray_address:
@@ -407,11 +397,11 @@ def run_batch(
             if model is None:
                 if threads:
                     torch.set_num_threads(threads)
-                model = load_interpolation_model(model_namespace(model_args))
+                model = load_model(spec)
             for i, item in enumerate(items):
                 finished(i, run_item(item, model, config, model_info, bar.update, f"{socket.gethostname()}:{os.getpid()}"))
         else:
-            _run_on_ray(ray, items, config, model_args, model_info or {}, ray_address, workers, threads, bar, finished)
+            _run_on_ray(ray, items, config, spec, model_info or {}, ray_address, workers, threads, bar, finished)
     for i, item in enumerate(items):  # items whose worker died before answering
         if i not in results:
             results[i] = ItemResult(item.name, item.input, item.output, "failed",
@@ -437,7 +427,7 @@ def _start_local_ray(ray: Any, num_cpus: int, attempts: int = 3) -> None:
             ray.shutdown()
 
 
-def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig, model_args: dict[str, Any],
+def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig, spec: ModelSpec,
                 model_info: dict[str, Any], address: str | None, workers: int | None, threads: int | None,
                 bar: Any, finished: Callable[[int, ItemResult], None]) -> None:
     from ray.exceptions import RayActorError
@@ -461,14 +451,14 @@ def _run_on_ray(ray: Any, items: Sequence[BatchItem], config: InterpolateConfig,
                 raise
         started = True
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0)) if model_args.get("device", "auto") != "cpu" else 0
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if spec.device != "cpu" else 0
         if gpus:
             n, opts = workers or gpus, {"num_gpus": 1, "num_cpus": cpus}
         else:
             n, opts = workers or 1, {"num_cpus": cpus}
         log.info("batch: %d items on %d Ray actors (%s each)", len(items), n, opts)
         actor = ray.remote(_Worker)
-        pool = ActorPool([actor.options(**opts).remote(model_args, threads or cpus) for _ in range(n)])
+        pool = ActorPool([actor.options(**opts).remote(spec, threads or cpus) for _ in range(n)])
         progress = Queue(actor_options={"num_cpus": 0})
         for i, item in enumerate(items):
             pool.submit(lambda a, v: a.run.remote(*v), (i, item, config, model_info, progress))
@@ -498,82 +488,3 @@ def results_table(results: Sequence[ItemResult]) -> pd.DataFrame:
             for r in results]
     return pd.DataFrame(rows, columns=["item", "frames_in", "frames_out", "seconds", "fps", "device", "status",
                                        "worker", "error"])
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `batch` subcommand (its own options plus every `interpolate` option that applies)."""
-    p = subparsers.add_parser(
-        "batch",
-        help="interpolate many videos or frame folders into one output root, on Ray workers",
-        description=(
-            "Interpolate every INPUT (video or folder of numbered frames; paths, quoted glob patterns or --manifest) "
-            "into OUTPUT_ROOT/NAME, NAME being a video's stem or a folder's name. Items are spread over Ray actors, "
-            "one per GPU of the cluster (--ray-address) or --workers CPU actors on a local Ray started for the run; "
-            "each actor loads the model once. Without Ray the items run in this process. Each item is written "
-            "atomically; a rerun skips finished items, resumes partial ones (as `interpolate --resume`) and "
-            "redoes the rest; a failing item is reported without stopping the others (exit status 1). "
-            "The interpolation options are those of `rifelab interpolate`."
-        ),
-        epilog="example: rifelab batch 'clips/*.mp4' shots/ -o out/ --workers 2   |   "
-               "rifelab batch --manifest list.txt -o out/ --ray-address auto --fps-ratio 5/2",
-    )
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="videos or frame folders; quote glob patterns ('clips/*.mp4') to let rifelab expand them")
-    g = p.add_argument_group("batch")
-    g.add_argument("-o", "--output-root", required=True, metavar="DIR",
-                   help="folder receiving one output per input (created if missing)")
-    g.add_argument("--manifest", default=None, metavar="FILE",
-                   help="text file with one input path or glob per line ('#' starts a comment; relative paths are "
-                   "relative to the file), added to the INPUTs")
-    g.add_argument("--video-ext", default=None, choices=list(VIDEO_OUTPUT_EXTENSIONS),
-                   help="write each item as a video OUTPUT_ROOT/NAME.EXT instead of a folder of frames (a video "
-                   "cannot be resumed: an interrupted one is redone)")
-    g.add_argument("--summary", default=None, metavar="CSV",
-                   help="also save the summary table (item, frames in/out, seconds, fps, device, status, worker, "
-                   "error) as CSV")
-    g = p.add_argument_group("Ray")
-    g.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="address of a running Ray cluster ('auto', or ray://host:10001); default: start a local Ray "
-                   "for this run and stop it afterwards")
-    g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="number of model actors (default: one per GPU of the cluster, or 1 on CPU); each holds "
-                   "one loaded model and runs --threads torch threads (default on a local Ray: this machine's "
-                   "cores divided among the workers; on a cluster: 1)")
-    g.add_argument("--no-ray", action="store_true",
-                   help="run the items one after another in this process, even when Ray is installed")
-    template = add_interpolate_parser(argparse.ArgumentParser(add_help=False).add_subparsers())
-    for group in template._action_groups:  # same options as `interpolate`, with their help
-        actions = [a for a in group._group_actions if a.dest not in _NOT_COPIED]
-        if actions:
-            target = p.add_argument_group(f"{group.title} (as in `rifelab interpolate`)")
-            for action in actions:
-                target._add_action(action)
-    p.set_defaults(func=_cmd_batch, resume=False, benchmark=False, repeats=1, output=None, input=None)
-    return p
-
-
-def _cmd_batch(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
-    items = plan_items(collect_inputs(args.inputs, args.manifest, exclude=args.output_root), args.output_root,
-                       args.video_ext)
-    model_args = {k: v for k, v in vars(args).items() if k != "func"}
-    info = {"checkpoint": str(args.checkpoint) if args.checkpoint else "bundled rife40",
-            "dtype": getattr(args, "dtype", "fp32")}
-    results = run_batch(items, cfg, model_args, info, use_ray=not args.no_ray, ray_address=args.ray_address,
-                        workers=args.workers, threads=args.threads, progress=not args.no_progress)
-    df = results_table(results)
-    shown = df.drop(columns=["worker", "error"])
-    print(to_markdown(shown, floatfmt=".2f"))
-    for r in results:
-        if r.status == "failed":
-            print(f"{r.item}: {r.error}", file=sys.stderr)
-    if args.summary:
-        atomic_write_text(args.summary, df.to_csv(index=False))
-    counts = df["status"].value_counts().to_dict()
-    print(", ".join(f"{v} {k}" for k, v in counts.items()) + f" of {len(results)} items -> {args.output_root}")
-    return 1 if counts.get("failed") else 0

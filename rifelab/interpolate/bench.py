@@ -21,7 +21,8 @@ from rifelab.interpolate.sinks import output_frame_name
 from rifelab.interpolate.sources import ArraySource
 from rifelab.measure.harness import Harness, InterleavedTiming, NoiseLimits
 from rifelab.measure.profiling import Timing, synchronize
-from rifelab.measure.workloads import ModelSpec, load_model
+from rifelab.engines.spec import ModelSpec, load_model
+from rifelab.rife.contract import Interpolator
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class PipelineWorkload:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _model_groups(model: Any, cfg: InterpolateConfig, frames: np.ndarray
+def _model_groups(model: Interpolator, cfg: InterpolateConfig, frames: np.ndarray
                   ) -> tuple[InterpolationPipeline, list[list[InputPair]]]:
     """The pipeline and the groups of pairs it sends to the model, decided once for the model-only row."""
     pipe = InterpolationPipeline(model, cfg, InterpolationSummary())

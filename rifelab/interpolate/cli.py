@@ -1,4 +1,4 @@
-"""`rifelab interpolate`: the command line."""
+"""`rifelab interpolate` and `rifelab batch`: the command line (options, and building configs and specs from them)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from rifelab.engines.backends import add_backend_options
-from rifelab.frames.images import (
-    DataError,
-)
+from rifelab.engines.cli import add_backend_options, add_model_options, add_scale_option
+from rifelab.engines.spec import ModelSpec, load_model
+from rifelab.frames.images import DataError
 from rifelab.frames.scenes import SceneThresholds
+from rifelab.interpolate.batch import (
+    VIDEO_OUTPUT_EXTENSIONS,
+    collect_inputs,
+    plan_items,
+    results_table,
+    run_batch,
+)
 from rifelab.interpolate.bench import benchmark_pipeline
-from rifelab.measure.workloads import ModelSpec
-from rifelab.interpolate.run import check_run, interpolate_sequence, load_interpolation_model
+from rifelab.interpolate.run import check_run, interpolate_sequence
 from rifelab.interpolate.schedule import (
     DEFAULT_INPUT_FPS,
     OUTPUT_IMAGE_EXTENSIONS,
@@ -31,10 +36,9 @@ from rifelab.interpolate.schedule import (
 )
 from rifelab.interpolate.sinks import read_manifest
 from rifelab.interpolate.sources import open_source
+from rifelab.publish.results import atomic_write_text, to_markdown
 from rifelab.rife.checkpoints import checkpoint_layout
-from rifelab.publish.results import (
-    to_markdown,
-)
+from rifelab.rife.contract import Interpolator
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +147,7 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="frames per input pair including both originals: 2 only copies, 3 (default) inserts 1 "
                    "(doubles the frame rate), N inserts N-2 at t = 1/(N-1), ..., (N-2)/(N-1)")
     g.add_argument("--recursive", action="store_true", help=RECURSIVE_HELP)
-    g.add_argument("--scale", type=float, default=None, metavar="S",
-                   help="flow scale, one of 0.25, 0.5, 1, 2, 4 (default 1; 0.5 with --uhd): smaller is faster and "
-                   "suits large motion in high-resolution frames")
+    add_scale_option(g, default=None, note="; 0.5 with --uhd")
     g.add_argument("--uhd", action="store_true", help="4K input: sets --scale 0.5 unless --scale is given")
     g.add_argument("--ensemble", action="store_true",
                    help="average the flow with that of the swapped pair (slower, slightly smoother)")
@@ -153,9 +155,7 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_retime_options(p)
     _add_output_options(p)
     g = p.add_argument_group("model and pipeline")
-    g.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda or mps")
-    g.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: bundled RIFE 4.0 weights)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_model_options(g)
     g.add_argument("--batch-size", type=int, default=4, help="frames per model call at most (default 4)")
     g.add_argument("--queue-size", type=int, default=8,
                    help="pairs buffered between reader and model (default 8); bounds memory on long inputs")
@@ -168,6 +168,11 @@ def add_interpolate_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_backend_options(p)  # --backend, --dtype and the PyTorch engine's switches
     p.set_defaults(func=_cmd_interpolate)
     return p
+
+
+def load_interpolation_model(args: argparse.Namespace) -> Interpolator:
+    """The model `interpolate` (and `batch` without Ray) runs: `ModelSpec.from_args` then `load_model`."""
+    return load_model(ModelSpec.from_args(args))
 
 
 def config_from_args(args: argparse.Namespace) -> InterpolateConfig:
@@ -215,12 +220,11 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         return 0
     if args.output is None:
         raise ValueError("give an OUTPUT folder or video file (or --benchmark)")
-    info = {"checkpoint": str(args.checkpoint) if args.checkpoint else "bundled rife40",
-            "dtype": getattr(args, "dtype", "fp32")}
-    check_run(args.input, args.output, cfg, model_info=info)  # refusals before the model loads (seconds)
+    spec = ModelSpec.from_args(args)
+    check_run(args.input, args.output, cfg, model_info=spec.model_info())  # refusals before the model loads (seconds)
     try:
         model = load_interpolation_model(args)
-        summary = interpolate_sequence(args.input, args.output, model, cfg, model_info=info)
+        summary = interpolate_sequence(args.input, args.output, model, cfg, model_info=spec.model_info())
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (rifelab.cli turns it into KeyboardInterrupt('SIGTERM'))
         if getattr(args, "verbose", 0) >= 2:
             raise
@@ -264,3 +268,84 @@ def _rebuild_argv(args: argparse.Namespace) -> list[str]:
     """The essential arguments of an `interpolate` call when the original command line is not known."""
     argv = ["interpolate", str(args.input), str(args.output), "--multi", str(args.multi or 3)]
     return argv + (["--recursive"] if args.recursive else [])
+
+
+# interpolate options that do not apply to a batch (each item has its own output; reruns resume by themselves)
+_NOT_COPIED = {"help", "input", "output", "benchmark", "repeats", "resume"}
+
+
+# ----------------------------------------------------------------------------- rifelab batch
+
+
+def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `batch` subcommand (its own options plus every `interpolate` option that applies)."""
+    p = subparsers.add_parser(
+        "batch",
+        help="interpolate many videos or frame folders into one output root, on Ray workers",
+        description=(
+            "Interpolate every INPUT (video or folder of numbered frames; paths, quoted glob patterns or --manifest) "
+            "into OUTPUT_ROOT/NAME, NAME being a video's stem or a folder's name. Items are spread over Ray actors, "
+            "one per GPU of the cluster (--ray-address) or --workers CPU actors on a local Ray started for the run; "
+            "each actor loads the model once. Without Ray the items run in this process. Each item is written "
+            "atomically; a rerun skips finished items, resumes partial ones (as `interpolate --resume`) and "
+            "redoes the rest; a failing item is reported without stopping the others (exit status 1). "
+            "The interpolation options are those of `rifelab interpolate`."
+        ),
+        epilog="example: rifelab batch 'clips/*.mp4' shots/ -o out/ --workers 2   |   "
+               "rifelab batch --manifest list.txt -o out/ --ray-address auto --fps-ratio 5/2",
+    )
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="videos or frame folders; quote glob patterns ('clips/*.mp4') to let rifelab expand them")
+    g = p.add_argument_group("batch")
+    g.add_argument("-o", "--output-root", required=True, metavar="DIR",
+                   help="folder receiving one output per input (created if missing)")
+    g.add_argument("--manifest", default=None, metavar="FILE",
+                   help="text file with one input path or glob per line ('#' starts a comment; relative paths are "
+                   "relative to the file), added to the INPUTs")
+    g.add_argument("--video-ext", default=None, choices=list(VIDEO_OUTPUT_EXTENSIONS),
+                   help="write each item as a video OUTPUT_ROOT/NAME.EXT instead of a folder of frames (a video "
+                   "cannot be resumed: an interrupted one is redone)")
+    g.add_argument("--summary", default=None, metavar="CSV",
+                   help="also save the summary table (item, frames in/out, seconds, fps, device, status, worker, "
+                   "error) as CSV")
+    g = p.add_argument_group("Ray")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="address of a running Ray cluster ('auto', or ray://host:10001); default: start a local Ray "
+                   "for this run and stop it afterwards")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="number of model actors (default: one per GPU of the cluster, or 1 on CPU); each holds "
+                   "one loaded model and runs --threads torch threads (default on a local Ray: this machine's "
+                   "cores divided among the workers; on a cluster: 1)")
+    g.add_argument("--no-ray", action="store_true",
+                   help="run the items one after another in this process, even when Ray is installed")
+    template = add_interpolate_parser(argparse.ArgumentParser(add_help=False).add_subparsers())
+    for group in template._action_groups:  # same options as `interpolate`, with their help
+        actions = [a for a in group._group_actions if a.dest not in _NOT_COPIED]
+        if actions:
+            target = p.add_argument_group(f"{group.title} (as in `rifelab interpolate`)")
+            for action in actions:
+                target._add_action(action)
+    p.set_defaults(func=_cmd_batch, resume=False, benchmark=False, repeats=1, output=None, input=None)
+    return p
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
+    items = plan_items(collect_inputs(args.inputs, args.manifest, exclude=args.output_root), args.output_root,
+                       args.video_ext)
+    spec = ModelSpec.from_args(args)
+    results = run_batch(items, cfg, spec, spec.model_info(), use_ray=not args.no_ray, ray_address=args.ray_address,
+                        workers=args.workers, threads=args.threads, progress=not args.no_progress)
+    df = results_table(results)
+    shown = df.drop(columns=["worker", "error"])
+    print(to_markdown(shown, floatfmt=".2f"))
+    for r in results:
+        if r.status == "failed":
+            print(f"{r.item}: {r.error}", file=sys.stderr)
+    if args.summary:
+        atomic_write_text(args.summary, df.to_csv(index=False))
+    counts = df["status"].value_counts().to_dict()
+    print(", ".join(f"{v} {k}" for k, v in counts.items()) + f" of {len(results)} items -> {args.output_root}")
+    return 1 if counts.get("failed") else 0

@@ -28,6 +28,7 @@ from rifelab.interpolate.schedule import (
     OutputSchedule,
     Slot,
 )
+from rifelab.rife.contract import AlphaUnsupported, Interpolator
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,9 @@ class OutputFrame:
         return to_uint8(self.data)[0] if isinstance(self.data, torch.Tensor) else self.data
 
 
-def _model_device(model: Any) -> torch.device:
-    dev = getattr(model, "device", None)
-    if dev is None:
-        try:
-            dev = next(model.parameters()).device
-        except (AttributeError, StopIteration):
-            dev = "cpu"
-    return torch.device(dev)
+def _model_device(model: Interpolator) -> torch.device:
+    """Where `model` computes: the frames are made into tensors there."""
+    return torch.device(model.device)
 
 
 class InterpolationPipeline:
@@ -73,7 +69,7 @@ class InterpolationPipeline:
     as an uninterrupted one. `pair_count` (when known) keeps the last group inside the input.
     """
 
-    def __init__(self, model: Any, config: InterpolateConfig, summary: InterpolationSummary,
+    def __init__(self, model: Interpolator, config: InterpolateConfig, summary: InterpolationSummary,
                  plan: OutputSchedule | None = None, has: Callable[[int], bool] = lambda i: False,
                  pair_count: int | None = None):
         self.model = model
@@ -232,16 +228,19 @@ def _frame_tensor(frame: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.cat([to_tensor(frame[..., :3], device), alpha[None, None]], 1)
 
 
-def _alpha_model(model: Any) -> Any:
-    """The object whose `interpolate_rgba` makes RGBA frames: the model, or the RIFE an Engine wraps."""
-    for m in (model, getattr(model, "model", None)):
-        if m is not None and hasattr(m, "interpolate_rgba"):
-            return m
-    raise DataError(f"{type(model).__name__} cannot interpolate alpha (no interpolate_rgba); use rifelab.models.RIFE "
-                    "or flatten the frames onto a background")
+def _alpha_model(model: Interpolator) -> Interpolator:
+    """The model itself when it interpolates RGBA frames (never another copy of it: the backend asked for runs).
+
+    Every rifelab backend does; a model without `interpolate_rgba` is refused with AlphaUnsupported.
+    """
+    if not callable(getattr(model, "interpolate_rgba", None)):
+        raise AlphaUnsupported(f"{type(model).__name__} cannot interpolate an alpha channel (no interpolate_rgba); "
+                               "use a rifelab model (load_rife, or rifelab.engines.spec.load_model) or flatten the "
+                               "frames onto a background")
+    return model
 
 
-def _call_model(model: Any, left: torch.Tensor, right: torch.Tensor, t: torch.Tensor,
+def _call_model(model: Interpolator, left: torch.Tensor, right: torch.Tensor, t: torch.Tensor,
                 config: InterpolateConfig) -> torch.Tensor:
     """One batched model call; RGBA batches go through `interpolate_rgba` (alpha with the colour's flow and mask)."""
     if left.shape[1] == 4:

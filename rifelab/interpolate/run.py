@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -13,7 +12,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rifelab.engines.backends import model_from_args
 from rifelab.frames.images import (
     DataError,
     to_uint16,
@@ -34,7 +32,7 @@ from rifelab.interpolate.sources import (
     open_source,
 )
 from rifelab.interpolate.stages import ProgressBars, run_stages
-from rifelab.measure.profiling import resolve_device
+from rifelab.rife.contract import Interpolator
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +207,7 @@ def check_run(source: Any, output: str | os.PathLike, config: InterpolateConfig 
 def interpolate_sequence(
     source: str | os.PathLike | FrameSource | np.ndarray,
     output: str | os.PathLike,
-    model: Any,
+    model: Interpolator,
     config: InterpolateConfig | None = None,
     on_frame: Callable[[int, str], None] | None = None,
     model_info: dict[str, Any] | None = None,
@@ -252,7 +250,3 @@ def interpolate_sequence(
     log.debug("interpolate: %s", summary.describe().replace("\n", "; "))
     return summary
 
-
-def load_interpolation_model(args: argparse.Namespace) -> Any:
-    """The model the CLI runs: `--backend` (rifelab.backends) with the engine switches, on `--device`."""
-    return model_from_args(args, resolve_device(getattr(args, "device", "auto")))

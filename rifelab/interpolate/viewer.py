@@ -32,6 +32,8 @@ from rifelab.frames.images import to_tensor, to_uint8
 from rifelab.measure.metrics import psnr
 from rifelab.publish.inline import figures_as_png
 from rifelab.rife.network import VALID_SCALES, check_scale
+from rifelab.rife.contract import Interpolator
+
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def _in_kernel() -> bool:
 class TimestepViewer:
     """Interpolates a chosen triplet's outer frames at any timestep and scale; draws views, strips and live controls."""
 
-    def __init__(self, model: Any, triplets: Sequence[Triplet], ensemble: bool = False, cache_size: int = 128):
+    def __init__(self, model: Interpolator, triplets: Sequence[Triplet], ensemble: bool = False, cache_size: int = 128):
         if not triplets:
             raise ValueError("the viewer needs at least one triplet; use more frames or a smaller stride")
         self.model = model
@@ -97,7 +99,7 @@ class TimestepViewer:
     @classmethod
     def from_clip(
         cls,
-        model: Any,
+        model: Interpolator,
         clip: str = "carphone",
         max_frames: int | None = None,
         stride: int = 1,

@@ -17,6 +17,8 @@ from rifelab.measure.profiling import (
     count_parameters,
     time_callable,
 )
+from rifelab.rife.model import RIFE
+
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def real_frame_pair(
     return pair[0:1].to(device), pair[1:2].to(device)
 
 
-def model_macs(model: Any, width: int, height: int, scale: float = 1.0) -> tuple[float, int]:
+def model_macs(model: RIFE, width: int, height: int, scale: float = 1.0) -> tuple[float, int]:
     """(MACs, params) of one interpolated frame at width x height (padded as `interpolate` pads)."""
     img0 = torch.zeros(1, 3, height, width, device=model.device, dtype=model.dtype)
     p0, p1, t, scale_list, _ = model.prepare(img0, img0, 0.5, scale)
@@ -77,7 +79,7 @@ def benchmark_interpolate(
 
 
 def bench_row(
-    model: Any,
+    model: RIFE,
     resolution: str | tuple[int, int],
     device: str | torch.device,
     scale: float = 1.0,

@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 from rifelab.frames.clips import Triplet
 from rifelab.frames.images import to_tensor, to_uint8
 from rifelab.measure.metrics import interpolation_error, mean_ci95, psnr, ssim
+from rifelab.rife.contract import Interpolator
+
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,7 @@ __all__ = ["METHODS", "predict", "evaluate_triplets", "summarise"]
 METHODS = ("rife", "average", "repeat")
 
 
-def predict(model: Any, tri: Triplet, method: str, scale: float = 1.0) -> np.ndarray:
+def predict(model: Interpolator, tri: Triplet, method: str, scale: float = 1.0) -> np.ndarray:
     """Middle-frame prediction as uint8 (H, W, 3): 'rife', 'average' of neighbours or 'repeat' of I0."""
     if method == "rife":
         out = model.interpolate(to_tensor(tri.frame0, model.device), to_tensor(tri.frame2, model.device), 0.5, scale)
@@ -34,7 +36,7 @@ def predict(model: Any, tri: Triplet, method: str, scale: float = 1.0) -> np.nda
 
 
 def evaluate_triplets(
-    model: Any,
+    model: Interpolator,
     triplets: Iterable[Triplet],
     source: str,
     methods: Iterable[str] = METHODS,

@@ -1,7 +1,7 @@
 """Workloads the timing workers run: a model built from a small picklable spec, interpolating given frames.
 
-`ModelSpec` says which model a worker builds (backend, precision, switches, checkpoint, device, threads); the
-worker calls `load_model(spec)` once and keeps the model. `InterpolateWorkload` times one interpolated frame on
+`ModelSpec` (rifelab.engines.spec, the one spec of the project) says which model a worker builds (backend,
+precision, switches, checkpoint, device, threads); the worker calls `load_model(spec)` once and keeps the model. `InterpolateWorkload` times one interpolated frame on
 the first frame pair it was given and returns every pair's output (and, optionally, held-out middle-frame
 predictions) for the coordinator to score.
 """
@@ -9,101 +9,17 @@ predictions) for the coordinator to score.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from rifelab.engines.backends import load_backend
+from rifelab.engines.spec import ModelSpec, load_model
 from rifelab.frames.images import to_tensor, to_uint8
-from rifelab.frames.splits import range_pairs
 from rifelab.measure.profiling import PeakMemory, resolve_device, synchronize
-from rifelab.rife.checkpoints import load_rife
 from rifelab.rife.model import RIFE
 
 __all__ = ["ModelSpec", "load_model", "FrameInputs", "InterpolateWorkload"]
-
-
-def _frozen(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
-    return value
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model to build: backend + precision + switches (torch engine switches or backend options).
-
-    `pruned`: `checkpoint` is a pruned model saved by `rifelab.pruning.apply.save_pruned` (timed as the plain
-    RIFE model it rebuilds); `plain`: the plain RIFE model of `checkpoint`, no engine (as pruned models are timed).
-    INT8 calibration is described, not carried: `calibration` = (pairs, width, height,
-    {clip: [start, stop)}); the worker reads those frames itself.
-    """
-
-    backend: str = "torch"
-    precision: str = "fp32"
-    options: tuple = ()  # sorted (key, value) pairs; see `with_options`
-    checkpoint: str | None = None
-    device: str = "cpu"
-    threads: int | None = None
-    name: str | None = None
-    pruned: bool = False
-    plain: bool = False
-    calibration: tuple | None = None
-
-    @classmethod
-    def make(cls, options: Mapping[str, Any] | None = None, **kw: Any) -> "ModelSpec":
-        """A spec with `options` given as a mapping (lists become tuples, so the spec stays hashable)."""
-        return cls(options=_frozen(dict(options or {})), **kw)
-
-    @classmethod
-    def from_args(cls, args: Any) -> "ModelSpec":
-        """The spec of the `--backend`/`--dtype`/engine-switch options (rifelab.engines.backends.add_backend_options)."""
-        backend, dtype = getattr(args, "backend", "torch") or "torch", getattr(args, "dtype", "fp32")
-        opts: dict[str, Any] = {}
-        if backend == "torch":
-            opts = {k: True for k in ("channels_last", "cudnn_benchmark", "tf32", "compile", "cuda_graphs",
-                                      "static_buffers", "cached_grids") if getattr(args, k, False)}
-            if getattr(args, "no_inference_mode", False):
-                opts["inference_mode"] = False
-            if dtype == "autocast":
-                opts["autocast_dtype"] = getattr(args, "autocast_dtype", "auto")
-            if opts.get("compile"):
-                opts["compile_mode"] = getattr(args, "compile_mode", "default")
-        elif backend == "openvino" and dtype == "int8" and getattr(args, "calibration_pairs", None):
-            opts["calibration_count"] = int(args.calibration_pairs)
-        return cls.make(opts, backend=backend, precision=dtype, checkpoint=getattr(args, "checkpoint", None),
-                        device=str(resolve_device(getattr(args, "device", "auto"))), threads=getattr(args, "threads", None))
-
-    def option_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.options}
-
-
-def load_model(spec: ModelSpec) -> Any:
-    """Build the model `spec` describes (a torch Engine, a backend model, or a plain pruned RIFE)."""
-    if spec.threads:
-        torch.set_num_threads(int(spec.threads))
-    dev = resolve_device(spec.device)
-    if spec.pruned:
-        from rifelab.pruning.apply import load_pruned  # only pruning studies time pruned models
-
-        if spec.checkpoint is None:
-            raise ValueError("a pruned ModelSpec needs the checkpoint saved by save_pruned")
-        return load_pruned(spec.checkpoint, device=dev)
-    model = load_rife(spec.checkpoint, device=dev if spec.backend == "torch" else "cpu")
-    if spec.plain:
-        if spec.backend != "torch" or spec.precision != "fp32" or spec.options:
-            raise ValueError("a plain ModelSpec is the FP32 RIFE model itself: no backend, precision or switches")
-        return model
-    opts = spec.option_dict()
-    if spec.calibration is not None:
-        count, w, h, ranges = spec.calibration
-        ranges = {c: list(r) for c, r in dict(ranges).items()}
-        opts.update(calibration=range_pairs(ranges, int(count), (int(w), int(h)), "int8 calibration"),
-                    calibration_ranges=ranges)
-    return load_backend(spec.backend, model, dev, spec.precision, name=spec.name, options=opts)
 
 
 @dataclass

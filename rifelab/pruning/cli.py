@@ -8,7 +8,8 @@ from typing import Any
 
 from rifelab.pruning.apply import MODES, check_prunable, prune_model, save_pruned
 from rifelab.pruning.plans import DEFAULT_PROTECTED, METHODS, make_plan, plan_lite
-from rifelab.rife.checkpoints import load_rife
+from rifelab.engines.cli import add_checkpoint_option
+from rifelab.engines.spec import ModelSpec, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
                               "lite), prune, save; reload with rifelab.pruning.load_pruned(path), whose "
                               "interpolate(img0, img1, timestep, scale) is the unpruned model's. The pruning study's "
                               "fine-tuning stage is `python -m rifelab.studies.pruning --profile PROFILE`.")
-    p.add_argument("--checkpoint", default=None, help="RIFE 4.x checkpoint (default: the bundled RIFE 4.0 weights)")
+    add_checkpoint_option(p)
     p.add_argument("--method", choices=METHODS + ("lite",), default="architecture_aware",
                    help="naive_global: one L1 threshold over all channels; architecture_aware: every unprotected "
                    "group loses --sparsity of its channels; lite: uniform width cut of every group (default: %(default)s)")
@@ -42,7 +43,7 @@ def add_prune_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_prune_model(args: argparse.Namespace) -> int:
     """Run `rifelab prune`: load, plan, prune, save (nothing is written when the request is refused)."""
-    model = load_rife(args.checkpoint)
+    model = load_checkpoint(ModelSpec(checkpoint=args.checkpoint, device="cpu"))
     check_prunable(model)
     if args.method == "lite":
         plan = plan_lite(model.net, args.sparsity, round_to=args.round_to, importance=args.importance)

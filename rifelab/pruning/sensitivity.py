@@ -48,7 +48,7 @@ from rifelab.pruning.groups import ChannelGroup, PruningError, channel_groups, c
 from rifelab.pruning.importance import importance_scores
 from rifelab.pruning.plans import DEFAULT_PROTECTED, ChannelPlan, match_patterns, plan_from_ratios
 from rifelab.rife.model import RIFE
-from rifelab.rife.network import padding_multiple
+from rifelab.rife.contract import padded_size
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,8 @@ def group_sensitivity(
 # ----------------------------------------------------------------------------- latency
 
 
-def _padded_size(h: int, w: int, scale: float = 1.0) -> tuple[int, int]:
-    m = padding_multiple(scale)
-    return -(-h // m) * m, -(-w // m) * m
-
-
 def _forward_inputs(model: RIFE, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    hp, wp = _padded_size(h, w)
+    hp, wp = padded_size(h, w, model.padding_multiple(1.0))
     g = torch.Generator().manual_seed(0)
     a = torch.rand(1, 3, hp, wp, generator=g).to(model.device, model.dtype)
     b = torch.rand(1, 3, hp, wp, generator=g).to(model.device, model.dtype)

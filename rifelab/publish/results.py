@@ -20,11 +20,14 @@ import pandas as pd
 
 from rifelab.measure.profiling import environment_record
 
-__all__ = ["COMMITTED_RESULTS", "SCRATCH", "results_base", "input_folders", "find_project_root", "UnsafePathError",
+__all__ = ["PROFILES", "PROFILE_FILES", "COMMITTED_RESULTS", "SCRATCH", "results_base", "input_folders", "find_project_root", "UnsafePathError",
            "refuse_link", "open_new", "atomic_path", "atomic_write_text", "temp_path_beside", "save_table", "save_figure",
            "save_json", "to_markdown"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: the device profiles: each has its params file and its results/<profile>/ folder (the one declaration)
+PROFILES = ("cpu", "cuda", "mps")
+PROFILE_FILES = {"cpu": "params.yaml", "cuda": "params-cuda.yaml", "mps": "params-mps.yaml"}
 COMMITTED_RESULTS = "results"  # the pipeline's results, committed; written only by `dvc repro` (--results-root results)
 SCRATCH = "scratch"  # where every other run writes: trial runs in JupyterLab, Colab, `rifelab notebook` (git ignores it)
 

@@ -38,8 +38,8 @@ from rifelab.rife.checkpoints import load_rife
 from rifelab.measure.profiling import environment_record, resolve_device
 from rifelab.publish.headlines import headline_path, short_headline
 from rifelab.publish.inline import figures_as_png
-from rifelab.publish.results import (COMMITTED_RESULTS, atomic_path, find_project_root, results_base, save_figure,
-                                    save_json, save_table)
+from rifelab.publish.results import (COMMITTED_RESULTS, PROFILE_FILES, PROFILES, atomic_path, find_project_root,
+                                    results_base, save_figure, save_json, save_table)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ __all__ = [
     "load_study_params", "StudyRun", "StudyResult",
 ]
 
-PROFILES = ("cpu", "cuda", "mps")
-PROFILE_FILES = {"cpu": "params.yaml", "cuda": "params-cuda.yaml", "mps": "params-mps.yaml"}
 KINDS = ("int", "float", "bool", "str", "resolution", "list", "dict", "any")
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from rifelab.publish.notebooks import parse_set
+from rifelab.publish.results import PROFILES
 from rifelab.studies.pruning.finetune import finetune
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -17,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="The finetune@PROFILE stage of the pruning study: measure each group's sensitivity and latency "
         "savings, build the plans named in pruning.finetune, fine-tune each by distillation and save it under "
         "<results root>/<profile>/finetune/. Up-to-date checkpoints are kept; interrupted ones resume.")
-    parser.add_argument("--profile", default="cpu", choices=["cpu", "cuda", "mps"],
+    parser.add_argument("--profile", default="cpu", choices=list(PROFILES),
                         help="device profile whose params file and result folder are used (default: cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key of the pruning section for this run (VALUE as YAML), may repeat")
