@@ -192,3 +192,19 @@ def test_notebook_00_runs_headless(tmp_path):
     assert "Live controls are off" in text and "dB** PSNR" in text  # headless: no widgets, generated sentences
     assert assert_figures_render(out) == 3  # view, strip, benchmark: images, not "<Figure size ...>"
     assert (tmp_path / "r" / "cpu" / "metrics" / "interactive.json").exists()
+
+
+def test_a_cached_value_swaps_the_image_without_drawing_and_a_computing_one_is_marked_stale(model, viewer, monkeypatch):
+    viewer.widgets(triplet=0, timestep=0.5, scale=1.0, background=False)
+    c = viewer.controls
+    first = c["image"].value
+    assert c["timestep"].layout.width == "600px" and c["confirm"].layout.width == "auto"  # 24 px per step of 0.05
+    borders = []
+    monkeypatch.setattr(viewer, "update", lambda *a, _u=viewer.update: (borders.append(c["image"].layout.border),
+                                                                        _u(*a))[1])
+    c["timestep"].value = 0.25  # a new value: the old view is marked stale while it computes
+    assert "dashed" in borders[-1] and "transparent" in c["image"].layout.border
+    drawn = []
+    monkeypatch.setattr(viewer, "figure", lambda *a, **k: drawn.append(a) or pytest.fail("figure rebuilt"))
+    c["timestep"].value = 0.5  # cached: the stored PNG comes back, no figure is built
+    assert c["image"].value == first and not drawn and viewer.rendered[-1] == (0, 0.5, 1.0)

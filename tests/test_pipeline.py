@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import nbformat
 import papermill
 import pytest
 import yaml
+from dvc.repo import Repo
+from dvc_render import VegaRenderer, render_html
 
 from dvc_checks import DVC, assert_plots_readable
 from dvc_checks import stage as _stage
@@ -176,7 +179,7 @@ def test_param_kinds_are_checked_when_declared():
 
 # ----------------------------------------------------------------------------- study runs
 
-TINY = {"clips": ["bikes"], "n_triplets": 1, "resolutions": ["160x96"], "repeats": 2, "warmup": 0,
+TINY = {"clips": ["bikes"], "n_triplets": 1, "resolutions": ["160x96", "96x64"], "repeats": 2, "warmup": 0,
         "dataset_path": None, "examples": 1}
 
 
@@ -188,7 +191,7 @@ def test_baseline_study_writes_its_profile_folder_and_short_headline(tmp_path):
                  "psnr_distribution.png", "latency_vs_resolution.png", "published_vs_ours.md", "metrics.json"):
         assert (res.folder / name).exists(), name
     headline = json.loads((base / "metrics" / "baseline.json").read_text())
-    assert set(headline) == {"psnr_bikes", "ms_160x96", "environment"}
+    assert set(headline) == {"psnr_bikes", "ms_160x96", "ms_96x64", "environment"}
     assert headline["environment"]["profile"] == "cpu"
     assert res.metrics["quality"]["bikes"]["psnr_gain_vs_average"] > 3  # RIFE beats blending on real motion
     assert res.metrics["quality"]["bikes"]["n"] == 1 and res.metrics["notes"] == []
@@ -320,6 +323,29 @@ def test_cell_timeout_from_environment(monkeypatch):
 
 def test_dvc_plots_folder_is_ignored():
     assert "dvc_plots/" in (ROOT / ".gitignore").read_text().split()
+
+
+CDN_URL = re.compile(r"https?://[^\s\"'<>]*(cdn|jsdelivr|unpkg|googleapis)", re.I)
+
+
+def test_plots_page_is_the_offline_template_and_loads_nothing_from_a_cdn(tmp_path):
+    with Repo(str(ROOT)) as repo:  # DVC reads `[plots] html_template` relative to .dvc/
+        template = Path(repo.dvc_dir) / repo.config["plots"]["html_template"]
+    assert template.resolve() == ROOT / "vendor" / "vega-offline" / "plots_template.html"
+    text = template.read_text(encoding="utf8")
+    assert "{plot_divs}" in text and "{scripts}" not in text  # {scripts} is where DVC puts its CDN tags
+    assert "vegaEmbed" in text and not CDN_URL.search(text) and "<script src" not in text
+    page = tmp_path / "index.html"
+    render_html([VegaRenderer([{"step": 0, "loss": 1.0}], "loss.csv", x="step", y="loss")], page, template)
+    rendered = page.read_text(encoding="utf8")
+    assert "vegaEmbed('#" in rendered and not CDN_URL.search(rendered)
+
+
+@pytest.mark.parametrize("name", [n for n, s in DVC["stages"].items() if "plots" in s.get("do", {})])
+def test_committed_cpu_plots_match_their_declarations(name):
+    if not (ROOT / "results" / "cpu" / "plots" / name).is_dir():
+        pytest.skip("no committed cpu plots for this study")
+    assert_plots_readable(name, ROOT / "results" / "cpu")
 
 
 # av: a core dependency here, but absent on the GPU machine of the device run, whose modules (frames.images among

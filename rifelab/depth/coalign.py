@@ -350,6 +350,31 @@ def _check_not_degenerate(problem: Problem) -> None:
     )
 
 
+def _initial_params(init: tuple[torch.Tensor, torch.Tensor] | None, K: int, dev: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-snippet (scale, shift) to optimise: ones and zeros, or copies of `init` (checked to be K long)."""
+    if init is None:
+        scale = torch.ones(K, device=dev)
+        shift = torch.zeros(K, device=dev)
+    else:
+        scale = init[0].detach().to(dev, torch.float32).clone()
+        shift = init[1].detach().to(dev, torch.float32).clone()
+        if scale.shape != (K,) or shift.shape != (K,):
+            raise ValueError(f"init must be two tensors of shape ({K},), got {tuple(scale.shape)}, {tuple(shift.shape)}")
+    return scale.requires_grad_(True), shift.requires_grad_(True)
+
+
+def _check_finite(scale: torch.Tensor, shift: torch.Tensor, hist: torch.Tensor, lr: float) -> None:
+    """Refuse a diverged run, naming the iteration where the loss became non-finite."""
+    if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
+        first = next((i + 1 for i, v in enumerate(hist.tolist()) if not math.isfinite(v)), None)
+        raise ValueError(
+            f"co-alignment diverged: non-finite scales/shifts after {len(hist)} iterations"
+            + (f" (the loss became non-finite at iteration {first})" if first else "")
+            + f"; lower lr (now {lr}) or check the snippets for extreme values"
+        )
+
+
 def align(
     snippets: SnippetSet,
     config: AlignConfig = AlignConfig(),
@@ -386,16 +411,7 @@ def align(
     problem = prepare(snippets, config, dev)
     _check_not_degenerate(problem)
     K = problem.num_snippets
-    if init is None:
-        scale = torch.ones(K, device=dev)
-        shift = torch.zeros(K, device=dev)
-    else:
-        scale = init[0].detach().to(dev, torch.float32).clone()
-        shift = init[1].detach().to(dev, torch.float32).clone()
-        if scale.shape != (K,) or shift.shape != (K,):
-            raise ValueError(f"init must be two tensors of shape ({K},), got {tuple(scale.shape)}, {tuple(shift.shape)}")
-    scale.requires_grad_(True)
-    shift.requires_grad_(True)
+    scale, shift = _initial_params(init, K, dev)
     opt = torch.optim.Adam([scale, shift], lr=config.lr, betas=config.betas)
     synchronize(dev)
     t1 = time.perf_counter()
@@ -432,13 +448,7 @@ def align(
     t2 = time.perf_counter()
     if stop_at is not None:
         log.info("%s stopped after %d of %d iterations", rule.describe(), stop_at, n)
-    if not (torch.isfinite(scale).all() and torch.isfinite(shift).all()):
-        first = next((i + 1 for i, v in enumerate(hist[:ran].tolist()) if not math.isfinite(v)), None)
-        raise ValueError(
-            f"co-alignment diverged: non-finite scales/shifts after {ran} iterations"
-            + (f" (the loss became non-finite at iteration {first})" if first else "")
-            + f"; lower lr (now {config.lr}) or check the snippets for extreme values"
-        )
+    _check_finite(scale, shift, hist[:ran], config.lr)
     return AlignResult(
         scale=scale.detach().float().cpu(),
         shift=shift.detach().float().cpu(),

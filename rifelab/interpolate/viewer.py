@@ -92,6 +92,7 @@ class TimestepViewer:
         self._worker: threading.Thread | None = None
         self._background = False
         self._confirmed: set[float] = set()
+        self._png: OrderedDict[tuple[int, float, float], bytes] = OrderedDict()  # drawn views: a cached value redraws
         self.rendered: list[tuple[int, float, float]] = []
         self.dropped = 0
 
@@ -237,13 +238,18 @@ class TimestepViewer:
 
         i, t, s = self._check(triplet, timestep, scale)
         self._background = _in_kernel() if background is None else bool(background)
+        # the slider gets >= 24 px per step, so one drag of a step lands on the next value
+        steps = max(1, round(1.0 / step))
         slider = W.FloatSlider(value=t, min=0.0, max=1.0, step=step, description="timestep",
-                               continuous_update=False, readout_format=".2f")
+                               continuous_update=False, readout_format=".2f",
+                               layout=W.Layout(width=f"{max(420, 24 * steps + 120)}px"))
         trip = W.Dropdown(options=[(tr.name, k) for k, tr in enumerate(self.triplets)], value=i, description="triplet")
-        sc = W.Dropdown(options=[(f"{v:g}", v) for v in VALID_SCALES], value=s, description="scale")
+        sc = W.Dropdown(options=[(f"{v:g}", v) for v in VALID_SCALES], value=s, description="scale",
+                        layout=W.Layout(width="160px"))
         status = W.HTML(value="")
-        confirm = W.Button(description="compute anyway", button_style="warning", layout=W.Layout(display="none"))
-        image = W.Image(format="png")
+        confirm = W.Button(description="compute anyway", button_style="warning",
+                           layout=W.Layout(display="none", width="auto"))  # the label is never cut
+        image = W.Image(format="png", layout=W.Layout(width="100%", border="3px solid transparent"))
         self.controls = {"timestep": slider, "triplet": trip, "scale": sc, "status": status, "confirm": confirm,
                          "image": image}
 
@@ -287,7 +293,10 @@ class TimestepViewer:
         if status is not None:
             est = self.estimate_seconds(s)
             eta = f", about {est:.1f} s" if est is not None else ""
-            status.value = f"⏳ computing t = {t:.2f} ({self.triplets[i].name}, scale {s:g}{eta}) …"
+            status.value = (f"⏳ computing t = {t:.2f} ({self.triplets[i].name}, scale {s:g}{eta}) … "
+                            "<i>the frame shown (dashed frame) is the previous one</i>")
+        if "image" in self.controls:
+            self.controls["image"].layout.border = "3px dashed #e69f00"  # the old view is stale while computing
         with self._lock:
             self._pending = (gen, key)
             if self._background and self._worker is None:
@@ -321,11 +330,19 @@ class TimestepViewer:
             self._draw(state)
 
     def _draw(self, state: ViewState) -> None:
-        self.rendered.append((state.triplet, state.timestep, state.scale))
+        key = (state.triplet, state.timestep, state.scale)
+        self.rendered.append(key)
         if "image" in self.controls:
-            buf = io.BytesIO()
-            self.figure(state).savefig(buf, format="png", dpi=80)
-            self.controls["image"].value = buf.getvalue()
+            png = self._png.get(key)
+            if png is None:  # a new value: draw the figure once; a cached value only swaps the image's bytes
+                buf = io.BytesIO()
+                self.figure(state).savefig(buf, format="png", dpi=100)
+                png = self._png[key] = buf.getvalue()
+                while len(self._png) > self.cache_size:
+                    self._png.popitem(last=False)
+            self._png.move_to_end(key)
+            self.controls["image"].value = png
+            self.controls["image"].layout.border = "3px solid transparent"
         if "status" in self.controls:
             took = "cached" if state.cached else f"{state.seconds:.1f} s"
             self.controls["status"].value = (f"t = {state.timestep:.2f}, {self.triplets[state.triplet].name}, "

@@ -22,7 +22,7 @@ from rifelab.rife.model import RIFE
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parse_resolution", "real_frame_pair", "model_macs", "benchmark_interpolate", "agreement", "bench_row"]
+__all__ = ["parse_resolution", "pixel_count", "real_frame_pair", "model_macs", "benchmark_interpolate", "agreement", "bench_row"]
 
 
 def parse_resolution(text: str | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -39,6 +39,12 @@ def parse_resolution(text: str | tuple[int, int] | list[int]) -> tuple[int, int]
     if not (16 <= w <= 16384 and 16 <= h <= 16384):
         raise ValueError(f"resolution {w}x{h} is out of range: each side must be within 16..16384 pixels")
     return w, h
+
+
+def pixel_count(resolution: str | tuple[int, int] | list[int]) -> int:
+    """Pixels per frame of a resolution ('1280x720' -> 921600): the order tables and plots list resolutions in."""
+    w, h = parse_resolution(resolution)
+    return w * h
 
 
 def real_frame_pair(

@@ -191,6 +191,27 @@ def _batch_loss(net: torch.nn.Module, batch: tuple[torch.Tensor, ...], flow_weig
     return loss
 
 
+def _check_settings(steps: int, lr: float, batch_size: int, crop: int, flow_weight: float, save_every: int,
+                    data: DistillData) -> int:
+    """Refuse bad distillation settings with what is allowed; returns the network's padding multiple."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    mult = padding_multiple(1.0)
+    if not isinstance(crop, int) or crop < mult or crop % mult:
+        raise ValueError(f"crop must be a positive multiple of {mult} (the network's padding multiple), got {crop!r}")
+    if flow_weight < 0:
+        raise ValueError(f"flow_weight must be >= 0, got {flow_weight!r}")
+    if not isinstance(save_every, int) or save_every < 1:
+        raise ValueError(f"save_every must be an integer >= 1, got {save_every!r}")
+    if len(data) == 0:
+        raise ValueError("no training data: distillation_targets() returned no triplets")
+    return mult
+
+
 def distill(
     student: RIFE,
     data: DistillData,
@@ -213,21 +234,7 @@ def distill(
     the same settings, student shapes and data resumes from it (a finished run returns at once).
     `callback(step, loss)` is called after every step (step counts from 1).
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    mult = padding_multiple(1.0)
-    if not isinstance(crop, int) or crop < mult or crop % mult:
-        raise ValueError(f"crop must be a positive multiple of {mult} (the network's padding multiple), got {crop!r}")
-    if flow_weight < 0:
-        raise ValueError(f"flow_weight must be >= 0, got {flow_weight!r}")
-    if not isinstance(save_every, int) or save_every < 1:
-        raise ValueError(f"save_every must be an integer >= 1, got {save_every!r}")
-    if len(data) == 0:
-        raise ValueError("no training data: distillation_targets() returned no triplets")
+    mult = _check_settings(steps, lr, batch_size, crop, flow_weight, save_every, data)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     net = student.net

@@ -16,7 +16,7 @@ import pandas as pd
 
 from rifelab.publish import claims, plots
 from rifelab.frames.assets import CLIPS
-from rifelab.measure.benchmark import bench_row
+from rifelab.measure.benchmark import bench_row, pixel_count
 from rifelab.frames.clips import clip_info, clip_triplets, detect_layout, load_clip, read_triplet_dataset
 from rifelab.measure.evaluation import evaluate_triplets, summarise
 from rifelab.rife.network import VALID_SCALES
@@ -121,7 +121,8 @@ def run(
         plot_data = {
             "psnr_per_triplet": per_triplet[per_triplet.method == "rife"].assign(
                 triplet=lambda d: d.source + "/" + d.triplet)[["triplet", "psnr"]],
-            "latency": efficiency[["resolution", "median_ms"]],
+            "latency": efficiency[["resolution", "median_ms"]].sort_values(
+                "resolution", key=lambda col: col.map(pixel_count), kind="stable"),  # by pixel count, not as text
         }
         lines = [f"**{src}**: RIFE {rife.loc[src, 'psnr']:.2f} dB PSNR / {rife.loc[src, 'ssim']:.4f} SSIM, "
                  f"{rife.loc[src, 'psnr'] - avg.loc[src, 'psnr']:+.2f} dB over the neighbour average "

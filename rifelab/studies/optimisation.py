@@ -45,6 +45,7 @@ from rifelab.engines.torch_engine import EngineConfig, parse_config
 from rifelab.measure.harness import Harness, InterleavedTiming, noise_limits
 from rifelab.measure.metrics import psnr, ssim
 from rifelab.measure.workloads import FrameInputs, InterpolateWorkload, ModelSpec
+from rifelab.rife.model import RIFE
 from rifelab.rife.network import VALID_SCALES
 from rifelab.studies.base import Param, ParamError, StudyResult, StudyRun
 
@@ -276,6 +277,265 @@ def _verdict(value: float | None, target: float, above: bool = True) -> str:
     return f"{'met' if ok else 'missed'} ({value:.2f} vs target {'>=' if above else '<='} {target:g})"
 
 
+@dataclass
+class Setup:
+    """Checked configurations and splits, what cannot run here (and why), the held-out triplets, the model's name."""
+
+    configs: list[StudyConfig]
+    skipped: dict[str, str]
+    int8: list[str]
+    triplets: list[Triplet]
+    reference: dict[str, float]
+    limits: Any
+    model: RIFE
+
+
+@dataclass
+class Measured:
+    """Every resolution timed (checked, per resolution) and scored: result rows and the held-out predictions."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    held: dict[str, list] = field(default_factory=dict)
+    timings: dict[str, InterleavedTiming] = field(default_factory=dict)
+
+
+@dataclass
+class Published:
+    """The results split by outcome, and the resolutions whose timing stayed noisy."""
+
+    ran: pd.DataFrame
+    not_run: pd.DataFrame
+    noisy: pd.DataFrame
+
+
+@dataclass
+class Targets:
+    """The rows the targets are judged on, at the target resolution."""
+
+    at: pd.DataFrame
+    best: pd.Series | None  # fastest at FP32 quality
+    fastest: pd.Series | None
+    int8: pd.DataFrame  # INT8 rows with their change against the ground truth
+    int8_pick: pd.Series | None  # the fastest INT8 path within the loss budget, else the fastest
+    int8_loss: float | None
+
+
+def prepare(run: StudyRun) -> Setup:
+    """Every check before the model loads; what cannot run here; the held-out triplets; the baseline reference."""
+    p, dev = run.params, run.device
+    configs = study_configs(p["configs"], p["baseline"])
+    check_splits(p)
+    if p["target_resolution"] not in p["resolutions"]:
+        raise ParamError(f"target_resolution {p['target_resolution']} is not among resolutions {p['resolutions']}")
+    try:
+        limits = noise_limits(p["noise"])
+    except ValueError as exc:
+        raise ParamError(f"optimisation.{exc}") from None
+    skipped = {c.name: "; ".join(c.problems(dev)) for c in configs if c.problems(dev)}
+    int8 = [c.name for c in configs if c.dtype == "int8" and c.name not in skipped]
+    triplets = heldout_triplets(p) if int8 else []
+    reference = _baseline_reference(run)
+    model = run.model()  # names the network; the timed models are built in the workers
+    return Setup(configs, skipped, int8, triplets, reference, limits, model)
+
+
+def _not_run_row(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    status = "too slow" if reason.startswith("too slow") else ("failed" if reason.startswith("failed") else "skipped")
+    return {**row, "status": status, "reason": reason}
+
+
+def measure_resolution(run: StudyRun, setup: Setup, h: Harness, res: str, m: Measured,
+                       outputs: dict[tuple[str, str], torch.Tensor]) -> None:
+    """Time the configs of one resolution interleaved with the baseline in their workers, then score their outputs."""
+    p, skipped = run.params, setup.skipped
+    w, h_ = parse_resolution(res)
+    pairs = [real_frame_pair(w, h_, p["clip"], k * QUALITY_PAIR_STEP, run.device) for k in range(p["quality_pairs"])]
+    here = [c for c in setup.configs if (c.resolutions is None or res in c.resolutions)]
+    scored = setup.triplets if res == p["target_resolution"] else []
+    h.prepare({c.name: FrameInputs.from_tensors(pairs, [(t.frame0, t.frame2) for t in scored]
+                                                if c.name in [p["baseline"], *setup.int8] else [])
+               for c in here if c.name not in skipped})
+    timing = m.timings[res] = h.measure_checked(
+        setup.limits, _checks(p, res, setup.reference), names=[c.name for c in here if c.name not in skipped],
+        warmup=p["warmup"], rounds=p["repeats"], baseline=p["baseline"], max_slowdown=p["max_slowdown"])
+    base_t = timing.timings[p["baseline"]]
+    for c in here:
+        row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res,
+                               "model": f"RIFE {setup.model.layout.name}"}
+        if c.name in skipped or c.name in timing.stopped:
+            m.rows.append(_not_run_row(row, skipped.get(c.name) or timing.stopped[c.name]))
+            continue
+        t = timing.timings[c.name]
+        out, facts = h.outputs(c.name)
+        outputs[(c.name, res)] = torch.from_numpy(out["pairs"])
+        if out["heldout"]:
+            m.held[c.name] = out["heldout"]
+        m.rows.append({**row, "status": "ran", "reason": "", **t.as_dict(),
+                       "speedup": base_t.median / t.median, "speedup_p10": base_t.median / t.p90,
+                       "speedup_p90": base_t.median / t.p10, "first_call_s": timing.first_call_s[c.name],
+                       "peak_mem_mib": facts["peak_mem_mib"], "peak_mem_kind": facts["peak_mem_kind"],
+                       **agreement(outputs[(c.name, res)], outputs[(p["baseline"], res)]),
+                       "applied": "; ".join(f"{k}: {v}" for k, v in facts["applied"].items()),
+                       "options_skipped": "; ".join(f"{k}: {v}" for k, v in facts["skipped"].items()),
+                       "worker": timing.workers[c.name], "noisy": timing.noisy,
+                       "timing_attempts": timing.attempts})
+
+
+def measure(run: StudyRun, setup: Setup) -> Measured:
+    """Every configuration built once in its own worker process; every resolution timed and scored."""
+    p, skipped = run.params, setup.skipped
+    m = Measured()
+    outputs: dict[tuple[str, str], torch.Tensor] = {}
+    with Harness.isolated({c.name: _workload(c, run) for c in setup.configs if c.name not in skipped},
+                          run.progress) as h:
+        for name, err in h.errors.items():  # cannot run here: skipped with the reason; any other error: failed
+            if err.kind == "BackendUnavailable":
+                skipped[name] = str(err).removeprefix("BackendUnavailable: ")
+                h.stopped.pop(name)
+        if p["baseline"] in h.stopped:
+            raise RuntimeError(f"the baseline {p['baseline']} could not be built: {h.stopped[p['baseline']]}")
+        for res in p["resolutions"]:
+            measure_resolution(run, setup, h, res, m, outputs)
+    return m
+
+
+def publish_timings(run: StudyRun, m: Measured) -> Published:
+    """The load, results, speedup and skipped tables and both figures."""
+    load = run.table(pd.DataFrame([{"resolution": r, "noisy": t.noisy, "attempts": t.attempts,
+                                    "failed_checks": "; ".join(t.problems), **(t.load.as_dict() if t.load else {})}
+                                   for r, t in m.timings.items()]), "timing_load")
+    df = run.table(pd.DataFrame(m.rows), "results")
+    ran = df[df.status == "ran"]
+    run.table(ran.pivot_table(index="config", columns="resolution", values="speedup", sort=False), "speedup")
+    not_run = run.table(df[df.status != "ran"][["config", "resolution", "status", "reason"]], "skipped_or_stopped")
+    title = run.env["device_name"]
+    run.figure(_speedup_figure(df, f"Speedup over FP32 eager, same run ({title})"), "speedup_bars")
+    run.figure(_quality_figure(df, f"Quality against speed ({title})"), "quality_vs_speed")
+    return Published(ran, not_run, load[load.noisy])
+
+
+def int8_vs_ground_truth(run: StudyRun, setup: Setup, m: Measured, ran: pd.DataFrame) -> pd.DataFrame:
+    """INT8 configs that ran at the target resolution (and the baseline) against the held-out ground truth, from the
+    workers' predictions."""
+    p = run.params
+    int8 = [n for n in setup.int8 if not ran[(ran.config == n) & (ran.resolution == p["target_resolution"])].empty]
+    if not (int8 and p["baseline"] in m.held):
+        return pd.DataFrame()
+    return run.table(_score_heldout({n: m.held[n] for n in [p["baseline"], *int8] if n in m.held}, setup.triplets,
+                                    p["baseline"]), "int8_vs_ground_truth")
+
+
+def publish_anchors(run: StudyRun, model: RIFE, ran: pd.DataFrame) -> None:
+    """Published figures beside our best output fps, labelled as theirs."""
+    best_fps = {("RIFE " + model.variant, r, "output fps"): float(g.fps.max()) for r, g in ran.groupby("resolution")}
+    run.table(claims.beside_ours(claims.claims("optimisation"), best_fps, f"ours (RIFE {model.variant}, this run)")
+              .dropna(axis=1, how="all"), "published_anchors")
+
+
+def pick_targets(p: Mapping[str, Any], ran: pd.DataFrame, gt: pd.DataFrame) -> Targets:
+    """The rows each target is judged on at the target resolution."""
+    at = ran[ran.resolution == p["target_resolution"]]
+    fp32q = at[at.psnr_vs_fp32_db >= p["fp32_quality_db"]]
+    best = fp32q.loc[fp32q.speedup.idxmax()] if not fp32q.empty else None
+    fastest = at.loc[at.speedup.idxmax()] if not at.empty else None
+    i8 = at[at.dtype == "int8"].merge(gt[["config", "psnr_change_db"]], on="config", how="left") if not gt.empty \
+        else at[at.dtype == "int8"].assign(psnr_change_db=float("nan"))
+    within = i8[-i8.psnr_change_db <= p["int8_max_loss_db"]]
+    pool = within if not within.empty else i8  # the fastest INT8 path within the loss budget, else the fastest
+    i8row = pool.loc[pool.speedup.idxmax()] if not pool.empty else None
+    i8loss = None if i8row is None or pd.isna(i8row["psnr_change_db"]) else float(-i8row["psnr_change_db"])
+    return Targets(at, best, fastest, i8, i8row, i8loss)
+
+
+def judge_targets(p: Mapping[str, Any], t: Targets, noisy: pd.DataFrame) -> dict[str, str]:
+    """Each target: met or missed with the measured value (flagged when the target resolution's timing is noisy)."""
+    flag = " (noisy timing: not a clean result)" if p["target_resolution"] in set(noisy.resolution) else ""
+    verdicts = {}
+    if t.best is not None:
+        verdicts["fp32_quality"] = _verdict(t.best["speedup"], p["target_speedup"]) + flag
+    if p["target_fps"] is not None and t.best is not None:
+        verdicts["fps"] = _verdict(t.best["fps"], p["target_fps"]) + flag
+    if t.int8_pick is not None:
+        verdicts["int8_speedup"] = _verdict(t.int8_pick["speedup"], p["int8_target_speedup"]) + flag
+        verdicts["int8_loss"] = _verdict(t.int8_loss, p["int8_max_loss_db"], above=False)
+    return verdicts
+
+
+def _resolution_lines(p: Mapping[str, Any], ran: pd.DataFrame, noisy: pd.DataFrame) -> list[str]:
+    lines = [f"**noisy timing at {r.resolution}**: after {r.attempts} timings these checks still failed: "
+             f"{r.failed_checks}. Its latencies and speedups are published flagged, not as clean results; rerun "
+             f"on an idle machine" for r in noisy.itertuples()]
+    for r, g in ran.groupby("resolution", sort=False):
+        f = g.loc[g.speedup.idxmax()]
+        lines.append(f"{'(noisy) ' if r in set(noisy.resolution) else ''}**{r}**: FP32 eager "
+                     f"{g.loc[g.config == p['baseline'], 'median_ms'].iloc[0]:.1f} ms; "
+                     f"fastest **{f['config']}** ({f['backend']}, {f['dtype']}) {f['median_ms']:.1f} ms "
+                     f"(p10-p90 {f['p10_ms']:.1f}-{f['p90_ms']:.1f}), **{f['speedup']:.2f}x**, {f['fps']:.2f} fps, "
+                     f"PSNR vs FP32 {f['psnr_vs_fp32_db']:.1f} dB")
+    return lines
+
+
+def summary_lines(p: Mapping[str, Any], pub: Published, m: Measured, gt: pd.DataFrame, t: Targets,
+                  verdicts: Mapping[str, str], cap: Any) -> list[str]:
+    """The summary: noisy resolutions, per resolution, each target, INT8 variants, load, CPU ISA, what did not run."""
+    lines = _resolution_lines(p, pub.ran, pub.noisy)
+    best, i8row = t.best, t.int8_pick
+    if best is not None:
+        lines.append(f"fastest path at FP32 quality (PSNR vs FP32 >= {p['fp32_quality_db']:g} dB) at "
+                     f"{p['target_resolution']}: **{best['config']}**, {best['speedup']:.2f}x FP32 eager: target "
+                     f"{verdicts['fp32_quality']}")
+    if t.fastest is not None:
+        lines.append(f"every engine timed in this run is a rifelab backend, so none is faster than rifelab's best; "
+                     f"the fastest at {p['target_resolution']} is {t.fastest['config']} ({t.fastest['speedup']:.2f}x)")
+    if "fps" in verdicts:
+        lines.append(f"output fps of {best['config']} at {p['target_resolution']}: {verdicts['fps']}")
+    if i8row is not None:
+        lines.append(f"INT8 ({i8row['config']}): {i8row['speedup']:.2f}x FP32 eager, target {verdicts['int8_speedup']}; "
+                     f"PSNR {i8row['psnr_vs_fp32_db']:.1f} dB vs the FP32 output; change against the ground truth "
+                     f"of {int(gt['n'].iloc[0])} held-out triplets {-(t.int8_loss or 0):+.2f} dB, target "
+                     f"{verdicts['int8_loss']}")
+    lines += [f"INT8 variant {r.config}: {r.speedup:.2f}x FP32 eager, {r.psnr_change_db:+.2f} dB against the ground "
+              f"truth" for r in t.int8.itertuples() if i8row is not None and r.config != i8row["config"]]
+    lines.append("timing: one worker process per configuration, interleaved rounds; load " + "; ".join(
+        f"{r}: {tm.load.describe()}" for r, tm in m.timings.items() if tm.load))
+    lines.append(f"CPU ISA: {cap.isa}. bf16/fp16 paths need native support (skipped otherwise); INT8 speed "
+                 f"depends on VNNI/AMX ({'present' if cap.vnni or cap.amx else 'absent here'})")
+    lines += [f"{r.config} @ {r.resolution}: {r.status}: {r.reason}" for r in pub.not_run.itertuples()]
+    return lines
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or pd.isna(x) else round(float(x), 4)
+
+
+def _headline(p: Mapping[str, Any], t: Targets, pub: Published) -> dict[str, Any]:
+    at, best, i8row = t.at, t.best, t.int8_pick
+    return {
+        "baseline_ms": _num(at.loc[at.config == p["baseline"], "median_ms"].iloc[0]) if not at.empty else None,
+        "best_fp32_quality_speedup": _num(best["speedup"]) if best is not None else None,
+        "best_fp32_quality_config": best["config"] if best is not None else None,
+        "int8_speedup": _num(i8row["speedup"]) if i8row is not None else None,
+        "int8_loss_vs_gt_db": _num(t.int8_loss),
+        "not_run": int(len(pub.not_run)),
+        "noisy": bool(len(pub.noisy)),
+    }
+
+
+def _metrics(p: Mapping[str, Any], setup: Setup, m: Measured, pub: Published, gt: pd.DataFrame,
+             verdicts: Mapping[str, str], cap: Any) -> dict[str, Any]:
+    ran, not_run = pub.ran, pub.not_run
+    return {"isa": cap.isa, "verdicts": verdicts, "noisy": bool(len(pub.noisy)),
+            "timing": {r: {"noisy": t.noisy, "attempts": t.attempts, "failed_checks": t.problems,
+                           "workers": t.workers, "load": t.load.as_dict() if t.load else None,
+                           "history": t.history} for r, t in m.timings.items()},
+            "baseline_reference_ms": setup.reference,
+            "speedup": {f"{r.config}@{r.resolution}": r.speedup for r in ran.itertuples()},
+            "psnr_vs_fp32_db": {f"{r.config}@{r.resolution}": r.psnr_vs_fp32_db for r in ran.itertuples()},
+            "not_run": {f"{r.config}@{r.resolution}": f"{r.status}: {r.reason}" for r in not_run.itertuples()},
+            "int8_vs_ground_truth": gt.to_dict("records"), "frames_used": {
+                k: {c: [min(v), max(v)] for c, v in d.items()} for k, d in frames_used(p).items()}}
+
+
 def run(
     profile: str = "cpu",
     overrides: Mapping[str, Any] | None = None,
@@ -284,160 +544,17 @@ def run(
 ) -> StudyResult:
     """Time every configuration interleaved at every resolution, score it, report skips, publish."""
     with StudyRun.start("optimisation", PARAMS, profile, overrides, results_root, params_path) as run:
-        p, dev = run.params, run.device
-        configs = study_configs(p["configs"], p["baseline"])  # every check before the model loads
-        check_splits(p)
-        if p["target_resolution"] not in p["resolutions"]:
-            raise ParamError(f"target_resolution {p['target_resolution']} is not among resolutions {p['resolutions']}")
-        try:
-            limits = noise_limits(p["noise"])
-        except ValueError as exc:
-            raise ParamError(f"optimisation.{exc}") from None
-        skipped = {c.name: "; ".join(c.problems(dev)) for c in configs if c.problems(dev)}
-        int8 = [c.name for c in configs if c.dtype == "int8" and c.name not in skipped]
-        triplets = heldout_triplets(p) if int8 else []
-        reference = _baseline_reference(run)
-        model = run.model()  # names the network; the timed models are built in the workers
-        rows: list[dict[str, Any]] = []
-        outputs: dict[tuple[str, str], torch.Tensor] = {}
-        held: dict[str, list] = {}
-        timings: dict[str, InterleavedTiming] = {}
-        with Harness.isolated({c.name: _workload(c, run) for c in configs if c.name not in skipped},
-                              run.progress) as h:
-            for name, err in h.errors.items():  # cannot run here: skipped with the reason; any other error: failed
-                if err.kind == "BackendUnavailable":
-                    skipped[name] = str(err).removeprefix("BackendUnavailable: ")
-                    h.stopped.pop(name)
-            if p["baseline"] in h.stopped:
-                raise RuntimeError(f"the baseline {p['baseline']} could not be built: {h.stopped[p['baseline']]}")
-            for res in p["resolutions"]:
-                w, h_ = parse_resolution(res)
-                pairs = [real_frame_pair(w, h_, p["clip"], k * QUALITY_PAIR_STEP, dev) for k in range(p["quality_pairs"])]
-                here = [c for c in configs if (c.resolutions is None or res in c.resolutions)]
-                scored = triplets if res == p["target_resolution"] else []
-                h.prepare({c.name: FrameInputs.from_tensors(pairs, [(t.frame0, t.frame2) for t in scored]
-                                                            if c.name in [p["baseline"], *int8] else [])
-                           for c in here if c.name not in skipped})
-                timing = timings[res] = h.measure_checked(
-                    limits, _checks(p, res, reference), names=[c.name for c in here if c.name not in skipped],
-                    warmup=p["warmup"], rounds=p["repeats"], baseline=p["baseline"], max_slowdown=p["max_slowdown"])
-                base_t = timing.timings[p["baseline"]]
-                for c in here:
-                    row: dict[str, Any] = {"config": c.name, "backend": c.backend, "dtype": c.dtype, "resolution": res,
-                                           "model": f"RIFE {model.layout.name}"}
-                    if c.name in skipped or c.name in timing.stopped:
-                        reason = skipped.get(c.name) or timing.stopped[c.name]
-                        status = "too slow" if reason.startswith("too slow") else (
-                            "failed" if reason.startswith("failed") else "skipped")
-                        rows.append({**row, "status": status, "reason": reason})
-                        continue
-                    t = timing.timings[c.name]
-                    out, facts = h.outputs(c.name)
-                    outputs[(c.name, res)] = torch.from_numpy(out["pairs"])
-                    if out["heldout"]:
-                        held[c.name] = out["heldout"]
-                    rows.append({**row, "status": "ran", "reason": "", **t.as_dict(),
-                                 "speedup": base_t.median / t.median, "speedup_p10": base_t.median / t.p90,
-                                 "speedup_p90": base_t.median / t.p10, "first_call_s": timing.first_call_s[c.name],
-                                 "peak_mem_mib": facts["peak_mem_mib"], "peak_mem_kind": facts["peak_mem_kind"],
-                                 **agreement(outputs[(c.name, res)], outputs[(p["baseline"], res)]),
-                                 "applied": "; ".join(f"{k}: {v}" for k, v in facts["applied"].items()),
-                                 "options_skipped": "; ".join(f"{k}: {v}" for k, v in facts["skipped"].items()),
-                                 "worker": timing.workers[c.name], "noisy": timing.noisy,
-                                 "timing_attempts": timing.attempts})
-        load = run.table(pd.DataFrame([{"resolution": r, "noisy": t.noisy, "attempts": t.attempts,
-                                        "failed_checks": "; ".join(t.problems), **(t.load.as_dict() if t.load else {})}
-                                       for r, t in timings.items()]), "timing_load")
-        noisy = load[load.noisy]
-        df = run.table(pd.DataFrame(rows), "results")
-        ran = df[df.status == "ran"]
-        run.table(ran.pivot_table(index="config", columns="resolution", values="speedup", sort=False), "speedup")
-        not_run = run.table(df[df.status != "ran"][["config", "resolution", "status", "reason"]], "skipped_or_stopped")
-        title = run.env["device_name"]
-        run.figure(_speedup_figure(df, f"Speedup over FP32 eager, same run ({title})"), "speedup_bars")
-        run.figure(_quality_figure(df, f"Quality against speed ({title})"), "quality_vs_speed")
-
-        # INT8 (and the baseline) against the ground truth of held-out triplets, from the workers' predictions
-        int8 = [n for n in int8 if not ran[(ran.config == n) & (ran.resolution == p["target_resolution"])].empty]
-        gt = pd.DataFrame()
-        if int8 and p["baseline"] in held:
-            gt = run.table(_score_heldout({n: held[n] for n in [p["baseline"], *int8] if n in held}, triplets,
-                                          p["baseline"]), "int8_vs_ground_truth")
-
-        # published anchors, labelled as theirs
-        best_fps = {("RIFE " + model.variant, r, "output fps"): float(g.fps.max()) for r, g in ran.groupby("resolution")}
-        run.table(claims.beside_ours(claims.claims("optimisation"), best_fps, f"ours (RIFE {model.variant}, this run)")
-                  .dropna(axis=1, how="all"), "published_anchors")
-
-        # targets and sentences
+        p = run.params
+        setup = prepare(run)
+        measured = measure(run, setup)
+        pub = publish_timings(run, measured)
+        gt = int8_vs_ground_truth(run, setup, measured, pub.ran)
+        publish_anchors(run, setup.model, pub.ran)
+        targets = pick_targets(p, pub.ran, gt)
+        verdicts = judge_targets(p, targets, pub.noisy)
         cap = capabilities()
-        at = ran[ran.resolution == p["target_resolution"]]
-        fp32q = at[at.psnr_vs_fp32_db >= p["fp32_quality_db"]]
-        best = fp32q.loc[fp32q.speedup.idxmax()] if not fp32q.empty else None
-        fastest = at.loc[at.speedup.idxmax()] if not at.empty else None
-        i8 = at[at.dtype == "int8"].merge(gt[["config", "psnr_change_db"]], on="config", how="left") if not gt.empty \
-            else at[at.dtype == "int8"].assign(psnr_change_db=float("nan"))
-        within = i8[-i8.psnr_change_db <= p["int8_max_loss_db"]]
-        pool = within if not within.empty else i8  # the fastest INT8 path within the loss budget, else the fastest
-        i8row = pool.loc[pool.speedup.idxmax()] if not pool.empty else None
-        i8loss = None if i8row is None or pd.isna(i8row["psnr_change_db"]) else float(-i8row["psnr_change_db"])
-        lines = [f"**noisy timing at {r.resolution}**: after {r.attempts} timings these checks still failed: "
-                 f"{r.failed_checks}. Its latencies and speedups are published flagged, not as clean results; rerun "
-                 f"on an idle machine" for r in noisy.itertuples()]
-        for r, g in ran.groupby("resolution", sort=False):
-            f = g.loc[g.speedup.idxmax()]
-            lines.append(f"{'(noisy) ' if r in set(noisy.resolution) else ''}**{r}**: FP32 eager {g.loc[g.config == p['baseline'], 'median_ms'].iloc[0]:.1f} ms; "
-                         f"fastest **{f['config']}** ({f['backend']}, {f['dtype']}) {f['median_ms']:.1f} ms "
-                         f"(p10-p90 {f['p10_ms']:.1f}-{f['p90_ms']:.1f}), **{f['speedup']:.2f}x**, {f['fps']:.2f} fps, "
-                         f"PSNR vs FP32 {f['psnr_vs_fp32_db']:.1f} dB")
-        verdicts = {}
-        flag = " (noisy timing: not a clean result)" if p["target_resolution"] in set(noisy.resolution) else ""
-        if best is not None:
-            verdicts["fp32_quality"] = _verdict(best["speedup"], p["target_speedup"]) + flag
-            lines.append(f"fastest path at FP32 quality (PSNR vs FP32 >= {p['fp32_quality_db']:g} dB) at "
-                         f"{p['target_resolution']}: **{best['config']}**, {best['speedup']:.2f}x FP32 eager: target "
-                         f"{verdicts['fp32_quality']}")
-        if fastest is not None:
-            lines.append(f"every engine timed in this run is a rifelab backend, so none is faster than rifelab's best; "
-                         f"the fastest at {p['target_resolution']} is {fastest['config']} ({fastest['speedup']:.2f}x)")
-        if p["target_fps"] is not None and best is not None:
-            verdicts["fps"] = _verdict(best["fps"], p["target_fps"]) + flag
-            lines.append(f"output fps of {best['config']} at {p['target_resolution']}: {verdicts['fps']}")
-        if i8row is not None:
-            verdicts["int8_speedup"] = _verdict(i8row["speedup"], p["int8_target_speedup"]) + flag
-            verdicts["int8_loss"] = _verdict(i8loss, p["int8_max_loss_db"], above=False)
-            lines.append(f"INT8 ({i8row['config']}): {i8row['speedup']:.2f}x FP32 eager, target {verdicts['int8_speedup']}; "
-                         f"PSNR {i8row['psnr_vs_fp32_db']:.1f} dB vs the FP32 output; change against the ground truth "
-                         f"of {int(gt['n'].iloc[0])} held-out triplets {-(i8loss or 0):+.2f} dB, target {verdicts['int8_loss']}")
-        lines += [f"INT8 variant {r.config}: {r.speedup:.2f}x FP32 eager, {r.psnr_change_db:+.2f} dB against the ground "
-                  f"truth" for r in i8.itertuples() if i8row is not None and r.config != i8row["config"]]
-        lines.append("timing: one worker process per configuration, interleaved rounds; load " + "; ".join(
-            f"{r}: {t.load.describe()}" for r, t in timings.items() if t.load))
-        lines.append(f"CPU ISA: {cap.isa}. bf16/fp16 paths need native support (skipped otherwise); INT8 speed "
-                     f"depends on VNNI/AMX ({'present' if cap.vnni or cap.amx else 'absent here'})")
-        lines += [f"{r.config} @ {r.resolution}: {r.status}: {r.reason}" for r in not_run.itertuples()]
-
-        def num(x: Any) -> float | None:
-            return None if x is None or pd.isna(x) else round(float(x), 4)
-
-        headline = {
-            "baseline_ms": num(at.loc[at.config == p["baseline"], "median_ms"].iloc[0]) if not at.empty else None,
-            "best_fp32_quality_speedup": num(best["speedup"]) if best is not None else None,
-            "best_fp32_quality_config": best["config"] if best is not None else None,
-            "int8_speedup": num(i8row["speedup"]) if i8row is not None else None,
-            "int8_loss_vs_gt_db": num(i8loss),
-            "not_run": int(len(not_run)),
-            "noisy": bool(len(noisy)),
-        }
-        metrics = {"isa": cap.isa, "verdicts": verdicts, "noisy": bool(len(noisy)),
-                   "timing": {r: {"noisy": t.noisy, "attempts": t.attempts, "failed_checks": t.problems,
-                                  "workers": t.workers, "load": t.load.as_dict() if t.load else None,
-                                  "history": t.history} for r, t in timings.items()},
-                   "baseline_reference_ms": reference,
-                   "speedup": {f"{r.config}@{r.resolution}": r.speedup for r in ran.itertuples()},
-                   "psnr_vs_fp32_db": {f"{r.config}@{r.resolution}": r.psnr_vs_fp32_db for r in ran.itertuples()},
-                   "not_run": {f"{r.config}@{r.resolution}": f"{r.status}: {r.reason}" for r in not_run.itertuples()},
-                   "int8_vs_ground_truth": gt.to_dict("records"), "frames_used": {
-                       k: {c: [min(v), max(v)] for c, v in d.items()} for k, d in frames_used(p).items()}}
-        plots = {"speedup": ran.assign(config_at=ran.config + " @ " + ran.resolution)[["config_at", "speedup"]]}
-        return run.finish(metrics, headline, plots, lines)
+        lines = summary_lines(p, pub, measured, gt, targets, verdicts, cap)
+        plots = {"speedup": pub.ran.assign(config_at=pub.ran.config + " @ " + pub.ran.resolution)[
+            ["config_at", "speedup"]]}
+        return run.finish(_metrics(p, setup, measured, pub, gt, verdicts, cap), _headline(p, targets, pub), plots,
+                          lines)
