@@ -73,6 +73,8 @@ def stage_code(stage: str) -> list[str]:
     if stage == "device_run":  # `rifelab device-report`: notebook 05 renders the archive, then the report
         files = {str(p.relative_to(ROOT)) for p in closure("rifelab.devicerun.render")}
         return sorted(files | set(RUNNER) | {"rifelab/publish/report.py"})
+    if stage == "report":  # `rifelab report`: the report builder
+        return sorted({str(p.relative_to(ROOT)) for p in closure("rifelab.publish.report")} | {"rifelab/cli.py"})
     study = "pruning" if stage == "finetune" else stage
     files = {str(p.relative_to(ROOT)) for p in closure(f"rifelab.studies.{study}")}
     return sorted(files if stage == "finetune" else files | set(RUNNER))
@@ -87,7 +89,7 @@ def write_dvc_deps(path: Path = ROOT / "dvc.yaml") -> None:
         stripped = line.strip()
         if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
             stage = stripped[:-1]
-        if stripped.startswith("- rifelab/") and stage not in (None, "assets", "report"):
+        if stripped.startswith("- rifelab/") and stage not in (None, "assets"):
             indent = line[: len(line) - len(line.lstrip())]
             if out and out[-1].strip().startswith("- rifelab/"):
                 continue

@@ -28,7 +28,7 @@ from rifelab.publish.results import atomic_path, atomic_write_text
 from rifelab.studies import STUDIES
 from rifelab.studies.base import COMMON, PROFILE_FILES, PROFILES, Param, ParamError, load_study_params, read_params_file
 
-from import_closure import RUNNER
+from import_closure import RUNNER, stage_code
 MAX_NOTEBOOK_CODE_LINES = 60
 
 
@@ -46,6 +46,11 @@ def test_stage_deps_are_exactly_the_code_the_study_runs(name):
     # the code-only form of the notebook (jupytext-paired script): a JupyterLab save of the .ipynb reruns nothing
     assert f"notebooks/py/{Path(_study(name).NOTEBOOK).stem}.py" in deps
     assert not [d for d in deps if d.endswith(".ipynb")]
+
+
+def test_report_stage_deps_are_the_report_builders_code():
+    listed = {d for d in _stage("report")["deps"] if d.startswith("rifelab/")}
+    assert listed == set(stage_code("report")) and "rifelab/publish/report.py" in listed
 
 
 @pytest.mark.parametrize("name", STUDIES)

@@ -225,5 +225,5 @@ def load_snippets_npz(path: str | os.PathLike, num_frames: int | None = None) ->
             elif key != "num_frames":
                 log.warning("%s: ignoring array %r (expected keys dilation{d} and num_frames)", path, key)
     if not arrays:
-        raise ValueError(f"{path} holds no 'dilation{{d}}' arrays (found {sorted(data.files)}); see rifelab.synthdepth")
+        raise ValueError(f"{path} holds no 'dilation{{d}}' arrays (found {sorted(data.files)}); see rifelab.depth.synthetic")
     return SnippetSet.from_arrays(dict(sorted(arrays.items())), num_frames=num_frames)

@@ -464,7 +464,7 @@ class Engine:
         and results are downloaded on the copy stream too.
         """
         if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[1] != 3:
-            raise ValueError("frames must be a (T,3,H,W) float tensor in [0, 1]; convert uint8 with rifelab.data.to_tensor")
+            raise ValueError("frames must be a (T,3,H,W) float tensor in [0, 1]; convert uint8 with rifelab.frames.images.to_tensor")
         if frames.shape[0] < 2:
             raise ValueError(f"need at least 2 frames to interpolate between, got {frames.shape[0]}")
         if "streams" in self.applied and frames.device.type == "cpu":

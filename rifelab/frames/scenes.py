@@ -2,7 +2,7 @@
 
 A pair whose SSIM is at least `static_ssim` is static; a pair whose SSIM is below `cut_ssim` or whose colour
 histograms differ by more than `cut_hist` (total variation distance) is a scene cut. SSIM is the official-protocol
-SSIM (Gaussian window, rifelab.metrics.ssim_skimage) on copies shrunk by area averaging to at most 256 pixels on the
+SSIM (Gaussian window, rifelab.measure.metrics.ssim_skimage) on copies shrunk by area averaging to at most 256 pixels on the
 long side, so the test costs little even on 4K frames.
 """
 

@@ -18,7 +18,6 @@ import selectors
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import IO
 

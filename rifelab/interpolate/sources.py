@@ -175,7 +175,7 @@ def open_source(
 ) -> FrameSource:
     """A folder of frames, a video file, an array of frames, or an existing FrameSource.
 
-    `allow_damaged`: a damaged video gives the frames that decode (see `rifelab.data.read_video`).
+    `allow_damaged`: a damaged video gives the frames that decode (see `rifelab.frames.video.read_video`).
     """
     if isinstance(path, FrameSource):
         return path

@@ -1,7 +1,7 @@
 """Optimisation study: every PyTorch configuration and every other backend timed side by side, on real frames.
 
 Each configuration (a YAML mapping in the profile's params file) names a backend (torch by default, onnxruntime,
-openvino, tensorrt), a precision (`dtype`) and, for torch, the rifelab.engine switches. It also declares what it
+openvino, tensorrt), a precision (`dtype`) and, for torch, the rifelab.engines.torch_engine switches. It also declares what it
 needs (`requires`: cuda, mps, native_bf16, native_fp16, vnni, compile, or a backend package); a backend adds its own
 needs. A configuration whose needs are not met is reported as skipped with the reason; one whose warm calls take
 more than `max_slowdown` times the baseline's is stopped and reported as too slow. Nothing is dropped silently.
@@ -102,7 +102,7 @@ class StudyConfig:
     name: str
     backend: str = "torch"
     dtype: str = "fp32"
-    options: dict[str, Any] = field(default_factory=dict)  # rifelab.engine switches (torch only)
+    options: dict[str, Any] = field(default_factory=dict)  # rifelab.engines.torch_engine switches (torch only)
     requires: list[str] = field(default_factory=list)
     resolutions: list[str] | None = None  # None: every resolution of the study
 

@@ -1,13 +1,13 @@
 """RollingDepth co-alignment study: report 004's early stopping and our closed-form solver, on a SYNTHETIC truth.
 
-For each video length and resolution a synthetic depth video is rendered (`rifelab.synthdepth`: a ray-cast room,
+For each video length and resolution a synthetic depth video is rendered (`rifelab.depth.synthetic`: a ray-cast room,
 so the truth is known exactly) and cut into snippets by the spec's recipe. On that input the study runs the
 reference (Adam, `iterations` steps), every early-stopping rule, the reference at a second λ3, our least-squares
 solver (optionally refined by Adam steps) and three baselines (naive mean, dilation 1 only, the oracle). Every
 timed method is timed with `harness.time_interleaved` (in-process; one untimed first call, then `timing_repeats` interleaved
 rounds), and every result is scored against the reference (report 004's agreement metrics) and against the
 synthetic truth (AbsRel, δ1). Real snippets saved from a RollingDepth run (`snippets_npz`) are aligned too (no
-truth there: agreement only). The algorithms live in `rifelab.coalign`; this module holds the study glue.
+truth there: agreement only). The algorithms live in `rifelab.depth`; this module holds the study glue.
 """
 
 from __future__ import annotations
@@ -517,7 +517,7 @@ def _headline(big_rows: pd.DataFrame, methods: tuple[str, str, str], verdict: Ma
 def _metrics(syn: Synthetic, big_rows: pd.DataFrame, verdict: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     ref, es, solver = syn.methods
     return {
-        "ground_truth": f"{SYNTH} (rifelab.synthdepth ray-cast room)",
+        "ground_truth": f"{SYNTH} (rifelab.depth.synthetic ray-cast room)",
         "largest_case": case_name(*syn.largest),
         "reference": ref, "early_stopping": es, "solver": solver,
         "targets": verdict,
