@@ -56,9 +56,9 @@ class OutputFrame:
         return to_uint8(self.data)[0] if isinstance(self.data, torch.Tensor) else self.data
 
 
-def _model_device(model: Interpolator) -> torch.device:
-    """Where `model` computes: the frames are made into tensors there."""
-    return torch.device(model.device)
+def _model_device(model: Interpolator | None) -> torch.device:
+    """Where `model` computes: the frames are made into tensors there (CPU when a copy-only run has no model)."""
+    return torch.device("cpu") if model is None else torch.device(model.device)
 
 
 class InterpolationPipeline:
@@ -69,7 +69,7 @@ class InterpolationPipeline:
     as an uninterrupted one. `pair_count` (when known) keeps the last group inside the input.
     """
 
-    def __init__(self, model: Interpolator, config: InterpolateConfig, summary: InterpolationSummary,
+    def __init__(self, model: Interpolator | None, config: InterpolateConfig, summary: InterpolationSummary,
                  plan: OutputSchedule | None = None, has: Callable[[int], bool] = lambda i: False,
                  pair_count: int | None = None):
         self.model = model
