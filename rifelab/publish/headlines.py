@@ -25,6 +25,7 @@ COLUMNS = {
     "speedup": "best speedup over the study's reference",
     "loss_db": "PSNR given up for that speedup (dB)",
     "abs_rel": "AbsRel of the fast solver against the synthetic truth",
+    "noisy": "1 when a timing check still failed after re-measuring: the speed figures are flagged, not clean",
 }
 
 
@@ -60,6 +61,8 @@ def short_headline(study: str, headline: Mapping[str, Any]) -> dict[str, float]:
         "coalign": {"speedup": _num(h.get("solver_speedup"), 1), "abs_rel": _num(h.get("synthetic_abs_rel_solver"), 4)},
     }
     row = rules.get(study, {k: _num(v) for k, v in h.items() if k in COLUMNS})
+    if h.get("noisy"):  # never shown as a clean result: the flag travels with the numbers
+        row["noisy"] = 1
     return {k: v for k, v in row.items() if v is not None}
 
 
@@ -77,4 +80,6 @@ _PHRASES = {
 def headline_sentence(study: str, row: Mapping[str, float]) -> str:
     """One clause of the report's summary, e.g. `baseline: PSNR 33.95 dB, 883.7 ms per frame at the largest ...`."""
     parts = [_PHRASES[k].format(f"{v:g}") for k, v in row.items() if k in _PHRASES]
+    if parts and row.get("noisy"):
+        parts.append("timing flagged **noisy** (a check failed after re-measuring; see the study)")
     return f"**{study}**: {', '.join(parts)}" if parts else ""
