@@ -104,12 +104,12 @@ def test_batch_on_ray_equals_separate_runs_and_a_corrupt_item_fails_alone(inputs
     assert mtimes == {f: f.stat().st_mtime_ns for f in mtimes}
 
 
-def _wait_for(cond, seconds: float) -> bool:
+def _wait_for(cond, seconds: float, interval: float = 0.2) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if cond():
             return True
-        time.sleep(0.2)
+        time.sleep(interval)
     return False
 
 
@@ -124,7 +124,8 @@ def test_kill_mid_run_then_rerun_gives_identical_outputs(inputs, reference, tmp_
         proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # kill once some frames of an item are on disk, before the whole batch is done
-        started = _wait_for(lambda: proc.poll() is not None or any(out.glob(".*.partial/0*.png")), 300)
+        # an item of these small inputs takes ~0.2 s on an idle machine: look often, or the batch ends unseen
+        started = _wait_for(lambda: proc.poll() is not None or any(out.glob(".*.partial/0*.png")), 300, 0.005)
         assert started and proc.poll() is None, f"the batch wrote no frame, or ended early:\n{log.read_text()[-3000:]}"
     finally:
         with contextlib.suppress(ProcessLookupError):  # ended early: the assertion above says why
